@@ -1,0 +1,123 @@
+//! The command line (SPEC §6): `serve`, `review`, `check`.
+
+mod check;
+mod review;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::plugin::{Loader, PluginDefaults};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::tenant::TenantsFile;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Kubernetes webhook token authenticator whose rules are WebAssembly plugins"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Operational log format (audit lines are always JSON).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `tollgate=debug` (tracing's EnvFilter syntax).
+    #[arg(long, global = true, env = "TOLLGATE_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve TokenReviews from a plugin directory.
+    Serve(serve::ServeArgs),
+    /// Answer one TokenReview locally; the token is read from standard input (or --token-file).
+    Review(review::ReviewArgs),
+    /// Validate plugins and manifests and run their [[test]] vectors.
+    Check(check::CheckArgs),
+}
+
+/// Sandbox and plugin limits, shared by every command so that `check` and `review` load a
+/// plugin exactly as `serve` does.
+#[derive(Args, Debug, Clone)]
+pub struct PluginArgs {
+    /// Per-call budget of a plugin whose manifest names none.
+    #[arg(long, default_value_t = 100)]
+    pub plugin_timeout_ms: u64,
+    /// The most `[limits] timeout_ms` may ask for.
+    #[arg(long, default_value_t = 1000)]
+    pub max_plugin_timeout_ms: u64,
+    /// Memory of a plugin instance whose manifest names none.
+    #[arg(long, default_value_t = 64)]
+    pub plugin_memory_mib: u64,
+    /// The most `[limits] memory_mib` may ask for.
+    #[arg(long, default_value_t = 256)]
+    pub max_plugin_memory_mib: u64,
+    /// Plugin files larger than this are refused.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_plugin_bytes: u64,
+}
+
+impl PluginArgs {
+    pub fn loader(&self) -> Result<Loader> {
+        anyhow::ensure!(
+            self.plugin_timeout_ms > 0,
+            "--plugin-timeout-ms must be positive"
+        );
+        anyhow::ensure!(
+            self.plugin_timeout_ms <= self.max_plugin_timeout_ms,
+            "--plugin-timeout-ms exceeds --max-plugin-timeout-ms"
+        );
+        anyhow::ensure!(
+            self.plugin_memory_mib > 0 && self.plugin_memory_mib <= self.max_plugin_memory_mib,
+            "--plugin-memory-mib must be positive and at most --max-plugin-memory-mib"
+        );
+        let max_memory_bytes = self.max_plugin_memory_mib << 20;
+        let sandbox = Sandbox::new(&SandboxConfig {
+            max_memory_bytes,
+            ..SandboxConfig::default()
+        })?;
+        let defaults = PluginDefaults {
+            timeout: Duration::from_millis(self.plugin_timeout_ms),
+            max_timeout: Duration::from_millis(self.max_plugin_timeout_ms),
+            memory_bytes: self.plugin_memory_mib << 20,
+            max_memory_bytes,
+            max_plugin_bytes: self.max_plugin_bytes,
+        };
+        Ok(Loader::new(Arc::new(sandbox), defaults))
+    }
+}
+
+/// The tenants file, or the defaults when none is given.
+fn tenants_file(path: Option<&Path>) -> Result<TenantsFile> {
+    path.map(TenantsFile::load)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+fn plugin_dir(path: &Path) -> Result<PathBuf> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("plugin directory {}", path.display()))?;
+    anyhow::ensure!(meta.is_dir(), "{} is not a directory", path.display());
+    Ok(path.to_path_buf())
+}
+
+/// Runs a command; the exit code is the command's.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Review(args) => review::run(args),
+        Command::Check(args) => check::run(args),
+    }
+}

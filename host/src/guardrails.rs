@@ -1,0 +1,437 @@
+//! What the host enforces on every grant, whatever the plugins say.
+//!
+//! Three layers: [`GrantLimits`] bound what a plugin may return at all (a breach is a plugin
+//! failure); [`identity_checks`] refuse grants no webhook should ever make; [`Guardrails`] are the
+//! operator's per-tenant rules from the tenants file. kube-apiserver passes user info through
+//! unchecked, so these checks are the last line of defence.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use crate::sandbox::{Decision, Grant};
+use crate::scrub::Scrubber;
+
+/// Bounds on one grant. Defaults are far above real identities (an Azure AD user in 200 groups,
+/// a long LDAP DN) and far below what would hurt kube-apiserver or its audit log.
+#[derive(Clone, Copy, Debug)]
+pub struct GrantLimits {
+    /// Any one string: username, uid, a group, an extra key or value, an audience.
+    pub string_bytes: usize,
+    pub groups: usize,
+    pub extra_keys: usize,
+    /// Values over all extra keys together.
+    pub extra_values: usize,
+    pub audiences: usize,
+    /// All strings of the grant together.
+    pub total_bytes: usize,
+}
+
+impl GrantLimits {
+    pub const DEFAULT: GrantLimits = GrantLimits {
+        string_bytes: 4 * 1024,
+        groups: 1024,
+        extra_keys: 64,
+        extra_values: 1024,
+        audiences: 64,
+        total_bytes: 64 * 1024,
+    };
+
+    /// Checks an `allow` decision; reasons are capped elsewhere, not refused.
+    pub fn check_decision(&self, decision: &Decision) -> Result<(), String> {
+        match decision {
+            Decision::Allow(grant) => self.check(grant),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn check(&self, grant: &Grant) -> Result<(), String> {
+        let u = &grant.user;
+        let count = |what: &str, n: usize, max: usize| {
+            if n > max {
+                Err(format!("{n} {what} (at most {max})"))
+            } else {
+                Ok(())
+            }
+        };
+        count("groups", u.groups.len(), self.groups)?;
+        count("extra keys", u.extra.len(), self.extra_keys)?;
+        count(
+            "extra values",
+            u.extra.iter().map(|(_, v)| v.len()).sum(),
+            self.extra_values,
+        )?;
+        count("audiences", grant.audiences.len(), self.audiences)?;
+        let mut total = 0usize;
+        for s in grant_strings(grant) {
+            if s.len() > self.string_bytes {
+                return Err(format!(
+                    "a {}-byte string (at most {})",
+                    s.len(),
+                    self.string_bytes
+                ));
+            }
+            total += s.len();
+        }
+        count("bytes in all", total, self.total_bytes)
+    }
+}
+
+/// Every string a grant carries.
+pub fn grant_strings(grant: &Grant) -> impl Iterator<Item = &str> {
+    let u = &grant.user;
+    [u.username.as_str(), u.uid.as_str()]
+        .into_iter()
+        .chain(u.groups.iter().map(String::as_str))
+        .chain(
+            u.extra.iter().flat_map(|(k, vs)| {
+                std::iter::once(k.as_str()).chain(vs.iter().map(String::as_str))
+            }),
+        )
+        .chain(grant.audiences.iter().map(String::as_str))
+}
+
+/// A refused grant: the rule (audit line, metric label) and what broke it (audit line only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+impl Violation {
+    fn new(rule: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            rule,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Identities kube-apiserver itself assigns to requests it could not authenticate.
+const RESERVED_IDENTITIES: [&str; 2] = ["system:anonymous", "system:unauthenticated"];
+
+/// Extra keys kube-apiserver sets itself (bound service-account token claims, credential ids).
+const RESERVED_EXTRA_PREFIX: &str = "authentication.kubernetes.io/";
+
+/// True when the grant carries the review's token anywhere (tokens of 8 bytes or more).
+pub fn carries_token(grant: &Grant, scrubber: &Scrubber) -> bool {
+    grant_strings(grant).any(|s| scrubber.contains_token(s))
+}
+
+/// Checks no tenant can opt out of.
+pub fn identity_checks(grant: &Grant, scrubber: &Scrubber) -> Result<(), Violation> {
+    let u = &grant.user;
+    if u.username.is_empty() {
+        return Err(Violation::new(
+            "empty-username",
+            "the grant has an empty username",
+        ));
+    }
+    if carries_token(grant, scrubber) {
+        return Err(Violation::new(
+            "token-in-grant",
+            "the grant carries the token itself",
+        ));
+    }
+    if let Some(s) = grant_strings(grant).find(|s| s.chars().any(char::is_control)) {
+        return Err(Violation::new(
+            "control-character",
+            format!("{:?} holds a control character", s),
+        ));
+    }
+    for name in std::iter::once(&u.username).chain(&u.groups) {
+        if RESERVED_IDENTITIES.contains(&name.as_str()) {
+            return Err(Violation::new(
+                "reserved-identity",
+                format!("{name} is kube-apiserver's own"),
+            ));
+        }
+    }
+    if let Some((key, _)) = u
+        .extra
+        .iter()
+        .find(|(k, _)| k.to_ascii_lowercase().starts_with(RESERVED_EXTRA_PREFIX))
+    {
+        return Err(Violation::new(
+            "reserved-extra",
+            format!("extra key {key} is kube-apiserver's own"),
+        ));
+    }
+    Ok(())
+}
+
+/// The operator's rules for one tenant, from the tenants file (never from the tenant's folder).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guardrails {
+    /// Every username must start with it ("" = any).
+    pub username_prefix: String,
+    /// Glob patterns (`*` = any run of characters) every group must match; `None` = any group.
+    pub allowed_groups: Option<Vec<String>>,
+    /// Exact `system:` names a grant may carry anyway (logged loudly at load).
+    pub allow_system: BTreeSet<String>,
+    /// Verified mTLS subjects allowed to call this tenant; `None` = any caller.
+    pub clients: Option<Vec<String>>,
+}
+
+/// One tenant's entry in the tenants file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailSpec {
+    pub username_prefix: Option<String>,
+    pub allowed_groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_system: Vec<String>,
+    pub clients: Option<Vec<String>>,
+}
+
+impl Guardrails {
+    /// The default tenant's rules when the tenants file says nothing: no `system:` identity.
+    pub fn default_tenant() -> Self {
+        Self::from_spec("", &GuardrailSpec::default())
+    }
+
+    /// Rules for `tenant` ("" = the default tenant) from its spec, defaults filled in: a named
+    /// tenant's usernames start with `<tenant>:` and its groups match `<tenant>:*`.
+    pub fn from_spec(tenant: &str, spec: &GuardrailSpec) -> Self {
+        let (prefix, groups) = if tenant.is_empty() {
+            (String::new(), None)
+        } else {
+            (format!("{tenant}:"), Some(vec![format!("{tenant}:*")]))
+        };
+        Self {
+            username_prefix: spec.username_prefix.clone().unwrap_or(prefix),
+            allowed_groups: spec.allowed_groups.clone().or(groups),
+            allow_system: spec.allow_system.iter().cloned().collect(),
+            clients: spec.clients.clone(),
+        }
+    }
+
+    pub fn check(&self, grant: &Grant) -> Result<(), Violation> {
+        let u = &grant.user;
+        for name in std::iter::once(&u.username).chain(&u.groups) {
+            if name.starts_with("system:") && !self.allow_system.contains(name) {
+                return Err(Violation::new(
+                    "system-identity",
+                    format!("{name} is a system: identity not listed in allow_system"),
+                ));
+            }
+        }
+        if !u.username.starts_with(&self.username_prefix)
+            && !self.allow_system.contains(&u.username)
+        {
+            return Err(Violation::new(
+                "username-prefix",
+                format!(
+                    "username {} lacks the prefix {:?}",
+                    u.username, self.username_prefix
+                ),
+            ));
+        }
+        if let Some(patterns) = &self.allowed_groups {
+            for g in &u.groups {
+                if !self.allow_system.contains(g) && !patterns.iter().any(|p| glob_match(p, g)) {
+                    return Err(Violation::new(
+                        "group-not-allowed",
+                        format!("group {g} matches no allowed_groups pattern"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a caller (its verified mTLS subject, if any) may use this tenant.
+    pub fn admits(&self, client: Option<&str>) -> bool {
+        match (&self.clients, client) {
+            (None, _) => true,
+            (Some(list), Some(subject)) => list.iter().any(|c| c == subject),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// `status.audiences` for a grant (SPEC §3): the intersection in spec order when both sides
+/// state audiences, `None` (omitted) otherwise; an empty intersection is a denial.
+pub fn audiences(spec: &[String], grant: &Grant) -> Result<Option<Vec<String>>, Violation> {
+    if spec.is_empty() || grant.audiences.is_empty() {
+        return Ok(None);
+    }
+    let mut both: Vec<String> = Vec::new();
+    for a in spec {
+        if grant.audiences.contains(a) && !both.contains(a) {
+            both.push(a.clone());
+        }
+    }
+    if both.is_empty() {
+        return Err(Violation::new(
+            "audience-mismatch",
+            "the token is valid for none of the requested audiences",
+        ));
+    }
+    Ok(Some(both))
+}
+
+/// `*` matches any run of characters (including none); everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::UserInfo;
+
+    fn grant(username: &str, groups: &[&str]) -> Grant {
+        Grant {
+            user: UserInfo {
+                username: username.into(),
+                uid: String::new(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                extra: vec![],
+            },
+            audiences: vec![],
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("acme:*", "acme:dev"));
+        assert!(glob_match("acme:*", "acme:"));
+        assert!(!glob_match("acme:*", "acmex:dev"));
+        assert!(glob_match("*:admins", "acme:admins"));
+        assert!(glob_match("a*b*c", "aXbYc"));
+        assert!(!glob_match("a*b*c", "aXbY"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("ab*ab", "ab"));
+    }
+
+    #[test]
+    fn default_tenant_refuses_system_identities_unless_listed() {
+        let g = Guardrails::default_tenant();
+        assert_eq!(
+            g.check(&grant("alice", &["system:masters"]))
+                .unwrap_err()
+                .rule,
+            "system-identity"
+        );
+        assert_eq!(
+            g.check(&grant("system:admin", &[])).unwrap_err().rule,
+            "system-identity"
+        );
+        assert!(g.check(&grant("alice", &["dev"])).is_ok());
+        let spec = GuardrailSpec {
+            allow_system: vec!["system:masters".into()],
+            ..Default::default()
+        };
+        assert!(
+            Guardrails::from_spec("", &spec)
+                .check(&grant("alice", &["system:masters"]))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn named_tenant_defaults() {
+        let g = Guardrails::from_spec("acme", &GuardrailSpec::default());
+        assert!(g.check(&grant("acme:alice", &["acme:dev"])).is_ok());
+        assert_eq!(
+            g.check(&grant("alice", &["acme:dev"])).unwrap_err().rule,
+            "username-prefix"
+        );
+        assert_eq!(
+            g.check(&grant("acme:alice", &["dev"])).unwrap_err().rule,
+            "group-not-allowed"
+        );
+    }
+
+    #[test]
+    fn identity_checks_refuse_reserved_and_empty() {
+        let s = Scrubber::new("a-long-bearer-token");
+        assert_eq!(
+            identity_checks(&grant("", &[]), &s).unwrap_err().rule,
+            "empty-username"
+        );
+        assert_eq!(
+            identity_checks(&grant("system:anonymous", &[]), &s)
+                .unwrap_err()
+                .rule,
+            "reserved-identity"
+        );
+        assert_eq!(
+            identity_checks(&grant("bob", &["system:unauthenticated"]), &s)
+                .unwrap_err()
+                .rule,
+            "reserved-identity"
+        );
+        assert_eq!(
+            identity_checks(&grant("a-long-bearer-token", &[]), &s)
+                .unwrap_err()
+                .rule,
+            "token-in-grant"
+        );
+        assert_eq!(
+            identity_checks(&grant("bob\n", &[]), &s).unwrap_err().rule,
+            "control-character"
+        );
+        let mut g = grant("bob", &[]);
+        g.user.extra.push((
+            "Authentication.kubernetes.io/pod-name".into(),
+            vec!["x".into()],
+        ));
+        assert_eq!(identity_checks(&g, &s).unwrap_err().rule, "reserved-extra");
+    }
+
+    #[test]
+    fn audience_intersection_in_spec_order() {
+        let mut g = grant("bob", &[]);
+        assert_eq!(audiences(&["a".into()], &g).unwrap(), None);
+        g.audiences = vec!["b".into(), "a".into()];
+        assert_eq!(audiences(&[], &g).unwrap(), None);
+        assert_eq!(
+            audiences(&["a".into(), "c".into(), "b".into()], &g).unwrap(),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            audiences(&["c".into()], &g).unwrap_err().rule,
+            "audience-mismatch"
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let mut g = grant("bob", &[]);
+        g.user.groups = vec!["g".into(); 1025];
+        assert!(GrantLimits::DEFAULT.check(&g).is_err());
+        let mut g = grant("bob", &[]);
+        g.user.username = "x".repeat(5000);
+        assert!(GrantLimits::DEFAULT.check(&g).is_err());
+    }
+
+    #[test]
+    fn clients() {
+        let mut g = Guardrails::default_tenant();
+        assert!(g.admits(None));
+        g.clients = Some(vec!["CN=apiserver".into()]);
+        assert!(!g.admits(None));
+        assert!(!g.admits(Some("CN=other")));
+        assert!(g.admits(Some("CN=apiserver")));
+    }
+}

@@ -1,0 +1,260 @@
+//! A plugin's manifest: `NAME.toml` beside `NAME.wasm` (SPEC §4).
+//!
+//! Unknown keys are refused, not ignored: a misspelt `rol = "mapper"` silently running a mapper
+//! as an authenticator is the kind of mistake a security component must catch at load.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Authenticator,
+    Mapper,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Authenticator => "authenticator",
+            Role::Mapper => "mapper",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default, rename = "match")]
+    pub matcher: Option<MatchSpec>,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// String values only: what `host.config` returns.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default, rename = "test")]
+    pub tests: Vec<TestVector>,
+}
+
+/// Which tokens an authenticator is shown. A routing hint, never a verification.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    #[serde(default)]
+    pub token_prefix: Vec<String>,
+    /// Compared with `iss` of the *unverified* JWT payload.
+    #[serde(default)]
+    pub jwt_issuer: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub timeout_ms: Option<u64>,
+    pub memory_mib: Option<u64>,
+}
+
+/// What a vector expects the plugin to decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Allow,
+    Deny,
+    Abstain,
+    Unavailable,
+}
+
+impl Expect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Allow => "allow",
+            Expect::Deny => "deny",
+            Expect::Abstain => "abstain",
+            Expect::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A `[[test]]` vector: the plugin alone (no guardrails, no other plugins) on one review.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestVector {
+    pub name: Option<String>,
+    // --- the review ---
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The grant so far (mappers only).
+    pub current: Option<GrantSpec>,
+    /// Overlaid on the manifest's `[config]`, so a vector need not hold a live secret.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    pub client: Option<String>,
+    // --- the expectation ---
+    pub expect: Expect,
+    pub username: Option<String>,
+    pub uid: Option<String>,
+    pub groups: Option<Vec<String>>,
+    pub extra: Option<BTreeMap<String, Vec<String>>>,
+    /// The audiences the grant states.
+    pub grant_audiences: Option<Vec<String>>,
+    pub expires_at: Option<u64>,
+    /// A substring of the deny or unavailable reason.
+    pub reason: Option<String>,
+}
+
+/// A grant written in a manifest (a mapper vector's `current`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSpec {
+    pub username: String,
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub extra: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub expires_at: Option<u64>,
+    /// The plugin that made it (default "test").
+    pub plugin: Option<String>,
+}
+
+impl TestVector {
+    /// How `check` and load errors name this vector.
+    pub fn label(&self, index: usize) -> String {
+        match &self.name {
+            Some(n) => format!("test {} ({n})", index + 1),
+            None => format!("test {}", index + 1),
+        }
+    }
+}
+
+impl Manifest {
+    pub fn parse(text: &str) -> Result<Self> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| {
+            // The message and the line, not toml's snippet of the file: keep errors one line.
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(line) => anyhow::anyhow!("line {line}: {}", e.message().trim()),
+                None => anyhow::anyhow!("{}", e.message().trim()),
+            }
+        })?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(m) = &self.matcher {
+            if self.role == Role::Mapper {
+                bail!("[match] is for authenticators: a mapper sees no token");
+            }
+            if m.token_prefix.is_empty() && m.jwt_issuer.is_empty() {
+                bail!(
+                    "[match] names neither token_prefix nor jwt_issuer (leave it out to see every token)"
+                );
+            }
+            if m.token_prefix
+                .iter()
+                .chain(&m.jwt_issuer)
+                .any(String::is_empty)
+            {
+                bail!("[match] holds an empty string, which would match every token");
+            }
+        }
+        if self.limits.timeout_ms == Some(0) || self.limits.memory_mib == Some(0) {
+            bail!("[limits] values must be positive");
+        }
+        for (i, t) in self.tests.iter().enumerate() {
+            let label = t.label(i);
+            match self.role {
+                Role::Mapper if t.current.is_none() => {
+                    bail!("{label}: a mapper vector needs `current` (the grant to map)")
+                }
+                Role::Mapper if !t.token.is_empty() => {
+                    bail!("{label}: mappers get no token; leave `token` out")
+                }
+                Role::Authenticator if t.current.is_some() => {
+                    bail!("{label}: `current` is for mapper vectors")
+                }
+                _ => {}
+            }
+            let grant_fields = t.username.is_some()
+                || t.uid.is_some()
+                || t.groups.is_some()
+                || t.extra.is_some()
+                || t.grant_audiences.is_some()
+                || t.expires_at.is_some();
+            if t.expect != Expect::Allow && grant_fields {
+                bail!(
+                    "{label}: username/uid/groups/extra/grant_audiences/expires_at describe an allow"
+                );
+            }
+            if t.reason.is_some() && !matches!(t.expect, Expect::Deny | Expect::Unavailable) {
+                bail!("{label}: `reason` describes a deny or unavailable");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let m = Manifest::parse(
+            r#"
+            role = "authenticator"
+            [match]
+            token_prefix = ["tg_"]
+            [limits]
+            timeout_ms = 50
+            [config]
+            tokens = "abc alice"
+            [[test]]
+            token = "tg_x"
+            config = { tokens = "def bob" }
+            expect = "allow"
+            username = "bob"
+            groups = ["dev"]
+            [[test]]
+            token = "nope"
+            expect = "abstain"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.tests.len(), 2);
+        assert_eq!(m.limits.timeout_ms, Some(50));
+        assert_eq!(m.matcher.unwrap().token_prefix, vec!["tg_"]);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_wrong_shapes() {
+        assert!(Manifest::parse("rol = \"mapper\"").is_err());
+        assert!(Manifest::parse("role = \"judge\"").is_err());
+        assert!(
+            Manifest::parse("[config]\nport = 8080").is_err(),
+            "config values are strings"
+        );
+        assert!(Manifest::parse("role = \"mapper\"\n[match]\ntoken_prefix=[\"x\"]").is_err());
+        assert!(Manifest::parse("[match]\ntoken_prefix=[]").is_err());
+        assert!(Manifest::parse("[match]\ntoken_prefix=[\"\"]").is_err());
+        assert!(Manifest::parse("[[test]]\nexpect = \"deny\"\nusername = \"x\"").is_err());
+        assert!(Manifest::parse("role = \"mapper\"\n[[test]]\nexpect = \"abstain\"").is_err());
+        assert!(
+            Manifest::parse("[[test]]\nexpect = \"abstain\"\ncurrent = { username = \"x\" }")
+                .is_err()
+        );
+    }
+}

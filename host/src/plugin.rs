@@ -1,0 +1,312 @@
+//! One plugin: its compiled component, manifest and effective limits.
+//!
+//! [`Loader::load`] is the one way a plugin is loaded — by `serve`, `review`, `check` and reload
+//! alike: size check, manifest, compile (once per content digest), fit-the-world check, and every
+//! `[[test]]` vector. A plugin that fails any step never goes live.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+
+use crate::manifest::{Manifest, Role, TestVector};
+use crate::sandbox::{Code, PluginEnv, Sandbox};
+use crate::vectors;
+
+/// Server-wide defaults and maxima for plugins (SPEC §7).
+#[derive(Clone, Debug)]
+pub struct PluginDefaults {
+    /// Per-call budget when the manifest names none. 100 ms is a hundred times what a compiled
+    /// policy needs and still far inside kube-apiserver's patience.
+    pub timeout: Duration,
+    /// The most a manifest may ask for.
+    pub max_timeout: Duration,
+    /// Per-instance memory when the manifest names none: 64 MiB fits any compiled guest.
+    pub memory_bytes: u64,
+    /// The most a manifest may ask for (also the pool's slot size).
+    pub max_memory_bytes: u64,
+    /// Larger files are refused before they are read whole (`--max-plugin-bytes`).
+    pub max_plugin_bytes: u64,
+}
+
+impl Default for PluginDefaults {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(100),
+            max_timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+            max_memory_bytes: 256 << 20,
+            // A Python component is ~18 MB and SpiderMonkey ~12 MB: 64 MiB leaves room.
+            max_plugin_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A plugin's files, as a scan found them.
+#[derive(Clone, Debug)]
+pub struct PluginSource {
+    /// The file name without `.wasm`; plugins run in byte order of it.
+    pub name: String,
+    pub wasm_path: PathBuf,
+    pub manifest_path: Option<PathBuf>,
+}
+
+impl PluginSource {
+    /// The plugin at `wasm_path`, with `NAME.toml` beside it if there is one.
+    pub fn at(wasm_path: PathBuf) -> Result<Self> {
+        let name = wasm_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wasm"))
+            .with_context(|| format!("{} is not a NAME.wasm file", wasm_path.display()))?
+            .to_owned();
+        let manifest = wasm_path.with_file_name(format!("{name}.toml"));
+        let manifest_path = manifest.exists().then_some(manifest);
+        Ok(Self {
+            name,
+            wasm_path,
+            manifest_path,
+        })
+    }
+}
+
+/// A plugin ready to run.
+pub struct Plugin {
+    pub name: String,
+    pub role: Role,
+    pub matcher: Option<Matcher>,
+    pub env: Arc<PluginEnv>,
+    pub code: Arc<Code>,
+    pub tests: Vec<TestVector>,
+    /// Manifest limits above the server's maxima, which were capped.
+    pub warnings: Vec<String>,
+}
+
+impl Plugin {
+    pub fn digest(&self) -> &str {
+        &self.code.digest
+    }
+}
+
+/// Loads plugins; remembers compiled code by digest so an unchanged file is never recompiled.
+pub struct Loader {
+    sandbox: Arc<Sandbox>,
+    defaults: PluginDefaults,
+    codes: Mutex<HashMap<String, Weak<Code>>>,
+}
+
+impl Loader {
+    pub fn new(sandbox: Arc<Sandbox>, defaults: PluginDefaults) -> Self {
+        Self {
+            sandbox,
+            defaults,
+            codes: Mutex::default(),
+        }
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    pub fn defaults(&self) -> &PluginDefaults {
+        &self.defaults
+    }
+
+    /// Loads one plugin for `tenant` and runs its vectors. The error says which file and why.
+    pub fn load(&self, tenant: &str, src: &PluginSource) -> Result<Plugin> {
+        check_name(&src.name)?;
+        let manifest = match &src.manifest_path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Manifest::parse(&text).with_context(|| format!("manifest {}", path.display()))?
+            }
+            None => Manifest::default(),
+        };
+        let bytes = read_bounded(&src.wasm_path, self.defaults.max_plugin_bytes)?;
+        let code = self
+            .code(&bytes)
+            .with_context(|| format!("{}", src.wasm_path.display()))?;
+
+        let mut warnings = Vec::new();
+        let timeout = match manifest.limits.timeout_ms.map(Duration::from_millis) {
+            Some(t) if t > self.defaults.max_timeout => {
+                warnings.push(format!(
+                    "limits.timeout_ms capped to the server maximum {:?}",
+                    self.defaults.max_timeout
+                ));
+                self.defaults.max_timeout
+            }
+            Some(t) => t,
+            None => self.defaults.timeout,
+        };
+        let memory_bytes = match manifest
+            .limits
+            .memory_mib
+            .map(|m| m.saturating_mul(1 << 20))
+        {
+            Some(m) if m > self.defaults.max_memory_bytes => {
+                warnings.push(format!(
+                    "limits.memory_mib capped to the server maximum {} MiB",
+                    self.defaults.max_memory_bytes >> 20
+                ));
+                self.defaults.max_memory_bytes
+            }
+            Some(m) => m,
+            None => self.defaults.memory_bytes,
+        };
+        let plugin = Plugin {
+            name: src.name.clone(),
+            role: manifest.role,
+            matcher: manifest.matcher.map(|m| Matcher {
+                token_prefix: m.token_prefix,
+                jwt_issuer: m.jwt_issuer,
+            }),
+            env: Arc::new(PluginEnv {
+                tenant: tenant.to_owned(),
+                name: src.name.clone(),
+                config: manifest.config,
+                timeout,
+                memory_bytes,
+            }),
+            code,
+            tests: manifest.tests,
+            warnings,
+        };
+        let failures = vectors::run_all(&self.sandbox, &plugin);
+        if !failures.is_empty() {
+            bail!(
+                "{}: its own [[test]] vectors fail: {}",
+                src.name,
+                failures.join("; ")
+            );
+        }
+        Ok(plugin)
+    }
+
+    /// Compiled code for these bytes: from memory if any live generation already uses it.
+    pub fn code(&self, bytes: &[u8]) -> Result<Arc<Code>> {
+        let digest = crate::sandbox::digest(bytes);
+        if let Some(code) = self
+            .codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(code);
+        }
+        let code = Arc::new(self.sandbox.compile(bytes)?);
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        codes.retain(|_, w| w.strong_count() > 0);
+        codes.insert(digest, Arc::downgrade(&code));
+        Ok(code)
+    }
+}
+
+/// Plugin names appear in `status.error`, audit lines and metric labels: keep them plain.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        bail!("plugin name {name:?} must be 1-128 characters of [A-Za-z0-9._-]");
+    }
+    Ok(())
+}
+
+fn read_bounded(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        bail!(
+            "{} is larger than the plugin size limit of {max} bytes (--max-plugin-bytes)",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+/// `[match]`: which tokens an authenticator is shown.
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    pub token_prefix: Vec<String>,
+    pub jwt_issuer: Vec<String>,
+}
+
+impl Matcher {
+    /// `issuer` is the token's unverified `iss`, computed once per review.
+    pub fn matches(&self, token: &str, issuer: Option<&str>) -> bool {
+        self.token_prefix
+            .iter()
+            .any(|p| token.starts_with(p.as_str()))
+            || issuer.is_some_and(|iss| self.jwt_issuer.iter().any(|i| i == iss))
+    }
+}
+
+/// The `iss` claim of a JWS compact token's payload, read without verifying anything: a routing
+/// hint for `[match] jwt_issuer`, never a reason to trust the token.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > 64 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: Option<String>,
+    }
+    serde_json::from_slice::<Claims>(&bytes).ok()?.iss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> String {
+        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b(r#"{"alg":"RS256"}"#), b(payload))
+    }
+
+    #[test]
+    fn reads_the_unverified_issuer() {
+        assert_eq!(
+            unverified_issuer(&jwt(r#"{"iss":"https://idp","sub":"x"}"#)).as_deref(),
+            Some("https://idp")
+        );
+        assert_eq!(unverified_issuer(&jwt(r#"{"iss":5}"#)), None);
+        assert_eq!(unverified_issuer("not-a-jwt"), None);
+        assert_eq!(unverified_issuer("a.b.c.d.e"), None);
+    }
+
+    #[test]
+    fn matcher_routes_by_prefix_or_issuer() {
+        let m = Matcher {
+            token_prefix: vec!["tg_".into()],
+            jwt_issuer: vec!["https://idp".into()],
+        };
+        assert!(m.matches("tg_abc", None));
+        assert!(m.matches("eyJ...", Some("https://idp")));
+        assert!(!m.matches("xyz", Some("https://other")));
+    }
+
+    #[test]
+    fn plugin_names_are_plain() {
+        assert!(check_name("10-static-tokens").is_ok());
+        assert!(check_name("a b").is_err());
+        assert!(check_name("").is_err());
+        assert!(check_name("x\"y").is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! The live tenants: what the HTTP handlers read (lock-free) and loads and reloads replace.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::tenant::Generation;
+
+/// Why a tenant's newest files were not taken live.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub at: SystemTime,
+    pub reason: String,
+}
+
+/// One tenant: its live generation (if it ever loaded) and its last refusal.
+#[derive(Clone)]
+pub struct TenantState {
+    pub name: String,
+    pub dir: PathBuf,
+    /// `None` until a generation loads: the tenant then answers 503, never a cacheable denial.
+    pub live: Option<Arc<Generation>>,
+    pub refusal: Option<Refusal>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    tenants: ArcSwap<BTreeMap<String, Arc<TenantState>>>,
+    ready: AtomicBool,
+}
+
+impl Registry {
+    pub fn get(&self, tenant: &str) -> Option<Arc<TenantState>> {
+        self.tenants.load().get(tenant).cloned()
+    }
+
+    pub fn snapshot(&self) -> Arc<BTreeMap<String, Arc<TenantState>>> {
+        self.tenants.load_full()
+    }
+
+    /// Replaces one tenant's state atomically; reviews already running keep their generation.
+    pub fn put(&self, state: TenantState) {
+        let state = Arc::new(state);
+        self.tenants.rcu(|map| {
+            let mut map = BTreeMap::clone(map);
+            map.insert(state.name.clone(), state.clone());
+            map
+        });
+    }
+
+    pub fn remove(&self, tenant: &str) {
+        self.tenants.rcu(|map| {
+            let mut map = BTreeMap::clone(map);
+            map.remove(tenant);
+            map
+        });
+    }
+
+    /// Set once the first scan is done (`/readyz`).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,507 @@
+//! The thin core: wasmtime narrowed to what tollgate uses.
+//!
+//! One [`Engine`] for the process, one pre-instantiated component ([`Code`]) per unique content
+//! digest, and a fresh [`Store`] + instance for every plugin call, so no state survives from one
+//! review to the next. Every store carries an epoch deadline and a memory cap; guests get WASI p2
+//! with nothing granted (no files, environment, arguments or network).
+
+mod output;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow};
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::scrub::Scrubber;
+use output::Capture;
+
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../wit", world: "policy" });
+}
+
+pub use bindings::tollgate::policy::host::Level;
+pub use bindings::tollgate::policy::types::{Decision, Grant, Prior, Review, UserInfo};
+
+/// The name a component must export (any 0.1.x).
+pub const EXPORT: &str = "tollgate:policy/authenticator@0.1.0";
+
+/// How often the epoch advances. A deadline is a whole number of ticks, so a call runs at most
+/// one tick past its budget; 10 ms (as Spin) keeps that slack small at negligible cost.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Caps on what a plugin may say through `host.log` in one call: enough to debug a policy,
+/// too little to flood the log from a hot path.
+const LOG_LINE_BYTES: usize = 2 * 1024;
+const LOG_LINES_PER_CALL: usize = 32;
+
+/// Cap on a deny/unavailable reason or a failure message before it reaches the audit log.
+pub const REASON_BYTES: usize = 1024;
+
+/// Server-wide sandbox settings.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// The most linear memory any plugin may have (manifests are capped to it).
+    pub max_memory_bytes: u64,
+    /// Pooling-allocator slots: the most component instances alive at once.
+    pub pool_instances: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            // 256 MiB: room for a Python or JavaScript runtime (SPEC §7 default per plugin is 64).
+            max_memory_bytes: 256 << 20,
+            // Each slot reserves address space, not memory; 1000 is wasmtime's default and far
+            // above the review concurrency bound.
+            pool_instances: 1000,
+        }
+    }
+}
+
+/// The engine, the linker with the host imports and WASI, and the epoch ticker.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    pooling: bool,
+}
+
+/// A compiled component that fits the world, ready to instantiate.
+pub struct Code {
+    pre: bindings::PolicyPre<HostState>,
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    pub size: usize,
+    pub compile_time: Duration,
+}
+
+/// What one plugin is, as a call sees it.
+#[derive(Clone, Debug)]
+pub struct PluginEnv {
+    pub tenant: String,
+    pub name: String,
+    pub config: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub memory_bytes: u64,
+}
+
+/// Why a call produced no decision. Every case fails the review closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Ran past its own budget or the review's deadline.
+    Deadline,
+    /// Tried to grow memory past its cap.
+    Memory,
+    StackOverflow,
+    /// Any other trap (unreachable, a Rust panic, a bad memory access...), scrubbed.
+    Trap(String),
+    /// Returned more than the host accepts (see [`crate::guardrails::GrantLimits`]).
+    Oversized(String),
+    /// Could not be instantiated (e.g. a pool limit).
+    Instantiate(String),
+}
+
+impl Failure {
+    /// A short, stable class for the audit line and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Failure::Deadline => "deadline",
+            Failure::Memory => "memory",
+            Failure::StackOverflow => "stack-overflow",
+            Failure::Trap(_) => "trap",
+            Failure::Oversized(_) => "oversized-output",
+            Failure::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Deadline => f.write_str("ran past its deadline"),
+            Failure::Memory => f.write_str("exceeded its memory cap"),
+            Failure::StackOverflow => f.write_str("overflowed its stack"),
+            Failure::Trap(m) => write!(f, "trapped: {m}"),
+            Failure::Oversized(m) => write!(f, "returned oversized output: {m}"),
+            Failure::Instantiate(m) => write!(f, "could not be instantiated: {m}"),
+        }
+    }
+}
+
+impl Sandbox {
+    pub fn new(cfg: &SandboxConfig) -> Result<Self> {
+        let (engine, pooling) = match Engine::new(&engine_config(cfg, true)) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                // The pool reserves address space up front; under a tight `ulimit -v` (or on a
+                // kernel without overcommit) that fails, and on-demand allocation still works.
+                tracing::warn!(error = %e, "pooling allocator unavailable, using on-demand allocation");
+                let engine = Engine::new(&engine_config(cfg, false))
+                    .map_err(anyhow::Error::from)
+                    .context("creating the wasmtime engine")?;
+                (engine, false)
+            }
+        };
+        start_ticker(&engine);
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI p2")?;
+        bindings::Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)
+            .context("linking tollgate:policy/host")?;
+        Ok(Self {
+            engine,
+            linker,
+            pooling,
+        })
+    }
+
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compiles a component and checks that it fits the world: it exports the authenticator
+    /// interface and imports nothing beyond the host interface and WASI p2.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Code> {
+        let digest = digest(bytes);
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("not a WebAssembly component this host can compile")?;
+        let compile_time = started.elapsed();
+        let code = self.prepare(component, digest, bytes.len(), compile_time)?;
+        Ok(code)
+    }
+
+    fn prepare(
+        &self,
+        component: Component,
+        digest: String,
+        size: usize,
+        compile_time: Duration,
+    ) -> Result<Code> {
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow!(
+                "does not fit the world tollgate:policy/policy@0.1.0: {}",
+                fit_message(&e.into())
+            )
+        })?;
+        let pre = bindings::PolicyPre::new(instance_pre).map_err(|e| {
+            anyhow!(
+                "does not fit the world tollgate:policy/policy@0.1.0: {}",
+                fit_message(&e.into())
+            )
+        })?;
+        Ok(Code {
+            pre,
+            digest,
+            size,
+            compile_time,
+        })
+    }
+
+    /// Runs one plugin on one review in a fresh instance. `deadline` is the review's: the call's
+    /// budget is the plugin's timeout or what remains of the review, whichever ends first.
+    pub fn call(
+        &self,
+        code: &Code,
+        env: &Arc<PluginEnv>,
+        request_id: &str,
+        review: &Review,
+        scrub_token: &str,
+        deadline: Instant,
+    ) -> Result<Decision, Failure> {
+        let now = Instant::now();
+        let budget = env.timeout.min(deadline.saturating_duration_since(now));
+        if budget.is_zero() {
+            return Err(Failure::Deadline);
+        }
+        let scrubber = Scrubber::new(scrub_token);
+        let stdout = Capture::new(scrub_token.len());
+        let stderr = Capture::new(scrub_token.len());
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: GuestLimits {
+                cap: env.memory_bytes as usize,
+                used: 0,
+                exceeded: false,
+            },
+            env: env.clone(),
+            request_id: request_id.to_owned(),
+            token: scrub_token.to_owned(),
+            log_lines: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // A deadline is counted in whole ticks from the current epoch; round up so a budget is
+        // never cut short, and never set 0 (an unset deadline traps at once).
+        let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+
+        let result = code
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store, &scrubber, true))
+            .and_then(|instance| {
+                instance
+                    .tollgate_policy_authenticator()
+                    .call_authenticate(&mut store, review)
+                    .map_err(|e| classify(e, &store, &scrubber, false))
+            });
+        emit_output(&store, "stdout", &stdout, &scrubber);
+        emit_output(&store, "stderr", &stderr, &scrubber);
+        let decision = result?;
+        crate::guardrails::GrantLimits::DEFAULT
+            .check_decision(&decision)
+            .map_err(Failure::Oversized)?;
+        Ok(match decision {
+            Decision::Deny(r) => Decision::Deny(scrubber.clean(&r, REASON_BYTES)),
+            Decision::Unavailable(r) => Decision::Unavailable(scrubber.clean(&r, REASON_BYTES)),
+            other => other,
+        })
+    }
+}
+
+/// `sha256:<hex>` of a component's bytes: its identity in caches, `/status` and audit lines.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn engine_config(cfg: &SandboxConfig, pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    // Always on: a store without a deadline would run forever (and one with a zero deadline
+    // traps at once), so every store sets one and the ticker thread always runs.
+    config.epoch_interruption(true);
+    // Backtraces name guest functions in trap messages, which helps policy authors; DWARF-level
+    // details would cost more than they help.
+    config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(cfg.pool_instances);
+        pool.max_memory_size(cfg.max_memory_bytes as usize);
+        // Keep the first pages of a slot resident and reset them in place (one PAGEMAP_SCAN
+        // ioctl + memset of the dirty pages) instead of madvise + page faults on the next
+        // instance: measured 26 µs -> 7 µs per fresh instance of a Rust guest (TOOLCHAINS.md).
+        // `Auto` because the ioctl needs Linux 6.7.
+        pool.pagemap_scan(Enabled::Auto);
+        pool.linear_memory_keep_resident(2 << 20);
+        pool.table_keep_resident(4096);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated thread, for as long as the
+/// engine lives. `MissedTickBehavior::Skip` semantics by construction: a late wake-up adds one tick.
+fn start_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("tollgate-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .map(drop)
+        .unwrap_or_else(|e| {
+            // Without a ticker every deadline would be infinite: refuse to run guests at all.
+            panic!("cannot start the epoch ticker thread: {e}")
+        });
+}
+
+/// The store's data: WASI with nothing granted, the memory limiter, and what `host.*` needs.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: GuestLimits,
+    env: Arc<PluginEnv>,
+    request_id: String,
+    token: String,
+    log_lines: usize,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::tollgate::policy::types::Host for HostState {}
+
+impl bindings::tollgate::policy::host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_CALL {
+            if self.log_lines == LOG_LINES_PER_CALL + 1 {
+                plugin_line(
+                    &self.env,
+                    &self.request_id,
+                    Level::Warn,
+                    "log",
+                    "further log lines of this call dropped",
+                );
+            }
+            return;
+        }
+        let message = Scrubber::new(&self.token).clean(&message, LOG_LINE_BYTES);
+        plugin_line(&self.env, &self.request_id, level, "log", &message);
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.env.config.get(&key).cloned()
+    }
+
+    fn config_keys(&mut self) -> Vec<String> {
+        self.env.config.keys().cloned().collect()
+    }
+}
+
+/// Caps the total linear memory of one instance (all its memories together).
+struct GuestLimits {
+    cap: usize,
+    used: usize,
+    exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for GuestLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.cap {
+            // An error (not `Ok(false)`) traps at the grow: the review fails closed at once with
+            // a clear cause, instead of the guest's allocator aborting somewhere later.
+            self.exceeded = true;
+            wasmtime::bail!("memory cap of {} bytes exceeded", self.cap);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million is beyond any real guest.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+fn classify(
+    err: wasmtime::Error,
+    store: &Store<HostState>,
+    scrubber: &Scrubber,
+    instantiating: bool,
+) -> Failure {
+    if store.data().limits.exceeded {
+        return Failure::Memory;
+    }
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => return Failure::Deadline,
+        Some(wasmtime::Trap::StackOverflow) => return Failure::StackOverflow,
+        _ => {}
+    }
+    let message = scrubber.clean(&format!("{err:#}"), REASON_BYTES);
+    if instantiating && err.downcast_ref::<wasmtime::Trap>().is_none() {
+        Failure::Instantiate(message)
+    } else {
+        Failure::Trap(message)
+    }
+}
+
+fn emit_output(
+    store: &Store<HostState>,
+    stream: &'static str,
+    capture: &Capture,
+    scrubber: &Scrubber,
+) {
+    let (bytes, dropped) = capture.take();
+    if bytes.is_empty() && dropped == 0 {
+        return;
+    }
+    let env = &store.data().env;
+    let text = scrubber.clean_bytes(&bytes, output::CAPTURE_BYTES);
+    let level = if stream == "stderr" {
+        Level::Warn
+    } else {
+        Level::Info
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        plugin_line(env, &store.data().request_id, level, stream, line);
+    }
+    if dropped > 0 {
+        plugin_line(
+            env,
+            &store.data().request_id,
+            Level::Warn,
+            stream,
+            &format!("{dropped} further bytes dropped"),
+        );
+    }
+}
+
+/// One line from a plugin, tagged with tenant, plugin and request id. The text is already scrubbed.
+fn plugin_line(
+    env: &PluginEnv,
+    request_id: &str,
+    level: Level,
+    stream: &'static str,
+    message: &str,
+) {
+    macro_rules! line {
+        ($lvl:expr) => {
+            tracing::event!(target: "tollgate::plugin", $lvl, tenant = %env.tenant, plugin = %env.name, request_id, stream, "{message}")
+        };
+    }
+    match level {
+        Level::Trace => line!(tracing::Level::TRACE),
+        Level::Debug => line!(tracing::Level::DEBUG),
+        Level::Info => line!(tracing::Level::INFO),
+        Level::Warn => line!(tracing::Level::WARN),
+        Level::Error => line!(tracing::Level::ERROR),
+    }
+}
+
+/// Turns wasmtime's "matching implementation was not found" into a message that names the
+/// import, so an author knows what to remove (e.g. `wasi:http/outgoing-handler`).
+fn fit_message(err: &anyhow::Error) -> String {
+    let full = format!("{err:#}");
+    if full.contains("matching implementation was not found in the linker") {
+        if let Some(name) = full.split('`').nth(1) {
+            return format!(
+                "it imports `{name}`, which this host does not provide (a plugin may import only \
+                 tollgate:policy/host and WASI p2)"
+            );
+        }
+    }
+    if full.contains(EXPORT) || full.contains("tollgate:policy/authenticator") {
+        return format!("it does not export {EXPORT} as the world defines it ({full})");
+    }
+    full
+}

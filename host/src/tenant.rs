@@ -1,0 +1,208 @@
+//! Tenants: the plugin directory's root is the default tenant, each sub-folder a named one.
+//! A tenant's plugins and manifests are loaded together into one [`Generation`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+use crate::guardrails::{GuardrailSpec, Guardrails};
+use crate::plugin::{Loader, Plugin, PluginSource};
+
+/// One tenant's complete, checked set of plugins. Reviews run on one generation from start to
+/// end; a reload swaps in a whole new one.
+pub struct Generation {
+    /// "" is the default tenant.
+    pub tenant: String,
+    pub number: u64,
+    /// In file-name order.
+    pub plugins: Vec<Arc<Plugin>>,
+    pub guardrails: Guardrails,
+    pub loaded_at: SystemTime,
+}
+
+/// The operator's tenants file (`--tenants FILE`): guardrails per tenant. It lives outside the
+/// plugin directory because tenants may be able to write their own folders.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsFile {
+    #[serde(default)]
+    pub default: GuardrailSpec,
+    #[serde(default)]
+    pub tenant: BTreeMap<String, GuardrailSpec>,
+}
+
+impl TenantsFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading tenants file {}", path.display()))?;
+        let file: TenantsFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("tenants file {}: {}", path.display(), e.message().trim())
+        })?;
+        for name in file.tenant.keys() {
+            if !valid_tenant_name(name) {
+                bail!(
+                    "tenants file {}: {name:?} is not a valid tenant name (a DNS label)",
+                    path.display()
+                );
+            }
+        }
+        for (tenant, spec) in std::iter::once(("", &file.default))
+            .chain(file.tenant.iter().map(|(k, v)| (k.as_str(), v)))
+        {
+            for name in &spec.allow_system {
+                if !name.starts_with("system:") {
+                    bail!(
+                        "tenants file {}: allow_system entry {name:?} is not a system: name",
+                        path.display()
+                    );
+                }
+                tracing::warn!(tenant = %tenant, identity = %name, "allow_system: this tenant's plugins may grant a system: identity");
+            }
+        }
+        Ok(file)
+    }
+
+    /// The guardrails for `tenant` ("" = default); an unlisted tenant gets the safe defaults.
+    pub fn guardrails(&self, tenant: &str) -> Guardrails {
+        let spec = if tenant.is_empty() {
+            Some(&self.default)
+        } else {
+            self.tenant.get(tenant)
+        };
+        Guardrails::from_spec(tenant, spec.unwrap_or(&GuardrailSpec::default()))
+    }
+}
+
+/// A DNS label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+pub fn valid_tenant_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A tenant folder's plugins in file-name order. Dot-files are ignored (but symlinks are
+/// followed, as a ConfigMap volume needs). A manifest without its plugin is refused: a typo in
+/// a file name must not silently run a plugin without its role and config.
+pub fn scan_plugins(dir: &Path) -> Result<Vec<PluginSource>> {
+    let mut wasm = BTreeMap::new();
+    let mut manifests = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            bail!("{}: a file name is not UTF-8", dir.display());
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // Follows symlinks: a broken one is an error, not a missing plugin.
+        let meta = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?;
+        if !meta.is_file() {
+            continue;
+        }
+        if let Some(stem) = name.strip_suffix(".wasm") {
+            wasm.insert(stem.to_owned(), path);
+        } else if let Some(stem) = name.strip_suffix(".toml") {
+            manifests.push((stem.to_owned(), path));
+        }
+    }
+    for (stem, path) in &manifests {
+        if !wasm.contains_key(stem) {
+            bail!(
+                "{}: a manifest without {stem}.wasm beside it",
+                path.display()
+            );
+        }
+    }
+    wasm.into_values().map(PluginSource::at).collect()
+}
+
+/// The tenant folders under the plugin directory (name, path), in name order.
+pub fn scan_tenants(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut tenants = Vec::new();
+    for entry in std::fs::read_dir(root).with_context(|| format!("listing {}", root.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", root.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if !std::fs::metadata(&path)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        if !valid_tenant_name(&name) {
+            tracing::warn!(folder = %path.display(), "ignored: a tenant folder name must be a DNS label");
+            continue;
+        }
+        tenants.push((name, path));
+    }
+    tenants.sort();
+    Ok(tenants)
+}
+
+/// Loads a tenant folder into a new generation; any refused file refuses the whole generation.
+pub fn load_generation(
+    loader: &Loader,
+    tenant: &str,
+    dir: &Path,
+    guardrails: Guardrails,
+    number: u64,
+) -> Result<Generation> {
+    let sources = scan_plugins(dir)?;
+    let mut plugins = Vec::with_capacity(sources.len());
+    for src in &sources {
+        let plugin = loader.load(tenant, src)?;
+        for w in &plugin.warnings {
+            tracing::warn!(tenant, plugin = %plugin.name, "{w}");
+        }
+        plugins.push(Arc::new(plugin));
+    }
+    Ok(Generation {
+        tenant: tenant.to_owned(),
+        number,
+        plugins,
+        guardrails,
+        loaded_at: SystemTime::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_names_are_dns_labels() {
+        for ok in ["acme", "a", "team-1", "0x"] {
+            assert!(valid_tenant_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Acme", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(!valid_tenant_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenants_file_defaults() {
+        let f: TenantsFile = toml::from_str(
+            "[default]\nallow_system=[\"system:masters\"]\n[tenant.acme]\nusername_prefix=\"a:\"",
+        )
+        .unwrap();
+        assert!(f.guardrails("").allow_system.contains("system:masters"));
+        assert_eq!(f.guardrails("acme").username_prefix, "a:");
+        assert_eq!(
+            f.guardrails("acme").allowed_groups,
+            Some(vec!["acme:*".to_string()])
+        );
+        assert_eq!(f.guardrails("other").username_prefix, "other:");
+    }
+}

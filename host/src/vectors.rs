@@ -1,0 +1,194 @@
+//! A manifest's `[[test]]` vectors: the plugin alone (no guardrails, no chain) on fixed reviews.
+//! They run at every load and reload, so a plugin that fails its own vectors never goes live.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::manifest::{Expect, GrantSpec, TestVector};
+use crate::plugin::Plugin;
+use crate::sandbox::{Decision, Grant, PluginEnv, Prior, Review, Sandbox, UserInfo};
+
+/// Runs every vector; returns one line per failing vector.
+pub fn run_all(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
+    plugin
+        .tests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            run(sandbox, plugin, i, t, true)
+                .err()
+                .map(|e| format!("{}: {e}", t.label(i)))
+        })
+        .collect()
+}
+
+/// Vectors whose token the plugin accepts under its live `[config]` (without the vector's
+/// overlay): most likely a real credential written into the manifest.
+pub fn live_secret_warnings(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
+    plugin
+        .tests
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.token.is_empty())
+        .filter(|(i, t)| matches!(decide(sandbox, plugin, *i, t, false), Ok(Decision::Allow(_))))
+        .map(|(i, t)| {
+            format!("{}: its token is accepted under the live [config]; is a real credential in the manifest?", t.label(i))
+        })
+        .collect()
+}
+
+fn run(
+    sandbox: &Sandbox,
+    plugin: &Plugin,
+    index: usize,
+    t: &TestVector,
+    overlay: bool,
+) -> Result<(), String> {
+    let got = decide(sandbox, plugin, index, t, overlay)?;
+    let kind = match &got {
+        Decision::Allow(_) => Expect::Allow,
+        Decision::Deny(_) => Expect::Deny,
+        Decision::Abstain => Expect::Abstain,
+        Decision::Unavailable(_) => Expect::Unavailable,
+    };
+    if kind != t.expect {
+        return Err(format!(
+            "expected {}, got {}",
+            t.expect.as_str(),
+            describe(&got)
+        ));
+    }
+    match &got {
+        Decision::Allow(g) => compare_grant(t, g),
+        Decision::Deny(r) | Decision::Unavailable(r) => match &t.reason {
+            Some(want) if !r.contains(want.as_str()) => {
+                Err(format!("reason {r:?} does not contain {want:?}"))
+            }
+            _ => Ok(()),
+        },
+        Decision::Abstain => Ok(()),
+    }
+}
+
+fn decide(
+    sandbox: &Sandbox,
+    plugin: &Plugin,
+    index: usize,
+    t: &TestVector,
+    overlay: bool,
+) -> Result<Decision, String> {
+    let env = if overlay && !t.config.is_empty() {
+        let mut config = plugin.env.config.clone();
+        config.extend(t.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Arc::new(PluginEnv {
+            config,
+            ..PluginEnv::clone(&plugin.env)
+        })
+    } else {
+        plugin.env.clone()
+    };
+    let review = Review {
+        token: t.token.clone(),
+        audiences: t.audiences.clone(),
+        tenant: plugin.env.tenant.clone(),
+        current: t.current.as_ref().map(prior),
+        request_id: format!("test-{}", index + 1),
+        client: t.client.clone(),
+        attributes: vec![],
+    };
+    let deadline = Instant::now() + env.timeout;
+    sandbox
+        .call(
+            &plugin.code,
+            &env,
+            &review.request_id.clone(),
+            &review,
+            &t.token,
+            deadline,
+        )
+        .map_err(|f| format!("the plugin {f}"))
+}
+
+fn prior(spec: &GrantSpec) -> Prior {
+    Prior {
+        grant: Grant {
+            user: UserInfo {
+                username: spec.username.clone(),
+                uid: spec.uid.clone(),
+                groups: spec.groups.clone(),
+                extra: spec
+                    .extra
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
+            audiences: spec.audiences.clone(),
+            expires_at: spec.expires_at,
+        },
+        plugin: spec.plugin.clone().unwrap_or_else(|| "test".into()),
+    }
+}
+
+fn compare_grant(t: &TestVector, g: &Grant) -> Result<(), String> {
+    let u = &g.user;
+    let mut diffs = Vec::new();
+    if let Some(want) = &t.username {
+        if want != &u.username {
+            diffs.push(format!("username {:?}, expected {want:?}", u.username));
+        }
+    }
+    if let Some(want) = &t.uid {
+        if want != &u.uid {
+            diffs.push(format!("uid {:?}, expected {want:?}", u.uid));
+        }
+    }
+    if let Some(want) = &t.groups {
+        if want != &u.groups {
+            diffs.push(format!("groups {:?}, expected {want:?}", u.groups));
+        }
+    }
+    if let Some(want) = &t.extra {
+        let got = merged_extra(&u.extra);
+        if want != &got {
+            diffs.push(format!("extra {got:?}, expected {want:?}"));
+        }
+    }
+    if let Some(want) = &t.grant_audiences {
+        if want != &g.audiences {
+            diffs.push(format!("audiences {:?}, expected {want:?}", g.audiences));
+        }
+    }
+    if let Some(want) = t.expires_at {
+        if Some(want) != g.expires_at {
+            diffs.push(format!("expires_at {:?}, expected {want}", g.expires_at));
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(diffs.join(", "))
+    }
+}
+
+/// Extra with duplicate keys merged, in order (SPEC §2).
+pub fn merged_extra(extra: &[(String, Vec<String>)]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, vs) in extra {
+        out.entry(k.clone()).or_default().extend(vs.iter().cloned());
+    }
+    out
+}
+
+/// A decision in one short line, for `check`, `review --explain` and vector failures.
+pub fn describe(d: &Decision) -> String {
+    match d {
+        Decision::Allow(g) => format!(
+            "allow(username={:?}, groups={:?})",
+            g.user.username, g.user.groups
+        ),
+        Decision::Deny(r) => format!("deny({r:?})"),
+        Decision::Abstain => "abstain".into(),
+        Decision::Unavailable(r) => format!("unavailable({r:?})"),
+    }
+}
