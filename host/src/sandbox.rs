@@ -246,9 +246,10 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        // A deadline is counted in whole ticks from the current epoch; round up so a budget is
-        // never cut short, and never set 0 (an unset deadline traps at once).
-        let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
+        // A deadline is counted in whole ticks from the current epoch, and the next tick may come
+        // at any moment: one more tick than the budget holds means a call is never cut short
+        // (it may run up to one tick over). Never 0: that traps at once.
+        let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
         store.set_epoch_deadline(ticks);
 
         let result = code
@@ -492,13 +493,13 @@ fn plugin_line(
 /// import, so an author knows what to remove (e.g. `wasi:http/outgoing-handler`).
 fn fit_message(err: &anyhow::Error) -> String {
     let full = format!("{err:#}");
-    if full.contains("matching implementation was not found in the linker") {
-        if let Some(name) = full.split('`').nth(1) {
-            return format!(
-                "it imports `{name}`, which this host does not provide (a plugin may import only \
-                 tollgate:policy/host and WASI p2)"
-            );
-        }
+    if full.contains("matching implementation was not found in the linker")
+        && let Some(name) = full.split('`').nth(1)
+    {
+        return format!(
+            "it imports `{name}`, which this host does not provide (a plugin may import only \
+             tollgate:policy/host and WASI p2)"
+        );
     }
     if full.contains(EXPORT) || full.contains("tollgate:policy/authenticator") {
         return format!("it does not export {EXPORT} as the world defines it ({full})");

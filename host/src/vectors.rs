@@ -133,41 +133,45 @@ fn prior(spec: &GrantSpec) -> Prior {
 fn compare_grant(t: &TestVector, g: &Grant) -> Result<(), String> {
     let u = &g.user;
     let mut diffs = Vec::new();
-    if let Some(want) = &t.username {
-        if want != &u.username {
-            diffs.push(format!("username {:?}, expected {want:?}", u.username));
-        }
-    }
-    if let Some(want) = &t.uid {
-        if want != &u.uid {
-            diffs.push(format!("uid {:?}, expected {want:?}", u.uid));
-        }
-    }
-    if let Some(want) = &t.groups {
-        if want != &u.groups {
-            diffs.push(format!("groups {:?}, expected {want:?}", u.groups));
-        }
-    }
-    if let Some(want) = &t.extra {
-        let got = merged_extra(&u.extra);
-        if want != &got {
-            diffs.push(format!("extra {got:?}, expected {want:?}"));
-        }
-    }
-    if let Some(want) = &t.grant_audiences {
-        if want != &g.audiences {
-            diffs.push(format!("audiences {:?}, expected {want:?}", g.audiences));
-        }
-    }
-    if let Some(want) = t.expires_at {
-        if Some(want) != g.expires_at {
-            diffs.push(format!("expires_at {:?}, expected {want}", g.expires_at));
-        }
-    }
+    field(&mut diffs, "username", t.username.as_ref(), &u.username);
+    field(&mut diffs, "uid", t.uid.as_ref(), &u.uid);
+    field(&mut diffs, "groups", t.groups.as_ref(), &u.groups);
+    field(
+        &mut diffs,
+        "extra",
+        t.extra.as_ref(),
+        &merged_extra(&u.extra),
+    );
+    field(
+        &mut diffs,
+        "audiences",
+        t.grant_audiences.as_ref(),
+        &g.audiences,
+    );
+    field(
+        &mut diffs,
+        "expires_at",
+        t.expires_at.map(Some).as_ref(),
+        &g.expires_at,
+    );
     if diffs.is_empty() {
         Ok(())
     } else {
         Err(diffs.join(", "))
+    }
+}
+
+/// Notes a difference when the vector states `want` and the grant says otherwise.
+fn field<T: PartialEq + std::fmt::Debug>(
+    diffs: &mut Vec<String>,
+    what: &str,
+    want: Option<&T>,
+    got: &T,
+) {
+    if let Some(want) = want
+        && want != got
+    {
+        diffs.push(format!("{what} {got:?}, expected {want:?}"));
     }
 }
 

@@ -1,1 +1,8 @@
+//! End-to-end tests: each starts the real `tollgate` binary on 127.0.0.1:0 with real components
+//! built from `plugins/`, and speaks HTTP to it.
 
+mod api;
+mod canary;
+mod chain;
+mod cli;
+mod sandbox;

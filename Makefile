@@ -1,0 +1,40 @@
+# tollgate: the two commands are `make run` and `make test`. Both install what they need.
+SHELL := /bin/bash
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+HOST_TRIPLE := $(shell rustc -vV | sed -n 's/^host: //p')
+GUESTS := target/guests/wasm32-wasip2/release
+PLUGINS_DIR := target/plugins
+TOLLGATE := target/release/tollgate
+
+.PHONY: run plugins test build toolchain clean
+
+## Installs the guest target when missing (rust-toolchain.toml does not install targets).
+toolchain:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+build: toolchain
+	$(CARGO) build --release -p tollgate
+
+## Builds the example plugins and lays them out as a plugin directory in target/plugins.
+plugins: toolchain
+	cd plugins && $(CARGO) build --release
+	rm -rf $(PLUGINS_DIR) && mkdir -p $(PLUGINS_DIR)
+	cp $(GUESTS)/static_tokens.wasm $(PLUGINS_DIR)/10-static-tokens.wasm
+	cp plugins/static-tokens/static-tokens.toml $(PLUGINS_DIR)/10-static-tokens.toml
+	cp $(GUESTS)/group_mapper.wasm $(PLUGINS_DIR)/50-group-mapper.wasm
+	cp plugins/group-mapper/group-mapper.toml $(PLUGINS_DIR)/50-group-mapper.toml
+
+## Builds everything and serves the example plugins on $(LISTEN).
+run: build plugins
+	$(TOLLGATE) check $(PLUGINS_DIR)
+	$(TOLLGATE) serve --plugins $(PLUGINS_DIR) --tenants examples/tenants.toml --listen $(LISTEN)
+
+## The whole suite: host unit tests, end-to-end tests against the real binary, guest unit tests.
+## One release build serves the binary and the tests (wasmtime is built once).
+test: toolchain
+	$(CARGO) test --release --workspace
+	cd plugins && $(CARGO) test --release --target $(HOST_TRIPLE)
+
+clean:
+	$(CARGO) clean

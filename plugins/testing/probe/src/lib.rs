@@ -1,0 +1,146 @@
+//! A test plugin: `[config] action` picks what it does, so one component serves every sandbox
+//! and chain test (and is compiled once per server, whatever the number of copies).
+//!
+//! Grant fields come from config: `username`, `uid`, `groups` (comma-separated), `extra`
+//! (`k=v,k=v`), `audiences` (comma-separated), `expires_at`, `stamp` (added as extra
+//! `tollgate.test/stamp`). As a mapper, `allow` and `map` start from the current grant.
+
+use std::hint::black_box;
+
+use tollgate_sdk::{Decision, Grant, Level, Policy, Review, config, log};
+
+pub struct Probe;
+
+fn cfg(key: &str) -> String {
+    config(key).unwrap_or_default()
+}
+
+fn list(key: &str) -> Vec<String> {
+    cfg(key).split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// The grant config describes; a mapper starts from the current grant instead.
+fn configured_grant(review: &Review) -> Grant {
+    let mut grant = match &review.current {
+        Some(prior) if cfg("action") == "map" => prior.grant.clone(),
+        _ => Grant::user(cfg("username")).uid(cfg("uid")),
+    };
+    grant.user.groups.extend(list("groups"));
+    for pair in list("extra") {
+        if let Some((k, v)) = pair.split_once('=') {
+            grant = grant.extra(k, [v]);
+        }
+    }
+    let stamp = cfg("stamp");
+    if !stamp.is_empty() {
+        grant = grant.extra("tollgate.test/stamp", [stamp]);
+    }
+    grant.audiences = list("audiences");
+    grant.expires_at = config("expires_at").and_then(|s| s.parse().ok());
+    grant
+}
+
+impl Policy for Probe {
+    fn authenticate(review: Review) -> Decision {
+        let token = review.token.clone();
+        match cfg("action").as_str() {
+            "allow" | "map" => Decision::Allow(configured_grant(&review)),
+            "deny" => Decision::deny(cfg("reason")),
+            "abstain" => Decision::Abstain,
+            "unavailable" => Decision::unavailable(cfg("reason")),
+            // Echo what the plugin was shown, so tests can see the review as a plugin sees it.
+            "echo" => {
+                let mut g = Grant::user(cfg("username"));
+                g = g.extra("seen/token-empty", [review.token.is_empty().to_string()]);
+                g = g.extra("seen/audiences", review.audiences.clone());
+                g = g.extra("seen/tenant", [review.tenant.clone()]);
+                g = g.extra("seen/request-id", [review.request_id.clone()]);
+                g = g.extra("seen/token-length", [review.token.len().to_string()]);
+                if let Some(prior) = &review.current {
+                    g = g.extra("seen/current-user", [prior.grant.user.username.clone()]);
+                    g = g.extra("seen/current-plugin", [prior.plugin.clone()]);
+                }
+                let sum: u64 = review.token.bytes().map(u64::from).sum();
+                g = g.extra("seen/token-byte-sum", [sum.to_string()]);
+                Decision::Allow(g)
+            }
+            // --- the sandbox ---
+            "loop" => loop {
+                black_box(&token);
+            },
+            "spin" => {
+                // Busy for `ms` milliseconds, then decide as `then` says (default allow).
+                let ms: u128 = cfg("ms").parse().unwrap_or(10);
+                let start = std::time::Instant::now();
+                while start.elapsed().as_millis() < ms {
+                    black_box(&token);
+                }
+                Decision::Allow(configured_grant(&review))
+            }
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    black_box(&hoard);
+                }
+            }
+            "trap" => std::process::abort(),
+            "panic" => panic!("probe panicked on purpose"),
+            "stack" => Decision::deny(format!("depth {}", recurse(black_box(1)))),
+            "file" => match std::fs::read_to_string(cfg("path")) {
+                Ok(_) => Decision::Allow(Grant::user("read-a-file")),
+                Err(e) => Decision::deny(format!("file denied: {e}")),
+            },
+            "env" => {
+                let vars: Vec<(String, String)> = std::env::vars().collect();
+                let args: Vec<String> = std::env::args().collect();
+                if vars.is_empty() && args.is_empty() {
+                    Decision::deny("env denied: no variables, no arguments")
+                } else {
+                    Decision::Allow(Grant::user(format!("saw-{}-vars-{}-args", vars.len(), args.len())))
+                }
+            }
+            "socket" => match std::net::TcpStream::connect(cfg("addr")) {
+                Ok(_) => Decision::Allow(Grant::user("opened-a-socket")),
+                Err(e) => Decision::deny(format!("socket denied: {e}")),
+            },
+            "huge-groups" => Decision::Allow(Grant::user("many").groups((0..100_000).map(|i| format!("g{i}")))),
+            "huge-string" => Decision::Allow(Grant::user("x".repeat(10 << 20))),
+            "huge-reason" => Decision::deny("r".repeat(1 << 20)),
+            "chatty" => {
+                for i in 0..1000 {
+                    log(Level::Info, &format!("line {i}"));
+                    println!("stdout line {i}");
+                }
+                Decision::Abstain
+            }
+            // --- the token, everywhere a plugin can put it ---
+            "leak-deny" => Decision::deny(format!("denied {token}")),
+            "leak-unavailable" => Decision::unavailable(format!("down {token}")),
+            "leak-log" => {
+                log(Level::Warn, &format!("saw {token}"));
+                Decision::Abstain
+            }
+            "leak-stdout" => {
+                println!("stdout {token}");
+                Decision::Abstain
+            }
+            "leak-stderr" => {
+                eprintln!("stderr {token}");
+                Decision::Abstain
+            }
+            "leak-panic" => panic!("panic {token}"),
+            "leak-grant" => Decision::Allow(Grant::user(format!("user-{token}"))),
+            "leak-extra" => Decision::Allow(Grant::user("alice").extra("token", [token])),
+            other => panic!("probe: unknown action {other:?}"),
+        }
+    }
+}
+
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let buf = black_box([n; 64]);
+    if black_box(n) == 0 { buf[0] } else { recurse(n + 1).wrapping_add(buf[3]) }
+}
+
+tollgate_sdk::export_policy!(Probe);
