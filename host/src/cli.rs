@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::compile_cache::DiskCache;
 use crate::plugin::{Loader, PluginDefaults};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::tenant::TenantsFile;
@@ -70,7 +71,8 @@ pub struct PluginArgs {
 }
 
 impl PluginArgs {
-    pub fn loader(&self) -> Result<Loader> {
+    /// The loader every command uses; `cache` is the compile cache's directory and size bound.
+    pub fn loader(&self, cache: Option<(&Path, u64)>) -> Result<Loader> {
         anyhow::ensure!(
             self.plugin_timeout_ms > 0,
             "--plugin-timeout-ms must be positive"
@@ -88,6 +90,9 @@ impl PluginArgs {
             max_memory_bytes,
             ..SandboxConfig::default()
         })?;
+        let disk = cache
+            .map(|(dir, max_bytes)| DiskCache::open(dir, sandbox.engine_hash(), max_bytes))
+            .transpose()?;
         let defaults = PluginDefaults {
             timeout: Duration::from_millis(self.plugin_timeout_ms),
             max_timeout: Duration::from_millis(self.max_plugin_timeout_ms),
@@ -95,7 +100,7 @@ impl PluginArgs {
             max_memory_bytes,
             max_plugin_bytes: self.max_plugin_bytes,
         };
-        Ok(Loader::new(Arc::new(sandbox), defaults))
+        Ok(Loader::new(Arc::new(sandbox), defaults, disk))
     }
 }
 

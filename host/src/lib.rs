@@ -7,12 +7,14 @@
 pub mod audit;
 pub mod chain;
 pub mod cli;
+pub mod compile_cache;
 pub mod evaluator;
 pub mod guardrails;
 pub mod manifest;
 pub mod metrics;
 pub mod plugin;
 pub mod registry;
+pub mod reload;
 pub mod review;
 pub mod sandbox;
 pub mod scrub;

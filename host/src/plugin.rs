@@ -5,13 +5,14 @@
 //! `[[test]]` vector. A plugin that fails any step never goes live.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 
+use crate::compile_cache::DiskCache;
 use crate::manifest::{Manifest, Role, TestVector};
 use crate::sandbox::{Code, PluginEnv, Sandbox};
 use crate::vectors;
@@ -45,32 +46,49 @@ impl Default for PluginDefaults {
     }
 }
 
-/// A plugin's files, as a scan found them.
-#[derive(Clone, Debug)]
+/// A plugin's files, read whole by a scan: a generation is built from what one scan read, never
+/// from files re-read later (which may have changed meanwhile).
+#[derive(Clone)]
 pub struct PluginSource {
     /// The file name without `.wasm`; plugins run in byte order of it.
     pub name: String,
+    /// Where it was read (for messages).
     pub wasm_path: PathBuf,
-    pub manifest_path: Option<PathBuf>,
+    pub wasm: Arc<[u8]>,
+    /// `NAME.toml`, if there is one: its path and text.
+    pub manifest: Option<(PathBuf, String)>,
 }
 
 impl PluginSource {
-    /// The plugin at `wasm_path`, with `NAME.toml` beside it if there is one.
-    pub fn at(wasm_path: PathBuf) -> Result<Self> {
-        let name = wasm_path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".wasm"))
-            .with_context(|| format!("{} is not a NAME.wasm file", wasm_path.display()))?
-            .to_owned();
-        let manifest = wasm_path.with_file_name(format!("{name}.toml"));
-        let manifest_path = manifest.exists().then_some(manifest);
+    /// Reads the plugin at `wasm_path`, with `NAME.toml` beside it if there is one.
+    pub fn read(wasm_path: &Path, max_bytes: u64) -> Result<Self> {
+        let name = plugin_name(wasm_path)?;
+        let manifest_path = wasm_path.with_file_name(format!("{name}.toml"));
+        let manifest = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => Some((manifest_path, text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading {}", manifest_path.display()));
+            }
+        };
+        let wasm = read_bounded(wasm_path, max_bytes)?.into();
         Ok(Self {
             name,
-            wasm_path,
-            manifest_path,
+            wasm_path: wasm_path.to_path_buf(),
+            wasm,
+            manifest,
         })
     }
+}
+
+/// `NAME` of `.../NAME.wasm`.
+pub fn plugin_name(wasm_path: &Path) -> Result<String> {
+    let name = wasm_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".wasm"))
+        .with_context(|| format!("{} is not a NAME.wasm file", wasm_path.display()))?;
+    Ok(name.to_owned())
 }
 
 /// A plugin ready to run.
@@ -96,14 +114,16 @@ pub struct Loader {
     sandbox: Arc<Sandbox>,
     defaults: PluginDefaults,
     codes: Mutex<HashMap<String, Weak<Code>>>,
+    disk: Option<DiskCache>,
 }
 
 impl Loader {
-    pub fn new(sandbox: Arc<Sandbox>, defaults: PluginDefaults) -> Self {
+    pub fn new(sandbox: Arc<Sandbox>, defaults: PluginDefaults, disk: Option<DiskCache>) -> Self {
         Self {
             sandbox,
             defaults,
             codes: Mutex::default(),
+            disk,
         }
     }
 
@@ -118,17 +138,14 @@ impl Loader {
     /// Loads one plugin for `tenant` and runs its vectors. The error says which file and why.
     pub fn load(&self, tenant: &str, src: &PluginSource) -> Result<Plugin> {
         check_name(&src.name)?;
-        let manifest = match &src.manifest_path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                Manifest::parse(&text).with_context(|| format!("manifest {}", path.display()))?
+        let manifest = match &src.manifest {
+            Some((path, text)) => {
+                Manifest::parse(text).with_context(|| format!("manifest {}", path.display()))?
             }
             None => Manifest::default(),
         };
-        let bytes = read_bounded(&src.wasm_path, self.defaults.max_plugin_bytes)?;
         let code = self
-            .code(&bytes)
+            .code(&src.wasm)
             .with_context(|| format!("{}", src.wasm_path.display()))?;
 
         let mut warnings = Vec::new();
@@ -187,7 +204,8 @@ impl Loader {
         Ok(plugin)
     }
 
-    /// Compiled code for these bytes: from memory if any live generation already uses it.
+    /// Compiled code for these bytes: from memory if any live generation already uses it, else
+    /// from the disk cache, else compiled (and cached).
     pub fn code(&self, bytes: &[u8]) -> Result<Arc<Code>> {
         let digest = crate::sandbox::digest(bytes);
         if let Some(code) = self
@@ -199,10 +217,35 @@ impl Loader {
         {
             return Ok(code);
         }
-        let code = Arc::new(self.sandbox.compile(bytes)?);
+        let code = Arc::new(self.compile_or_load(bytes, &digest)?);
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         codes.retain(|_, w| w.strong_count() > 0);
         codes.insert(digest, Arc::downgrade(&code));
+        Ok(code)
+    }
+
+    fn compile_or_load(&self, bytes: &[u8], digest: &str) -> Result<Code> {
+        let Some(disk) = &self.disk else {
+            return Ok(self.sandbox.compile(bytes)?.0);
+        };
+        if let Some(serialized) = disk.get(digest) {
+            // SAFETY: `get` returns only entries whose HMAC (under this cache's private key,
+            // over the engine hash, digest and bytes) checks out: code this engine compiled.
+            match unsafe {
+                self.sandbox
+                    .load_compiled(&serialized, digest.to_owned(), bytes.len())
+            } {
+                Ok(code) => return Ok(code),
+                Err(e) => {
+                    tracing::warn!(digest, error = %format!("{e:#}"), "cached code unusable: recompiling");
+                    disk.discard(digest);
+                }
+            }
+        }
+        let (code, serialized) = self.sandbox.compile(bytes)?;
+        if let Err(e) = disk.put(digest, &serialized) {
+            tracing::warn!(digest, error = %e, "cannot write the compile cache");
+        }
         Ok(code)
     }
 }
@@ -220,7 +263,8 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_bounded(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
+/// Reads a file, refusing it when it is larger than `max` (without reading more than that).
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut bytes = Vec::new();

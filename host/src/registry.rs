@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -31,6 +31,8 @@ pub struct TenantState {
 pub struct Registry {
     tenants: ArcSwap<BTreeMap<String, Arc<TenantState>>>,
     ready: AtomicBool,
+    /// Why the tenants file's latest version was refused (the previous guardrails stay).
+    tenants_file_error: Mutex<Option<Refusal>>,
 }
 
 impl Registry {
@@ -58,6 +60,23 @@ impl Registry {
             map.remove(tenant);
             map
         });
+    }
+
+    pub fn set_tenants_file_error(&self, reason: Option<String>) {
+        *self
+            .tenants_file_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = reason.map(|reason| Refusal {
+            at: SystemTime::now(),
+            reason,
+        });
+    }
+
+    pub fn tenants_file_error(&self) -> Option<Refusal> {
+        self.tenants_file_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Set once the first scan is done (`/readyz`).

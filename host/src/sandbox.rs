@@ -169,16 +169,51 @@ impl Sandbox {
     }
 
     /// Compiles a component and checks that it fits the world: it exports the authenticator
-    /// interface and imports nothing beyond the host interface and WASI p2.
-    pub fn compile(&self, bytes: &[u8]) -> Result<Code> {
+    /// interface and imports nothing beyond the host interface and WASI p2. Also returns the
+    /// compiled bytes, for the disk cache.
+    pub fn compile(&self, bytes: &[u8]) -> Result<(Code, Vec<u8>)> {
         let digest = digest(bytes);
         let started = Instant::now();
         let component = Component::new(&self.engine, bytes)
             .map_err(anyhow::Error::from)
             .context("not a WebAssembly component this host can compile")?;
         let compile_time = started.elapsed();
+        let serialized = component
+            .serialize()
+            .map_err(anyhow::Error::from)
+            .context("serializing compiled code")?;
         let code = self.prepare(component, digest, bytes.len(), compile_time)?;
-        Ok(code)
+        Ok((code, serialized))
+    }
+
+    /// Loads code this engine compiled earlier (see [`crate::compile_cache`]), then checks that it
+    /// fits the world like a fresh compile.
+    ///
+    /// # Safety
+    /// `serialized` must come from [`Self::compile`] of this engine configuration and must not
+    /// have been altered since: wasmtime runs it as machine code. The disk cache guarantees this
+    /// with an HMAC under a key only this user can read.
+    pub unsafe fn load_compiled(
+        &self,
+        serialized: &[u8],
+        digest: String,
+        size: usize,
+    ) -> Result<Code> {
+        let started = Instant::now();
+        // SAFETY: the caller upholds this function's contract.
+        let component = unsafe { Component::deserialize(&self.engine, serialized) }
+            .map_err(anyhow::Error::from)
+            .context("loading cached compiled code")?;
+        self.prepare(component, digest, size, started.elapsed())
+    }
+
+    /// Identifies the engine's code format: cached code of another wasmtime version or
+    /// configuration is never loaded.
+    pub fn engine_hash(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
     }
 
     fn prepare(

@@ -10,7 +10,8 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use crate::guardrails::{GuardrailSpec, Guardrails};
-use crate::plugin::{Loader, Plugin, PluginSource};
+use crate::plugin::{Loader, Plugin, PluginSource, read_bounded};
+use sha2::{Digest as _, Sha256};
 
 /// One tenant's complete, checked set of plugins. Reviews run on one generation from start to
 /// end; a reload swaps in a whole new one.
@@ -39,7 +40,13 @@ impl TenantsFile {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading tenants file {}", path.display()))?;
-        let file: TenantsFile = toml::from_str(&text).map_err(|e| {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates the file's text (`path` names it in errors); logs every
+    /// `allow_system` exception loudly.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let file: TenantsFile = toml::from_str(text).map_err(|e| {
             anyhow::anyhow!("tenants file {}: {}", path.display(), e.message().trim())
         })?;
         for name in file.tenant.keys() {
@@ -88,12 +95,58 @@ pub fn valid_tenant_name(name: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-/// A tenant folder's plugins in file-name order. Dot-files are ignored (but symlinks are
-/// followed, as a ConfigMap volume needs). A manifest without its plugin is refused: a typo in
-/// a file name must not silently run a plugin without its role and config.
-pub fn scan_plugins(dir: &Path) -> Result<Vec<PluginSource>> {
+/// Kubernetes ConfigMap, Secret and projected volumes hold their files in a timestamped
+/// directory reached through the `..data` symlink, which kubelet swaps atomically on update.
+const K8S_DATA: &str = "..data";
+
+/// How often a scan starts again because `..data` moved under it before giving up (kubelet
+/// swaps it at most every sync period, so twice in one scan is already rare).
+const DATA_RETRIES: usize = 5;
+
+/// What one scan of a tenant folder read: every plugin's bytes, from one consistent view.
+pub struct Snapshot {
+    /// In file-name order.
+    pub sources: Vec<PluginSource>,
+    /// SHA-256 over every name, component and manifest: equal snapshots load equal generations.
+    pub content: String,
+}
+
+/// Reads a tenant folder's plugins and manifests. Dot-files are ignored and symlinks followed.
+/// When the folder is a Kubernetes volume, `..data` is resolved once and every file read through
+/// its target — listing the target, not the visible links, which kubelet updates only after the
+/// swap; if `..data` moved by the end of the scan, it starts again. So a snapshot never mixes two
+/// versions of a ConfigMap. A manifest without its plugin is refused: a typo in a file name must
+/// not silently run a plugin without its role and config.
+pub fn read_tenant(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
+    for _ in 0..DATA_RETRIES {
+        let data = resolve_data(dir)?;
+        let snapshot = read_listing(data.as_deref().unwrap_or(dir), max_plugin_bytes)?;
+        if resolve_data(dir)? == data {
+            return Ok(snapshot);
+        }
+        tracing::debug!(dir = %dir.display(), "..data moved during the scan: reading again");
+    }
+    bail!(
+        "{}: ..data kept moving during {DATA_RETRIES} scans",
+        dir.display()
+    )
+}
+
+/// The directory `dir/..data` points to, if `dir` is a Kubernetes volume.
+fn resolve_data(dir: &Path) -> Result<Option<PathBuf>> {
+    let link = dir.join(K8S_DATA);
+    match std::fs::read_link(&link) {
+        Ok(target) => Ok(Some(dir.join(target))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // Not a symlink: a plain `..data` directory.
+        Err(_) if link.is_dir() => Ok(Some(link)),
+        Err(e) => Err(e).with_context(|| format!("reading {}", link.display())),
+    }
+}
+
+fn read_listing(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
     let mut wasm = BTreeMap::new();
-    let mut manifests = Vec::new();
+    let mut manifests = BTreeMap::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
@@ -111,18 +164,48 @@ pub fn scan_plugins(dir: &Path) -> Result<Vec<PluginSource>> {
         if let Some(stem) = name.strip_suffix(".wasm") {
             wasm.insert(stem.to_owned(), path);
         } else if let Some(stem) = name.strip_suffix(".toml") {
-            manifests.push((stem.to_owned(), path));
+            manifests.insert(stem.to_owned(), path);
         }
     }
-    for (stem, path) in &manifests {
-        if !wasm.contains_key(stem) {
-            bail!(
-                "{}: a manifest without {stem}.wasm beside it",
-                path.display()
-            );
-        }
+    if let Some((stem, path)) = manifests.iter().find(|(stem, _)| !wasm.contains_key(*stem)) {
+        bail!(
+            "{}: a manifest without {stem}.wasm beside it",
+            path.display()
+        );
     }
-    wasm.into_values().map(PluginSource::at).collect()
+    let mut content = Sha256::new();
+    let mut sources = Vec::with_capacity(wasm.len());
+    for (name, path) in wasm {
+        let bytes: Arc<[u8]> = read_bounded(&path, max_plugin_bytes)?.into();
+        let manifest = match manifests.remove(&name) {
+            Some(mpath) => {
+                let text = std::fs::read_to_string(&mpath)
+                    .with_context(|| format!("reading {}", mpath.display()))?;
+                Some((mpath, text))
+            }
+            None => None,
+        };
+        content.update(name.as_bytes());
+        content.update([0]);
+        content.update(Sha256::digest(&bytes));
+        content.update(
+            manifest
+                .as_ref()
+                .map(|(_, t)| t.as_bytes())
+                .unwrap_or(b"\0none"),
+        );
+        content.update([0]);
+        sources.push(PluginSource {
+            name,
+            wasm_path: path,
+            wasm: bytes,
+            manifest,
+        });
+    }
+    Ok(Snapshot {
+        sources,
+        content: hex::encode(content.finalize()),
+    })
 }
 
 /// The tenant folders under the plugin directory (name, path), in name order.
@@ -142,7 +225,7 @@ pub fn scan_tenants(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             continue;
         }
         if !valid_tenant_name(&name) {
-            tracing::warn!(folder = %path.display(), "ignored: a tenant folder name must be a DNS label");
+            tracing::warn!(folder = %path.display(), "ignored: a tenant folder name must be a DNS label ([a-z0-9-], at most 63)");
             continue;
         }
         tenants.push((name, path));
@@ -151,17 +234,16 @@ pub fn scan_tenants(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(tenants)
 }
 
-/// Loads a tenant folder into a new generation; any refused file refuses the whole generation.
+/// Loads a snapshot into a new generation; any refused file refuses the whole generation.
 pub fn load_generation(
     loader: &Loader,
     tenant: &str,
-    dir: &Path,
+    snapshot: &Snapshot,
     guardrails: Guardrails,
     number: u64,
 ) -> Result<Generation> {
-    let sources = scan_plugins(dir)?;
-    let mut plugins = Vec::with_capacity(sources.len());
-    for src in &sources {
+    let mut plugins = Vec::with_capacity(snapshot.sources.len());
+    for src in &snapshot.sources {
         let plugin = loader.load(tenant, src)?;
         for w in &plugin.warnings {
             tracing::warn!(tenant, plugin = %plugin.name, "{w}");

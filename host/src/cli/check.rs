@@ -22,7 +22,7 @@ pub struct CheckArgs {
 
 /// Prints one line per plugin; exits 1 if anything failed.
 pub fn run(args: CheckArgs) -> Result<i32> {
-    let loader = args.plugin.loader()?;
+    let loader = args.plugin.loader(None)?;
     let mut failed = 0usize;
     for path in &args.paths {
         if path.is_dir() {
@@ -31,7 +31,7 @@ pub fn run(args: CheckArgs) -> Result<i32> {
                 failed += check_dir(&loader, &name, &dir);
             }
         } else {
-            failed += match PluginSource::at(path.clone()) {
+            failed += match PluginSource::read(path, loader.defaults().max_plugin_bytes) {
                 Ok(src) => check_one(&loader, "", &src),
                 Err(e) => fail(path, &format!("{e:#}")),
             };
@@ -41,8 +41,12 @@ pub fn run(args: CheckArgs) -> Result<i32> {
 }
 
 fn check_dir(loader: &Loader, tenant: &str, dir: &Path) -> usize {
-    match tenant::scan_plugins(dir) {
-        Ok(sources) => sources.iter().map(|s| check_one(loader, tenant, s)).sum(),
+    match tenant::read_tenant(dir, loader.defaults().max_plugin_bytes) {
+        Ok(snapshot) => snapshot
+            .sources
+            .iter()
+            .map(|s| check_one(loader, tenant, s))
+            .sum(),
         Err(e) => fail(dir, &format!("{e:#}")),
     }
 }

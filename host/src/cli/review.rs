@@ -57,8 +57,9 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
     };
     let token = read_token(args.token_file.as_ref())?;
     let guardrails = tenants_file(args.tenants.as_deref())?.guardrails(&args.tenant);
-    let loader = args.plugin.loader()?;
-    let generation = tenant::load_generation(&loader, &args.tenant, &tenant_dir, guardrails, 1)?;
+    let loader = args.plugin.loader(None)?;
+    let snapshot = tenant::read_tenant(&tenant_dir, loader.defaults().max_plugin_bytes)?;
+    let generation = tenant::load_generation(&loader, &args.tenant, &snapshot, guardrails, 1)?;
 
     let request_id = new_request_id();
     let input = ReviewInput {

@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use super::{PluginArgs, plugin_dir, tenants_file};
+use super::{PluginArgs, plugin_dir};
 use crate::audit::{AuditLog, Fingerprinter};
 use crate::evaluator::Evaluator;
 use crate::metrics::Metrics;
-use crate::registry::{Refusal, Registry, TenantState};
+use crate::registry::Registry;
+use crate::reload::Reloader;
 use crate::server::{AppState, HttpSettings, app};
-use crate::tenant;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -46,6 +46,17 @@ pub struct ServeArgs {
     /// Key for audit `token_id` fingerprints, shared by replicas (random per process otherwise).
     #[arg(long)]
     pub fingerprint_key_file: Option<PathBuf>,
+    /// Compiled plugins are kept here (outside the plugin directory, mode 0700), so a restart
+    /// compiles nothing that did not change.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the compile cache; least recently used entries go first.
+    #[arg(long, default_value_t = 1024)]
+    pub cache_max_mib: u64,
+    /// Full rescan of the plugin directory every this many seconds, a safety net for lost
+    /// file events.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rescan_interval_secs: u64,
     #[command(flatten)]
     pub plugin: PluginArgs,
 }
@@ -71,8 +82,11 @@ pub fn run(args: ServeArgs) -> Result<i32> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let dir = plugin_dir(&args.plugins)?;
-    let tenants = tenants_file(args.tenants.as_deref())?;
-    let loader = args.plugin.loader()?;
+    let cache = args
+        .cache_dir
+        .as_deref()
+        .map(|d| (d, args.cache_max_mib << 20));
+    let loader = Arc::new(args.plugin.loader(cache)?);
     if !loader.sandbox().pooling() {
         tracing::warn!("running without the pooling allocator: instantiation is slower");
     }
@@ -80,63 +94,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let registry = Arc::new(Registry::default());
 
     // The first load happens before the listener opens: nothing is answered from a half-loaded
-    // directory.
-    let guardrails = tenants.guardrails("");
-    let state = match tenant::load_generation(&loader, "", &dir, guardrails, 1) {
-        Ok(generation) => {
-            tracing::info!(plugins = generation.plugins.len(), "default tenant loaded");
-            metrics
-                .reloads
-                .get_or_create(&crate::metrics::TenantResult {
-                    tenant: String::new(),
-                    result: "loaded".into(),
-                })
-                .inc();
-            metrics
-                .plugins_loaded
-                .get_or_create(&crate::metrics::TenantLabel {
-                    tenant: String::new(),
-                })
-                .set(generation.plugins.len() as i64);
-            metrics
-                .generation
-                .get_or_create(&crate::metrics::TenantLabel {
-                    tenant: String::new(),
-                })
-                .set(1);
-            TenantState {
-                name: String::new(),
-                dir: dir.clone(),
-                live: Some(Arc::new(generation)),
-                refusal: None,
-            }
-        }
-        Err(e) => {
-            let reason = format!("{e:#}");
-            tracing::error!(
-                tenant = "",
-                "refused: {reason}; its reviews answer 503 until it loads"
-            );
-            metrics
-                .reloads
-                .get_or_create(&crate::metrics::TenantResult {
-                    tenant: String::new(),
-                    result: "refused".into(),
-                })
-                .inc();
-            TenantState {
-                name: String::new(),
-                dir: dir.clone(),
-                live: None,
-                refusal: Some(Refusal {
-                    at: std::time::SystemTime::now(),
-                    reason,
-                }),
-            }
-        }
-    };
-    registry.put(state);
+    // directory. Later loads happen on the reload thread, off the request path.
+    let mut reloader = Reloader::new(
+        loader.clone(),
+        registry.clone(),
+        metrics.clone(),
+        dir,
+        args.tenants.clone(),
+    )?;
+    let started = std::time::Instant::now();
+    tokio::task::block_in_place(|| reloader.scan_all());
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "first load done"
+    );
     registry.set_ready();
+    reloader.watch(Duration::from_secs(args.rescan_interval_secs))?;
 
     let fingerprints = match &args.fingerprint_key_file {
         Some(path) => Fingerprinter::from_file(path)?,

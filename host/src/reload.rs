@@ -1,0 +1,334 @@
+//! Hot reload (SPEC §8): the unit of change is a tenant's generation.
+//!
+//! A change anywhere in a tenant's folder (or in the tenants file) builds a whole new generation
+//! off the request path — compiling only new content, checking the world, running every vector —
+//! and only then swaps it in. A refused generation leaves the previous one live, whole. The
+//! directory is watched (notify, debounced) with a periodic full rescan as a safety net for lost
+//! events.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, Result};
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use crate::metrics::{Metrics, TenantLabel, TenantResult};
+use crate::plugin::Loader;
+use crate::registry::{Refusal, Registry, TenantState};
+use crate::tenant::{self, TenantsFile};
+
+/// After an event, wait this long for quiet (one `cp` or kubelet swap is a burst of events)...
+const QUIET: Duration = Duration::from_millis(50);
+/// ...but no longer than this from the first event, so steady changes are not starved.
+const MAX_DELAY: Duration = Duration::from_millis(250);
+
+pub struct Reloader {
+    loader: Arc<Loader>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    root: PathBuf,
+    tenants_path: Option<PathBuf>,
+    /// The last good tenants file (a broken one keeps these guardrails).
+    tenants_file: TenantsFile,
+    tenants_text: Option<String>,
+    /// Per tenant, what the last attempt saw (content + guardrails): unchanged folders are
+    /// not reloaded, and a refused folder is not refused again until it changes.
+    seen: HashMap<String, String>,
+}
+
+impl Reloader {
+    /// Fails if the tenants file is broken at start: there are no previous guardrails to keep.
+    pub fn new(
+        loader: Arc<Loader>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        root: PathBuf,
+        tenants_path: Option<PathBuf>,
+    ) -> Result<Self> {
+        let (tenants_file, tenants_text) = match &tenants_path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading tenants file {}", path.display()))?;
+                (TenantsFile::parse(&text, path)?, Some(text))
+            }
+            None => (TenantsFile::default(), None),
+        };
+        Ok(Self {
+            loader,
+            registry,
+            metrics,
+            root,
+            tenants_path,
+            tenants_file,
+            tenants_text,
+            seen: HashMap::new(),
+        })
+    }
+
+    /// Scans every tenant: new folders load, changed ones reload, removed ones go (404).
+    pub fn scan_all(&mut self) {
+        self.scan(None);
+    }
+
+    /// Scans the tenant list, and the contents of `only` (all when None) and of new tenants.
+    fn scan(&mut self, only: Option<&BTreeSet<String>>) {
+        let mut present = vec![(String::new(), self.root.clone())];
+        match tenant::scan_tenants(&self.root) {
+            Ok(found) => present.extend(found),
+            Err(e) => {
+                // The root itself is unreadable: keep everything as it is.
+                tracing::error!(error = %format!("{e:#}"), "cannot list the plugin directory; keeping every tenant as it is");
+                return;
+            }
+        }
+        for (name, _) in self.registry.snapshot().iter() {
+            if !present.iter().any(|(n, _)| n == name) {
+                tracing::info!(tenant = %name, "tenant folder removed: no longer served");
+                self.registry.remove(name);
+                self.seen.remove(name);
+                self.metrics.generation.remove(&TenantLabel {
+                    tenant: name.clone(),
+                });
+                self.metrics.plugins_loaded.remove(&TenantLabel {
+                    tenant: name.clone(),
+                });
+            }
+        }
+        for (name, dir) in present {
+            let known = self.registry.get(&name).is_some();
+            if !known || only.is_none_or(|o| o.contains(&name)) {
+                self.scan_tenant(&name, &dir);
+            }
+        }
+    }
+
+    fn scan_tenant(&mut self, name: &str, dir: &Path) {
+        let guardrails = self.tenants_file.guardrails(name);
+        let previous = self.registry.get(name);
+        let snapshot = tenant::read_tenant(dir, self.loader.defaults().max_plugin_bytes);
+        let seen = match &snapshot {
+            Ok(s) => format!("{}|{guardrails:?}", s.content),
+            Err(e) => format!("error: {e:#}"),
+        };
+        if previous.is_some() && self.seen.get(name) == Some(&seen) {
+            return;
+        }
+        self.seen.insert(name.to_owned(), seen);
+        let live = previous.as_ref().and_then(|p| p.live.clone());
+        let number = live.as_ref().map_or(1, |g| g.number + 1);
+        let started = Instant::now();
+        let result = snapshot
+            .and_then(|s| tenant::load_generation(&self.loader, name, &s, guardrails, number));
+        let label = TenantLabel {
+            tenant: name.to_owned(),
+        };
+        let state = match result {
+            Ok(generation) => {
+                tracing::info!(
+                    tenant = %name,
+                    generation = number,
+                    plugins = generation.plugins.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "generation live"
+                );
+                self.count(name, "loaded");
+                self.metrics
+                    .generation
+                    .get_or_create(&label)
+                    .set(number as i64);
+                self.metrics
+                    .plugins_loaded
+                    .get_or_create(&label)
+                    .set(generation.plugins.len() as i64);
+                TenantState {
+                    name: name.to_owned(),
+                    dir: dir.to_path_buf(),
+                    live: Some(Arc::new(generation)),
+                    refusal: previous.and_then(|p| p.refusal.clone()),
+                }
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                match &live {
+                    Some(g) => {
+                        tracing::error!(tenant = %name, generation = g.number, "refused; the previous generation stays live: {reason}")
+                    }
+                    None => {
+                        tracing::error!(tenant = %name, "refused; this tenant answers 503 until it loads: {reason}")
+                    }
+                }
+                self.count(name, "refused");
+                TenantState {
+                    name: name.to_owned(),
+                    dir: dir.to_path_buf(),
+                    live,
+                    refusal: Some(Refusal {
+                        at: SystemTime::now(),
+                        reason,
+                    }),
+                }
+            }
+        };
+        self.registry.put(state);
+    }
+
+    fn count(&self, tenant: &str, result: &str) {
+        self.metrics
+            .reloads
+            .get_or_create(&TenantResult {
+                tenant: tenant.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Re-reads the tenants file; true when its guardrails changed. A broken file is refused
+    /// and the last good guardrails stay.
+    fn reload_tenants_file(&mut self) -> bool {
+        let Some(path) = &self.tenants_path else {
+            return false;
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.registry
+                    .set_tenants_file_error(Some(format!("reading {}: {e}", path.display())));
+                return false;
+            }
+        };
+        if self.tenants_text.as_deref() == Some(text.as_str()) {
+            return false;
+        }
+        match TenantsFile::parse(&text, path) {
+            Ok(file) => {
+                tracing::info!(path = %path.display(), "tenants file reloaded");
+                self.tenants_file = file;
+                self.tenants_text = Some(text);
+                self.registry.set_tenants_file_error(None);
+                true
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::error!("tenants file refused; the previous guardrails stay: {reason}");
+                self.registry.set_tenants_file_error(Some(reason));
+                false
+            }
+        }
+    }
+
+    /// Watches the plugin directory and the tenants file on a thread of its own, for as long as
+    /// the process runs.
+    pub fn watch(mut self, rescan_every: Duration) -> Result<()> {
+        let (tx, rx) = channel();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        })
+        .context("starting the file watcher")?;
+        watcher
+            .watch(&self.root, RecursiveMode::Recursive)
+            .with_context(|| format!("watching {}", self.root.display()))?;
+        let tenants_dir = self
+            .tenants_path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf);
+        if let Some(dir) = &tenants_dir {
+            // The directory, not the file: editors and kubelet replace files by renaming.
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .with_context(|| format!("watching {}", dir.display()))?;
+        }
+        std::thread::Builder::new()
+            .name("tollgate-reload".into())
+            .spawn(move || {
+                let _watcher = watcher;
+                let mut next_rescan = Instant::now() + rescan_every;
+                loop {
+                    let wait = next_rescan.saturating_duration_since(Instant::now());
+                    let first = match rx.recv_timeout(wait) {
+                        Ok(event) => event,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.reload_tenants_file();
+                            self.scan_all();
+                            next_rescan = Instant::now() + rescan_every;
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    };
+                    // Debounce: gather the burst.
+                    let mut events = vec![first];
+                    let burst = Instant::now();
+                    while burst.elapsed() < MAX_DELAY {
+                        match rx.recv_timeout(QUIET) {
+                            Ok(event) => events.push(event),
+                            Err(_) => break,
+                        }
+                    }
+                    let (tenants, tenants_file) = self.affected(&events, tenants_dir.as_deref());
+                    if tenants_file && self.reload_tenants_file() {
+                        self.scan_all();
+                    } else if !tenants.is_empty() {
+                        self.scan(Some(&tenants));
+                    }
+                }
+            })
+            .context("starting the reload thread")?;
+        Ok(())
+    }
+
+    /// Which tenants a burst of events touched, and whether the tenants file's folder did.
+    fn affected(
+        &self,
+        events: &[notify::Result<notify::Event>],
+        tenants_dir: Option<&Path>,
+    ) -> (BTreeSet<String>, bool) {
+        let mut tenants = BTreeSet::new();
+        let mut tenants_file = false;
+        for event in events {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    // A watcher error may mean lost events: look at everything.
+                    tracing::warn!(error = %e, "file watcher error: rescanning everything");
+                    return (
+                        self.registry
+                            .snapshot()
+                            .keys()
+                            .cloned()
+                            .chain([String::new()])
+                            .collect(),
+                        true,
+                    );
+                }
+            };
+            // Our own reads show up as access events.
+            if matches!(event.kind, EventKind::Access(_)) {
+                continue;
+            }
+            for path in &event.paths {
+                if let Ok(rel) = path.strip_prefix(&self.root) {
+                    let mut parts = rel.components();
+                    let first = parts
+                        .next()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    // A file (or `..data`) right in the root is the default tenant's; anything
+                    // deeper belongs to the tenant folder it is in.
+                    if parts.next().is_some() && tenant::valid_tenant_name(&first) {
+                        tenants.insert(first);
+                    } else if tenant::valid_tenant_name(&first) && path.is_dir() {
+                        tenants.insert(first);
+                    } else {
+                        tenants.insert(String::new());
+                    }
+                } else if tenants_dir.is_some_and(|d| path.starts_with(d)) {
+                    tenants_file = true;
+                }
+            }
+        }
+        (tenants, tenants_file)
+    }
+}
