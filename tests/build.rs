@@ -17,25 +17,11 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 
     let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo.current_dir(&plugins).args([
-        "build",
-        "--release",
-        "--target",
-        "wasm32-wasip2",
-        "--workspace",
-    ]);
+    cargo.current_dir(&plugins).args(["build", "--release", "--target", "wasm32-wasip2", "--workspace"]);
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
         let inherited = key.starts_with("CARGO_") && key != "CARGO_HOME";
-        if inherited
-            || [
-                "RUSTFLAGS",
-                "RUSTC_WRAPPER",
-                "RUSTC_WORKSPACE_WRAPPER",
-                "RUSTDOCFLAGS",
-            ]
-            .contains(&&*key)
-        {
+        if inherited || ["RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTDOCFLAGS"].contains(&&*key) {
             cargo.env_remove(&*key);
         }
     }
@@ -50,38 +36,19 @@ fn main() {
     // OUT_DIR is target/<profile>/build/<pkg>-<hash>/out: the binary is in target/<profile>.
     let profile_dir = out_dir.ancestors().nth(3).unwrap();
     let mut generated = String::new();
-    writeln!(
-        generated,
-        "/// The `tollgate` binary of this build profile."
-    )
-    .unwrap();
-    writeln!(
-        generated,
-        "pub const TOLLGATE: &str = {:?};",
-        profile_dir.join("tollgate")
-    )
-    .unwrap();
+    writeln!(generated, "/// The `tollgate` binary of this build profile.").unwrap();
+    writeln!(generated, "pub const TOLLGATE: &str = {:?};", profile_dir.join("tollgate")).unwrap();
     writeln!(generated, "/// The repository root.").unwrap();
     writeln!(generated, "pub const ROOT: &str = {:?};", root).unwrap();
     for (krate, dir) in guest_crates(&plugins) {
         let wasm = release.join(format!("{}.wasm", krate.replace('-', "_")));
         assert!(wasm.exists(), "{} was not built", wasm.display());
         let ident = krate.to_uppercase().replace('-', "_");
-        writeln!(
-            generated,
-            "/// `plugins/{}` as a component.",
-            dir.strip_prefix(&plugins).unwrap().display()
-        )
-        .unwrap();
+        writeln!(generated, "/// `plugins/{}` as a component.", dir.strip_prefix(&plugins).unwrap().display()).unwrap();
         writeln!(generated, "pub const {ident}: &str = {:?};", wasm).unwrap();
         let manifest = dir.join(format!("{krate}.toml"));
         if manifest.exists() {
-            writeln!(
-                generated,
-                "pub const {ident}_MANIFEST: &str = {:?};",
-                manifest
-            )
-            .unwrap();
+            writeln!(generated, "pub const {ident}_MANIFEST: &str = {:?};", manifest).unwrap();
         }
     }
     std::fs::write(out_dir.join("plugins.rs"), generated).unwrap();
@@ -90,11 +57,7 @@ fn main() {
 /// The members of the guest workspace that build a component (not the SDK).
 fn guest_crates(plugins: &Path) -> Vec<(String, PathBuf)> {
     let workspace = std::fs::read_to_string(plugins.join("Cargo.toml")).unwrap();
-    let members = workspace
-        .split("members = [")
-        .nth(1)
-        .and_then(|s| s.split(']').next())
-        .unwrap();
+    let members = workspace.split("members = [").nth(1).and_then(|s| s.split(']').next()).unwrap();
     members
         .split(',')
         .map(|m| m.trim().trim_matches('"'))

@@ -23,21 +23,12 @@ pub const VERSIONS: [&str; 2] = [V1, V1BETA1];
 /// `cargo test` builds it; a stale one would test old code).
 pub fn tollgate_bin() -> PathBuf {
     let bin = PathBuf::from(built::TOLLGATE);
-    let built_at = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} is missing: run `make test` (or `cargo build --release -p tollgate`)",
-                bin.display()
-            )
-        });
+    let built_at = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!("{} is missing: run `make test` (or `cargo build --release -p tollgate`)", bin.display())
+    });
     let src = Path::new(built::ROOT).join("host/src");
     if let Some(newer) = newest_file(&src).filter(|(t, _)| *t > built_at) {
-        panic!(
-            "{} is older than {}: rebuild it (`make test` does)",
-            bin.display(),
-            newer.1.display()
-        );
+        panic!("{} is older than {}: rebuild it (`make test` does)", bin.display(), newer.1.display());
     }
     bin
 }
@@ -46,15 +37,10 @@ fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     let mut newest = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
-        let found = if path.is_dir() {
-            newest_file(&path)
-        } else {
-            entry.metadata().ok()?.modified().ok().map(|t| (t, path))
-        };
+        let found =
+            if path.is_dir() { newest_file(&path) } else { entry.metadata().ok()?.modified().ok().map(|t| (t, path)) };
         if let Some(f) = found
-            && newest
-                .as_ref()
-                .is_none_or(|n: &(std::time::SystemTime, PathBuf)| f.0 > n.0)
+            && newest.as_ref().is_none_or(|n: &(std::time::SystemTime, PathBuf)| f.0 > n.0)
         {
             newest = Some(f);
         }
@@ -75,9 +61,7 @@ impl Default for PluginDir {
 
 impl PluginDir {
     pub fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        Self { dir: tempfile::tempdir().expect("temp dir") }
     }
 
     pub fn path(&self) -> &Path {
@@ -117,10 +101,7 @@ impl PluginDir {
 pub struct Collected(Arc<Mutex<String>>);
 
 impl Collected {
-    fn follow(
-        stream: impl Read + Send + 'static,
-        copy: Option<std::sync::mpsc::Sender<String>>,
-    ) -> Self {
+    fn follow(stream: impl Read + Send + 'static, copy: Option<std::sync::mpsc::Sender<String>>) -> Self {
         let collected = Collected::default();
         let sink = collected.0.clone();
         std::thread::spawn(move || {
@@ -156,9 +137,8 @@ pub struct Server {
 impl Server {
     /// Starts `tollgate serve --plugins DIR --listen 127.0.0.1:0 ARGS...` and waits until it listens.
     pub fn start(dir: &Path, args: &[&str]) -> Server {
-        Self::try_start(dir, args).unwrap_or_else(|(e, logs)| {
-            panic!("tollgate did not start: {e}\n--- its log ---\n{logs}")
-        })
+        Self::try_start(dir, args)
+            .unwrap_or_else(|(e, logs)| panic!("tollgate did not start: {e}\n--- its log ---\n{logs}"))
     }
 
     /// As [`Self::start`], returning the error and the log when it does not come up.
@@ -183,10 +163,7 @@ impl Server {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest
-                            .split(|c: char| c.is_whitespace() || c == '"')
-                            .next()
-                            .unwrap();
+                        let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap();
                         break addr.parse().unwrap();
                     }
                 }
@@ -203,13 +180,7 @@ impl Server {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        Ok(Server {
-            child,
-            addr,
-            logs,
-            audit,
-            client,
-        })
+        Ok(Server { child, addr, logs, audit, client })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -221,12 +192,7 @@ impl Server {
     }
 
     /// POSTs raw bytes with a content type.
-    pub fn post_raw(
-        &self,
-        path: &str,
-        content_type: Option<&str>,
-        body: impl Into<reqwest::blocking::Body>,
-    ) -> Answer {
+    pub fn post_raw(&self, path: &str, content_type: Option<&str>, body: impl Into<reqwest::blocking::Body>) -> Answer {
         let mut req = self.client.post(self.url(path)).body(body);
         if let Some(ct) = content_type {
             req = req.header("Content-Type", ct);
@@ -239,13 +205,7 @@ impl Server {
     }
 
     /// POSTs a TokenReview of `api_version` for `token` (None = `"spec":{}`) to `path`.
-    pub fn review_at(
-        &self,
-        path: &str,
-        api_version: &str,
-        token: Option<&str>,
-        audiences: &[&str],
-    ) -> Answer {
+    pub fn review_at(&self, path: &str, api_version: &str, token: Option<&str>, audiences: &[&str]) -> Answer {
         let mut spec = json!({});
         if let Some(t) = token {
             spec["token"] = json!(t);
@@ -264,11 +224,7 @@ impl Server {
 
     /// The audit lines so far, parsed.
     pub fn audit_lines(&self) -> Vec<Value> {
-        self.audit
-            .text()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.audit.text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// Waits (bounded) until `pred` holds for the audit log, for lines written after an answer.
@@ -281,10 +237,7 @@ impl Server {
 
     /// Stops the server (SIGTERM) and waits for it.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let status = self.child.wait().unwrap();
         // Let the reader threads drain.
         std::thread::sleep(Duration::from_millis(100));
@@ -312,11 +265,7 @@ impl From<reqwest::blocking::Response> for Answer {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let body = r.text().unwrap_or_default();
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer { status, headers, body }
     }
 }
 
@@ -331,10 +280,7 @@ impl Answer {
         let v = self.json();
         assert_eq!(v["apiVersion"], api_version, "{v}");
         assert_eq!(v["kind"], "TokenReview", "{v}");
-        assert!(
-            v.get("spec").is_none(),
-            "the answer must never echo spec: {v}"
-        );
+        assert!(v.get("spec").is_none(), "the answer must never echo spec: {v}");
         assert!(self.headers.get("retry-after").is_none());
         v["status"].clone()
     }
@@ -349,10 +295,7 @@ impl Answer {
         assert_eq!(v["code"], code, "{v}");
         assert_eq!(v["reason"], reason, "{v}");
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-        assert!(
-            self.headers.get("retry-after").is_none(),
-            "no Retry-After on {code}"
-        );
+        assert!(self.headers.get("retry-after").is_none(), "no Retry-After on {code}");
     }
 }
 
@@ -389,12 +332,7 @@ pub fn run_cli(args: &[&str], stdin: &str) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning tollgate");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -419,4 +357,77 @@ pub fn static_tokens_manifest(extra_config: &str) -> String {
 /// A probe manifest: `action`, then any further `[config]` lines; `head` goes before `[config]`.
 pub fn probe_manifest(head: &str, action: &str, config: &str) -> String {
     format!("{head}\n[config]\naction = \"{action}\"\n{config}\n")
+}
+
+/// A folder written exactly as kubelet's AtomicWriter writes a ConfigMap, Secret or projected
+/// volume: the files live in a timestamped `..YYYY_MM_DD_...` directory, `..data` points to it,
+/// and each visible name is a symlink `NAME -> ..data/NAME`.
+pub struct KubeVolume {
+    pub dir: PathBuf,
+    generation: u64,
+}
+
+impl KubeVolume {
+    /// An empty volume at `dir` (created).
+    pub fn new(dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir, generation: 0 }
+    }
+
+    /// Publishes a new version holding exactly `files` (name, bytes), in kubelet's order:
+    /// write the new timestamped dir, point `..data_tmp` at it, rename it over `..data`, create
+    /// the visible links of new names, remove the links of removed names, remove the old dir.
+    pub fn publish<S: AsRef<str>>(&mut self, files: &[(S, Vec<u8>)]) {
+        use std::os::unix::fs::symlink;
+        self.generation += 1;
+        let stamp = format!("..2026_11_28_00_00_00.{:09}", self.generation);
+        let new_dir = self.dir.join(&stamp);
+        std::fs::create_dir(&new_dir).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(new_dir.join(name.as_ref()), bytes).unwrap();
+        }
+        let old = std::fs::read_link(self.dir.join("..data")).ok();
+        let tmp = self.dir.join("..data_tmp");
+        symlink(&stamp, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        for (name, _) in files {
+            let link = self.dir.join(name.as_ref());
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(format!("..data/{}", name.as_ref()), &link).unwrap();
+            }
+        }
+        for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !files.iter().any(|(n, _)| n.as_ref() == name) {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+        if let Some(old) = old {
+            std::fs::remove_dir_all(self.dir.join(old)).unwrap();
+        }
+    }
+}
+
+/// A probe component's bytes and manifest text, as files for a [`KubeVolume`].
+pub fn probe_files(name: &str, manifest: &str) -> [(String, Vec<u8>); 2] {
+    [
+        (format!("{name}.wasm"), std::fs::read(built::PROBE).unwrap()),
+        (format!("{name}.toml"), manifest.as_bytes().to_vec()),
+    ]
+}
+
+/// Polls `/authenticate{path}` with `token` until `pred` accepts the answer (bounded).
+pub fn wait_for_answer(server: &Server, path: &str, token: &str, what: &str, pred: impl Fn(&Answer) -> bool) -> Answer {
+    wait_for(what, Duration::from_secs(15), || {
+        let answer = server.review_at(path, V1, Some(token), &[]);
+        pred(&answer).then_some(answer)
+    })
+}
+
+/// The username a 200 answer grants, or None.
+pub fn granted_username(answer: &Answer) -> Option<String> {
+    if answer.status != 200 {
+        return None;
+    }
+    answer.json()["status"]["user"]["username"].as_str().map(str::to_owned)
 }

@@ -20,21 +20,14 @@ pub struct Fingerprinter {
 impl Fingerprinter {
     /// A random key for this process: lines correlate within it only.
     pub fn random() -> Self {
-        Self {
-            key: rand::random::<[u8; 32]>().to_vec(),
-        }
+        Self { key: rand::random::<[u8; 32]>().to_vec() }
     }
 
     /// The key in `path` (at least 32 bytes, shared by all replicas).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let key = std::fs::read(path)
-            .with_context(|| format!("reading fingerprint key {}", path.display()))?;
+        let key = std::fs::read(path).with_context(|| format!("reading fingerprint key {}", path.display()))?;
         if key.len() < 32 {
-            bail!(
-                "fingerprint key {} holds {} bytes; it needs at least 32",
-                path.display(),
-                key.len()
-            );
+            bail!("fingerprint key {} holds {} bytes; it needs at least 32", path.display(), key.len());
         }
         Ok(Self { key })
     }
@@ -42,8 +35,7 @@ impl Fingerprinter {
     /// First 16 hex characters of HMAC-SHA256(key, token).
     pub fn token_id(&self, token: &str) -> String {
         // HMAC takes keys of any length.
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
         mac.update(token.as_bytes());
         let mut id = hex::encode(mac.finalize().into_bytes());
         id.truncate(16);
@@ -96,10 +88,7 @@ impl AuditLog {
                 Some(Box::new(std::io::LineWriter::new(file)))
             }
         };
-        Ok(Self {
-            sink: sink.map(Mutex::new),
-            fingerprints,
-        })
+        Ok(Self { sink: sink.map(Mutex::new), fingerprints })
     }
 
     pub fn write(&self, line: &AuditLine) {
@@ -149,10 +138,7 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_795_876_245) + Duration::from_micros(5);
         assert_eq!(rfc3339(t), "2026-11-28T14:30:45.000005Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000000Z"
-        );
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000000Z");
     }
 
     #[test]

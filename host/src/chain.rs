@@ -22,22 +22,11 @@ pub struct ReviewInput {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// A grant that passed every check. `audiences` is `status.audiences` (None = omitted).
-    Authenticated {
-        user: UserInfo,
-        audiences: Option<Vec<String>>,
-        expires_at: Option<u64>,
-    },
+    Authenticated { user: UserInfo, audiences: Option<Vec<String>>, expires_at: Option<u64> },
     /// A clean, cacheable denial. `rule` names the host check that refused a grant, if one did.
-    Denied {
-        reason: String,
-        rule: Option<&'static str>,
-    },
+    Denied { reason: String, rule: Option<&'static str> },
     /// A plugin failed: unauthenticated with `status.error`, so kube-apiserver does not cache it.
-    Failed {
-        plugin: String,
-        class: &'static str,
-        message: String,
-    },
+    Failed { plugin: String, class: &'static str, message: String },
     /// An issuer could not decide now (503).
     Unavailable { reason: String },
     /// The review's deadline passed (503).
@@ -106,25 +95,10 @@ pub struct Verdict {
 }
 
 /// Runs `generation`'s chain on one review, under `deadline`.
-pub fn evaluate(
-    sandbox: &Sandbox,
-    generation: &Generation,
-    input: &ReviewInput,
-    deadline: Instant,
-) -> Verdict {
-    let mut run = Run {
-        sandbox,
-        input,
-        deadline,
-        steps: Vec::new(),
-        decided_by: None,
-    };
+pub fn evaluate(sandbox: &Sandbox, generation: &Generation, input: &ReviewInput, deadline: Instant) -> Verdict {
+    let mut run = Run { sandbox, input, deadline, steps: Vec::new(), decided_by: None };
     let outcome = run.chain(generation);
-    Verdict {
-        outcome,
-        decided_by: run.decided_by,
-        steps: run.steps,
-    }
+    Verdict { outcome, decided_by: run.decided_by, steps: run.steps }
 }
 
 struct Run<'a> {
@@ -155,11 +129,7 @@ impl Run<'_> {
         let issuer = std::cell::OnceCell::new();
         let mut unavailable: Option<String> = None;
         let mut granted: Option<(Grant, &Plugin)> = None;
-        for plugin in generation
-            .plugins
-            .iter()
-            .filter(|p| p.role == Role::Authenticator)
-        {
+        for plugin in generation.plugins.iter().filter(|p| p.role == Role::Authenticator) {
             if let Some(m) = &plugin.matcher {
                 let iss = issuer.get_or_init(|| unverified_issuer(&self.input.token));
                 if !m.matches(&self.input.token, iss.as_deref()) {
@@ -201,10 +171,7 @@ impl Run<'_> {
         // 2. Mappers, in order, on the grant; they are never shown the token.
         review.token = String::new();
         for plugin in generation.plugins.iter().filter(|p| p.role == Role::Mapper) {
-            review.current = Some(Prior {
-                grant: grant.clone(),
-                plugin: by.name.clone(),
-            });
+            review.current = Some(Prior { grant: grant.clone(), plugin: by.name.clone() });
             match self.call(plugin, &review) {
                 Err(outcome) => return outcome,
                 Ok(Decision::Allow(mapped)) => match merge_mapped(&grant, mapped) {
@@ -226,9 +193,7 @@ impl Run<'_> {
                 Ok(Decision::Abstain) => {}
                 Ok(Decision::Unavailable(reason)) => {
                     self.decided_by = Some((plugin.name.clone(), plugin.digest().to_owned()));
-                    return Outcome::Unavailable {
-                        reason: format!("{}: {reason}", plugin.name),
-                    };
+                    return Outcome::Unavailable { reason: format!("{}: {reason}", plugin.name) };
                 }
             }
         }
@@ -239,11 +204,7 @@ impl Run<'_> {
             .and_then(|()| not_expired(&grant))
             .and_then(|()| guardrails::audiences(&self.input.audiences, &grant));
         match checked {
-            Ok(audiences) => Outcome::Authenticated {
-                user: grant.user,
-                audiences,
-                expires_at: grant.expires_at,
-            },
+            Ok(audiences) => Outcome::Authenticated { user: grant.user, audiences, expires_at: grant.expires_at },
             Err(v) => refused(v),
         }
     }
@@ -271,8 +232,7 @@ impl Run<'_> {
                 self.decided_by = Some((plugin.name.clone(), plugin.digest().to_owned()));
                 // Stopped by the review's deadline rather than its own budget: 503, not the
                 // plugin's fault.
-                if failure == Failure::Deadline
-                    && self.deadline.saturating_duration_since(started) < plugin.env.timeout
+                if failure == Failure::Deadline && self.deadline.saturating_duration_since(started) < plugin.env.timeout
                 {
                     return Err(Outcome::Deadline);
                 }
@@ -282,35 +242,20 @@ impl Run<'_> {
     }
 
     fn record(&mut self, plugin: &Plugin, result: StepResult, duration: Duration) {
-        self.steps.push(Step {
-            plugin: plugin.name.clone(),
-            role: plugin.role,
-            result,
-            duration,
-        });
+        self.steps.push(Step { plugin: plugin.name.clone(), role: plugin.role, result, duration });
     }
 }
 
 fn denied(reason: &str) -> Outcome {
-    Outcome::Denied {
-        reason: reason.to_owned(),
-        rule: None,
-    }
+    Outcome::Denied { reason: reason.to_owned(), rule: None }
 }
 
 fn refused(v: Violation) -> Outcome {
-    Outcome::Denied {
-        reason: v.detail,
-        rule: Some(v.rule),
-    }
+    Outcome::Denied { reason: v.detail, rule: Some(v.rule) }
 }
 
 fn failed(plugin: &Plugin, class: &'static str, message: String) -> Outcome {
-    Outcome::Failed {
-        plugin: plugin.name.clone(),
-        class,
-        message,
-    }
+    Outcome::Failed { plugin: plugin.name.clone(), class, message }
 }
 
 /// A mapper's grant replaces the current one, but may not widen its audiences (empty keeps the
@@ -319,11 +264,7 @@ fn failed(plugin: &Plugin, class: &'static str, message: String) -> Outcome {
 fn merge_mapped(current: &Grant, mapped: Grant) -> Result<Grant, String> {
     let audiences = if mapped.audiences.is_empty() {
         current.audiences.clone()
-    } else if mapped
-        .audiences
-        .iter()
-        .all(|a| current.audiences.contains(a))
-    {
+    } else if mapped.audiences.iter().all(|a| current.audiences.contains(a)) {
         mapped.audiences
     } else {
         return Err("the mapper widened the grant's audiences".into());
@@ -332,23 +273,13 @@ fn merge_mapped(current: &Grant, mapped: Grant) -> Result<Grant, String> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    Ok(Grant {
-        user: mapped.user,
-        audiences,
-        expires_at,
-    })
+    Ok(Grant { user: mapped.user, audiences, expires_at })
 }
 
 fn not_expired(grant: &Grant) -> Result<(), Violation> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     match grant.expires_at {
-        Some(t) if t <= now => Err(Violation {
-            rule: "expired",
-            detail: format!("the grant expired at {t}"),
-        }),
+        Some(t) if t <= now => Err(Violation { rule: "expired", detail: format!("the grant expired at {t}") }),
         _ => Ok(()),
     }
 }
@@ -359,12 +290,7 @@ mod tests {
 
     fn grant(aud: &[&str], exp: Option<u64>) -> Grant {
         Grant {
-            user: UserInfo {
-                username: "u".into(),
-                uid: String::new(),
-                groups: vec![],
-                extra: vec![],
-            },
+            user: UserInfo { username: "u".into(), uid: String::new(), groups: vec![], extra: vec![] },
             audiences: aud.iter().map(|a| a.to_string()).collect(),
             expires_at: exp,
         }
@@ -372,47 +298,17 @@ mod tests {
 
     #[test]
     fn mappers_cannot_widen_audiences() {
-        assert_eq!(
-            merge_mapped(&grant(&["a", "b"], None), grant(&[], None))
-                .unwrap()
-                .audiences,
-            vec!["a", "b"]
-        );
-        assert_eq!(
-            merge_mapped(&grant(&["a", "b"], None), grant(&["b"], None))
-                .unwrap()
-                .audiences,
-            vec!["b"]
-        );
+        assert_eq!(merge_mapped(&grant(&["a", "b"], None), grant(&[], None)).unwrap().audiences, vec!["a", "b"]);
+        assert_eq!(merge_mapped(&grant(&["a", "b"], None), grant(&["b"], None)).unwrap().audiences, vec!["b"]);
         assert!(merge_mapped(&grant(&["a"], None), grant(&["a", "c"], None)).is_err());
         assert!(merge_mapped(&grant(&[], None), grant(&["a"], None)).is_err());
     }
 
     #[test]
     fn mappers_keep_the_sooner_expiry() {
-        assert_eq!(
-            merge_mapped(&grant(&[], Some(10)), grant(&[], Some(20)))
-                .unwrap()
-                .expires_at,
-            Some(10)
-        );
-        assert_eq!(
-            merge_mapped(&grant(&[], Some(30)), grant(&[], Some(20)))
-                .unwrap()
-                .expires_at,
-            Some(20)
-        );
-        assert_eq!(
-            merge_mapped(&grant(&[], None), grant(&[], Some(20)))
-                .unwrap()
-                .expires_at,
-            Some(20)
-        );
-        assert_eq!(
-            merge_mapped(&grant(&[], Some(5)), grant(&[], None))
-                .unwrap()
-                .expires_at,
-            Some(5)
-        );
+        assert_eq!(merge_mapped(&grant(&[], Some(10)), grant(&[], Some(20))).unwrap().expires_at, Some(10));
+        assert_eq!(merge_mapped(&grant(&[], Some(30)), grant(&[], Some(20))).unwrap().expires_at, Some(20));
+        assert_eq!(merge_mapped(&grant(&[], None), grant(&[], Some(20))).unwrap().expires_at, Some(20));
+        assert_eq!(merge_mapped(&grant(&[], Some(5)), grant(&[], None)).unwrap().expires_at, Some(5));
     }
 }

@@ -73,10 +73,7 @@ pub struct PluginArgs {
 impl PluginArgs {
     /// The loader every command uses; `cache` is the compile cache's directory and size bound.
     pub fn loader(&self, cache: Option<(&Path, u64)>) -> Result<Loader> {
-        anyhow::ensure!(
-            self.plugin_timeout_ms > 0,
-            "--plugin-timeout-ms must be positive"
-        );
+        anyhow::ensure!(self.plugin_timeout_ms > 0, "--plugin-timeout-ms must be positive");
         anyhow::ensure!(
             self.plugin_timeout_ms <= self.max_plugin_timeout_ms,
             "--plugin-timeout-ms exceeds --max-plugin-timeout-ms"
@@ -86,13 +83,8 @@ impl PluginArgs {
             "--plugin-memory-mib must be positive and at most --max-plugin-memory-mib"
         );
         let max_memory_bytes = self.max_plugin_memory_mib << 20;
-        let sandbox = Sandbox::new(&SandboxConfig {
-            max_memory_bytes,
-            ..SandboxConfig::default()
-        })?;
-        let disk = cache
-            .map(|(dir, max_bytes)| DiskCache::open(dir, sandbox.engine_hash(), max_bytes))
-            .transpose()?;
+        let sandbox = Sandbox::new(&SandboxConfig { max_memory_bytes, ..SandboxConfig::default() })?;
+        let disk = cache.map(|(dir, max_bytes)| DiskCache::open(dir, sandbox.engine_hash(), max_bytes)).transpose()?;
         let defaults = PluginDefaults {
             timeout: Duration::from_millis(self.plugin_timeout_ms),
             max_timeout: Duration::from_millis(self.max_plugin_timeout_ms),
@@ -106,14 +98,11 @@ impl PluginArgs {
 
 /// The tenants file, or the defaults when none is given.
 fn tenants_file(path: Option<&Path>) -> Result<TenantsFile> {
-    path.map(TenantsFile::load)
-        .transpose()
-        .map(Option::unwrap_or_default)
+    path.map(TenantsFile::load).transpose().map(Option::unwrap_or_default)
 }
 
 fn plugin_dir(path: &Path) -> Result<PathBuf> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("plugin directory {}", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("plugin directory {}", path.display()))?;
     anyhow::ensure!(meta.is_dir(), "{} is not a directory", path.display());
     Ok(path.to_path_buf())
 }

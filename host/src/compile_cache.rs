@@ -54,28 +54,18 @@ impl DiskCache {
                 .mode(0o600)
                 .open(&key_path)
                 .with_context(|| format!("creating {}", key_path.display()))?;
-            f.write_all(&rand::random::<[u8; 32]>())
-                .context("writing the cache key")?;
+            f.write_all(&rand::random::<[u8; 32]>()).context("writing the cache key")?;
             f.sync_all().context("writing the cache key")?;
         }
-        let key_meta =
-            fs::metadata(&key_path).with_context(|| format!("{}", key_path.display()))?;
+        let key_meta = fs::metadata(&key_path).with_context(|| format!("{}", key_path.display()))?;
         if key_meta.uid() != uid || key_meta.permissions().mode() & 0o077 != 0 {
-            bail!(
-                "cache key {} must be owned by this user with mode 0600",
-                key_path.display()
-            );
+            bail!("cache key {} must be owned by this user with mode 0600", key_path.display());
         }
         let key = fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
         if key.len() < 32 {
             bail!("cache key {} is too short", key_path.display());
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            key,
-            engine: engine_hash,
-            max_bytes,
-        })
+        Ok(Self { dir: dir.to_path_buf(), key, engine: engine_hash, max_bytes })
     }
 
     fn entry(&self, digest: &str) -> PathBuf {
@@ -99,12 +89,7 @@ impl DiskCache {
     pub fn get(&self, digest: &str) -> Option<Vec<u8>> {
         let path = self.entry(digest);
         let mut bytes = fs::read(&path).ok()?;
-        if bytes.len() < TAG_LEN
-            || self
-                .tag(digest, &bytes[TAG_LEN..])
-                .verify_slice(&bytes[..TAG_LEN])
-                .is_err()
-        {
+        if bytes.len() < TAG_LEN || self.tag(digest, &bytes[TAG_LEN..]).verify_slice(&bytes[..TAG_LEN]).is_err() {
             tracing::warn!(entry = %path.display(), "compile cache entry failed authentication: discarded");
             self.discard(digest);
             return None;
@@ -124,12 +109,7 @@ impl DiskCache {
     pub fn put(&self, digest: &str, serialized: &[u8]) -> Result<()> {
         let path = self.entry(digest);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(&self.tag(digest, serialized).finalize().into_bytes())?;
         f.write_all(serialized)?;
         f.sync_all()?;
@@ -187,10 +167,7 @@ mod tests {
         assert!(!path.exists(), "a bad entry is discarded");
         // Another key (another cache's entry copied in): refused.
         c.put("sha256:bb", b"compiled").unwrap();
-        let other = DiskCache {
-            key: vec![9; 32],
-            ..cache(&tmp.join("cache"))
-        };
+        let other = DiskCache { key: vec![9; 32], ..cache(&tmp.join("cache")) };
         assert_eq!(other.get("sha256:bb"), None);
         fs::remove_dir_all(&tmp).unwrap();
     }

@@ -20,40 +20,21 @@ pub struct Evaluator {
 
 impl Evaluator {
     /// `concurrency` reviews are evaluated at once; the rest wait, within their deadline.
-    pub fn new(
-        sandbox: Arc<Sandbox>,
-        concurrency: usize,
-        review_timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            sandbox,
-            permits: Arc::new(Semaphore::new(concurrency)),
-            review_timeout,
-            metrics,
-        }
+    pub fn new(sandbox: Arc<Sandbox>, concurrency: usize, review_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { sandbox, permits: Arc::new(Semaphore::new(concurrency)), review_timeout, metrics }
     }
 
     pub async fn evaluate(&self, generation: Arc<Generation>, input: ReviewInput) -> Verdict {
         let started = Instant::now();
         let deadline = started + self.review_timeout;
-        let verdict = |outcome| Verdict {
-            outcome,
-            decided_by: None,
-            steps: Vec::new(),
-        };
+        let verdict = |outcome| Verdict { outcome, decided_by: None, steps: Vec::new() };
 
-        let permit =
-            match tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(permit)) => permit,
-                // Closed never happens (the semaphore is never closed); time out = overloaded.
-                Ok(Err(_)) | Err(_) => return verdict(Outcome::Overloaded),
-            };
-        self.metrics
-            .queue_wait
-            .observe(started.elapsed().as_secs_f64());
+        let permit = match tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            // Closed never happens (the semaphore is never closed); time out = overloaded.
+            Ok(Err(_)) | Err(_) => return verdict(Outcome::Overloaded),
+        };
+        self.metrics.queue_wait.observe(started.elapsed().as_secs_f64());
 
         let sandbox = self.sandbox.clone();
         let metrics = self.metrics.clone();
@@ -67,15 +48,10 @@ impl Evaluator {
         });
         // The chain stops itself at the deadline (epoch interruption); this is the backstop
         // for anything that does not, with one epoch tick of grace.
-        match tokio::time::timeout_at((deadline + crate::sandbox::EPOCH_TICK * 2).into(), task)
-            .await
-        {
+        match tokio::time::timeout_at((deadline + crate::sandbox::EPOCH_TICK * 2).into(), task).await {
             Ok(Ok(verdict)) => verdict,
             Ok(Err(join_error)) => {
-                tracing::error!(
-                    panicked = join_error.is_panic(),
-                    "a review evaluation did not finish"
-                );
+                tracing::error!(panicked = join_error.is_panic(), "a review evaluation did not finish");
                 verdict(Outcome::Internal)
             }
             Err(_) => verdict(Outcome::Deadline),

@@ -48,28 +48,16 @@ impl GrantLimits {
     pub fn check(&self, grant: &Grant) -> Result<(), String> {
         let u = &grant.user;
         let count = |what: &str, n: usize, max: usize| {
-            if n > max {
-                Err(format!("{n} {what} (at most {max})"))
-            } else {
-                Ok(())
-            }
+            if n > max { Err(format!("{n} {what} (at most {max})")) } else { Ok(()) }
         };
         count("groups", u.groups.len(), self.groups)?;
         count("extra keys", u.extra.len(), self.extra_keys)?;
-        count(
-            "extra values",
-            u.extra.iter().map(|(_, v)| v.len()).sum(),
-            self.extra_values,
-        )?;
+        count("extra values", u.extra.iter().map(|(_, v)| v.len()).sum(), self.extra_values)?;
         count("audiences", grant.audiences.len(), self.audiences)?;
         let mut total = 0usize;
         for s in grant_strings(grant) {
             if s.len() > self.string_bytes {
-                return Err(format!(
-                    "a {}-byte string (at most {})",
-                    s.len(),
-                    self.string_bytes
-                ));
+                return Err(format!("a {}-byte string (at most {})", s.len(), self.string_bytes));
             }
             total += s.len();
         }
@@ -83,11 +71,7 @@ pub fn grant_strings(grant: &Grant) -> impl Iterator<Item = &str> {
     [u.username.as_str(), u.uid.as_str()]
         .into_iter()
         .chain(u.groups.iter().map(String::as_str))
-        .chain(
-            u.extra.iter().flat_map(|(k, vs)| {
-                std::iter::once(k.as_str()).chain(vs.iter().map(String::as_str))
-            }),
-        )
+        .chain(u.extra.iter().flat_map(|(k, vs)| std::iter::once(k.as_str()).chain(vs.iter().map(String::as_str))))
         .chain(grant.audiences.iter().map(String::as_str))
 }
 
@@ -100,10 +84,7 @@ pub struct Violation {
 
 impl Violation {
     fn new(rule: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            rule,
-            detail: detail.into(),
-        }
+        Self { rule, detail: detail.into() }
     }
 }
 
@@ -122,40 +103,21 @@ pub fn carries_token(grant: &Grant, scrubber: &Scrubber) -> bool {
 pub fn identity_checks(grant: &Grant, scrubber: &Scrubber) -> Result<(), Violation> {
     let u = &grant.user;
     if u.username.is_empty() {
-        return Err(Violation::new(
-            "empty-username",
-            "the grant has an empty username",
-        ));
+        return Err(Violation::new("empty-username", "the grant has an empty username"));
     }
     if carries_token(grant, scrubber) {
-        return Err(Violation::new(
-            "token-in-grant",
-            "the grant carries the token itself",
-        ));
+        return Err(Violation::new("token-in-grant", "the grant carries the token itself"));
     }
     if let Some(s) = grant_strings(grant).find(|s| s.chars().any(char::is_control)) {
-        return Err(Violation::new(
-            "control-character",
-            format!("{:?} holds a control character", s),
-        ));
+        return Err(Violation::new("control-character", format!("{:?} holds a control character", s)));
     }
     for name in std::iter::once(&u.username).chain(&u.groups) {
         if RESERVED_IDENTITIES.contains(&name.as_str()) {
-            return Err(Violation::new(
-                "reserved-identity",
-                format!("{name} is kube-apiserver's own"),
-            ));
+            return Err(Violation::new("reserved-identity", format!("{name} is kube-apiserver's own")));
         }
     }
-    if let Some((key, _)) = u
-        .extra
-        .iter()
-        .find(|(k, _)| k.to_ascii_lowercase().starts_with(RESERVED_EXTRA_PREFIX))
-    {
-        return Err(Violation::new(
-            "reserved-extra",
-            format!("extra key {key} is kube-apiserver's own"),
-        ));
+    if let Some((key, _)) = u.extra.iter().find(|(k, _)| k.to_ascii_lowercase().starts_with(RESERVED_EXTRA_PREFIX)) {
+        return Err(Violation::new("reserved-extra", format!("extra key {key} is kube-apiserver's own")));
     }
     Ok(())
 }
@@ -216,15 +178,10 @@ impl Guardrails {
                 ));
             }
         }
-        if !u.username.starts_with(&self.username_prefix)
-            && !self.allow_system.contains(&u.username)
-        {
+        if !u.username.starts_with(&self.username_prefix) && !self.allow_system.contains(&u.username) {
             return Err(Violation::new(
                 "username-prefix",
-                format!(
-                    "username {} lacks the prefix {:?}",
-                    u.username, self.username_prefix
-                ),
+                format!("username {} lacks the prefix {:?}", u.username, self.username_prefix),
             ));
         }
         if let Some(patterns) = &self.allowed_groups {
@@ -263,10 +220,7 @@ pub fn audiences(spec: &[String], grant: &Grant) -> Result<Option<Vec<String>>, 
         }
     }
     if both.is_empty() {
-        return Err(Violation::new(
-            "audience-mismatch",
-            "the token is valid for none of the requested audiences",
-        ));
+        return Err(Violation::new("audience-mismatch", "the token is valid for none of the requested audiences"));
     }
     Ok(Some(both))
 }
@@ -326,76 +280,34 @@ mod tests {
     #[test]
     fn default_tenant_refuses_system_identities_unless_listed() {
         let g = Guardrails::default_tenant();
-        assert_eq!(
-            g.check(&grant("alice", &["system:masters"]))
-                .unwrap_err()
-                .rule,
-            "system-identity"
-        );
-        assert_eq!(
-            g.check(&grant("system:admin", &[])).unwrap_err().rule,
-            "system-identity"
-        );
+        assert_eq!(g.check(&grant("alice", &["system:masters"])).unwrap_err().rule, "system-identity");
+        assert_eq!(g.check(&grant("system:admin", &[])).unwrap_err().rule, "system-identity");
         assert!(g.check(&grant("alice", &["dev"])).is_ok());
-        let spec = GuardrailSpec {
-            allow_system: vec!["system:masters".into()],
-            ..Default::default()
-        };
-        assert!(
-            Guardrails::from_spec("", &spec)
-                .check(&grant("alice", &["system:masters"]))
-                .is_ok()
-        );
+        let spec = GuardrailSpec { allow_system: vec!["system:masters".into()], ..Default::default() };
+        assert!(Guardrails::from_spec("", &spec).check(&grant("alice", &["system:masters"])).is_ok());
     }
 
     #[test]
     fn named_tenant_defaults() {
         let g = Guardrails::from_spec("acme", &GuardrailSpec::default());
         assert!(g.check(&grant("acme:alice", &["acme:dev"])).is_ok());
-        assert_eq!(
-            g.check(&grant("alice", &["acme:dev"])).unwrap_err().rule,
-            "username-prefix"
-        );
-        assert_eq!(
-            g.check(&grant("acme:alice", &["dev"])).unwrap_err().rule,
-            "group-not-allowed"
-        );
+        assert_eq!(g.check(&grant("alice", &["acme:dev"])).unwrap_err().rule, "username-prefix");
+        assert_eq!(g.check(&grant("acme:alice", &["dev"])).unwrap_err().rule, "group-not-allowed");
     }
 
     #[test]
     fn identity_checks_refuse_reserved_and_empty() {
         let s = Scrubber::new("a-long-bearer-token");
+        assert_eq!(identity_checks(&grant("", &[]), &s).unwrap_err().rule, "empty-username");
+        assert_eq!(identity_checks(&grant("system:anonymous", &[]), &s).unwrap_err().rule, "reserved-identity");
         assert_eq!(
-            identity_checks(&grant("", &[]), &s).unwrap_err().rule,
-            "empty-username"
-        );
-        assert_eq!(
-            identity_checks(&grant("system:anonymous", &[]), &s)
-                .unwrap_err()
-                .rule,
+            identity_checks(&grant("bob", &["system:unauthenticated"]), &s).unwrap_err().rule,
             "reserved-identity"
         );
-        assert_eq!(
-            identity_checks(&grant("bob", &["system:unauthenticated"]), &s)
-                .unwrap_err()
-                .rule,
-            "reserved-identity"
-        );
-        assert_eq!(
-            identity_checks(&grant("a-long-bearer-token", &[]), &s)
-                .unwrap_err()
-                .rule,
-            "token-in-grant"
-        );
-        assert_eq!(
-            identity_checks(&grant("bob\n", &[]), &s).unwrap_err().rule,
-            "control-character"
-        );
+        assert_eq!(identity_checks(&grant("a-long-bearer-token", &[]), &s).unwrap_err().rule, "token-in-grant");
+        assert_eq!(identity_checks(&grant("bob\n", &[]), &s).unwrap_err().rule, "control-character");
         let mut g = grant("bob", &[]);
-        g.user.extra.push((
-            "Authentication.kubernetes.io/pod-name".into(),
-            vec!["x".into()],
-        ));
+        g.user.extra.push(("Authentication.kubernetes.io/pod-name".into(), vec!["x".into()]));
         assert_eq!(identity_checks(&g, &s).unwrap_err().rule, "reserved-extra");
     }
 
@@ -405,14 +317,8 @@ mod tests {
         assert_eq!(audiences(&["a".into()], &g).unwrap(), None);
         g.audiences = vec!["b".into(), "a".into()];
         assert_eq!(audiences(&[], &g).unwrap(), None);
-        assert_eq!(
-            audiences(&["a".into(), "c".into(), "b".into()], &g).unwrap(),
-            Some(vec!["a".into(), "b".into()])
-        );
-        assert_eq!(
-            audiences(&["c".into()], &g).unwrap_err().rule,
-            "audience-mismatch"
-        );
+        assert_eq!(audiences(&["a".into(), "c".into(), "b".into()], &g).unwrap(), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(audiences(&["c".into()], &g).unwrap_err().rule, "audience-mismatch");
     }
 
     #[test]

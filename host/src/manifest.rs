@@ -141,9 +141,7 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Self> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| {
             // The message and the line, not toml's snippet of the file: keep errors one line.
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             match line {
                 Some(line) => anyhow::anyhow!("line {line}: {}", e.message().trim()),
                 None => anyhow::anyhow!("{}", e.message().trim()),
@@ -159,15 +157,9 @@ impl Manifest {
                 bail!("[match] is for authenticators: a mapper sees no token");
             }
             if m.token_prefix.is_empty() && m.jwt_issuer.is_empty() {
-                bail!(
-                    "[match] names neither token_prefix nor jwt_issuer (leave it out to see every token)"
-                );
+                bail!("[match] names neither token_prefix nor jwt_issuer (leave it out to see every token)");
             }
-            if m.token_prefix
-                .iter()
-                .chain(&m.jwt_issuer)
-                .any(String::is_empty)
-            {
+            if m.token_prefix.iter().chain(&m.jwt_issuer).any(String::is_empty) {
                 bail!("[match] holds an empty string, which would match every token");
             }
         }
@@ -195,9 +187,7 @@ impl Manifest {
                 || t.grant_audiences.is_some()
                 || t.expires_at.is_some();
             if t.expect != Expect::Allow && grant_fields {
-                bail!(
-                    "{label}: username/uid/groups/extra/grant_audiences/expires_at describe an allow"
-                );
+                bail!("{label}: username/uid/groups/extra/grant_audiences/expires_at describe an allow");
             }
             if t.reason.is_some() && !matches!(t.expect, Expect::Deny | Expect::Unavailable) {
                 bail!("{label}: `reason` describes a deny or unavailable");
@@ -243,18 +233,12 @@ mod tests {
     fn refuses_unknown_keys_and_wrong_shapes() {
         assert!(Manifest::parse("rol = \"mapper\"").is_err());
         assert!(Manifest::parse("role = \"judge\"").is_err());
-        assert!(
-            Manifest::parse("[config]\nport = 8080").is_err(),
-            "config values are strings"
-        );
+        assert!(Manifest::parse("[config]\nport = 8080").is_err(), "config values are strings");
         assert!(Manifest::parse("role = \"mapper\"\n[match]\ntoken_prefix=[\"x\"]").is_err());
         assert!(Manifest::parse("[match]\ntoken_prefix=[]").is_err());
         assert!(Manifest::parse("[match]\ntoken_prefix=[\"\"]").is_err());
         assert!(Manifest::parse("[[test]]\nexpect = \"deny\"\nusername = \"x\"").is_err());
         assert!(Manifest::parse("role = \"mapper\"\n[[test]]\nexpect = \"abstain\"").is_err());
-        assert!(
-            Manifest::parse("[[test]]\nexpect = \"abstain\"\ncurrent = { username = \"x\" }")
-                .is_err()
-        );
+        assert!(Manifest::parse("[[test]]\nexpect = \"abstain\"\ncurrent = { username = \"x\" }").is_err());
     }
 }

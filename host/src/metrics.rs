@@ -92,46 +92,26 @@ impl Metrics {
             in_flight: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "tollgate_reviews",
-            "TokenReviews answered, by tenant and result",
-            m.reviews.clone(),
-        );
+        registry.register("tollgate_reviews", "TokenReviews answered, by tenant and result", m.reviews.clone());
         registry.register(
             "tollgate_review_duration_seconds",
             "Time to answer a TokenReview",
             m.review_duration.clone(),
         );
-        registry.register(
-            "tollgate_plugin_calls",
-            "Plugin calls, by outcome",
-            m.plugin_calls.clone(),
-        );
+        registry.register("tollgate_plugin_calls", "Plugin calls, by outcome", m.plugin_calls.clone());
         registry.register(
             "tollgate_plugin_duration_seconds",
             "Time of one plugin call (instantiate + call)",
             m.plugin_duration.clone(),
         );
-        registry.register(
-            "tollgate_reloads",
-            "Tenant generation loads, by result",
-            m.reloads.clone(),
-        );
-        registry.register(
-            "tollgate_plugins_loaded",
-            "Plugins in the live generation",
-            m.plugins_loaded.clone(),
-        );
+        registry.register("tollgate_reloads", "Tenant generation loads, by result", m.reloads.clone());
+        registry.register("tollgate_plugins_loaded", "Plugins in the live generation", m.plugins_loaded.clone());
         registry.register(
             "tollgate_guardrail_violations",
             "Grants refused by a host check, by rule",
             m.guardrail_violations.clone(),
         );
-        registry.register(
-            "tollgate_generation",
-            "The live generation number of each tenant",
-            m.generation.clone(),
-        );
+        registry.register("tollgate_generation", "The live generation number of each tenant", m.generation.clone());
         registry.register(
             "tollgate_rejected_requests",
             "Requests refused before evaluation, by HTTP code",
@@ -142,26 +122,15 @@ impl Metrics {
             "Time a review waited for an evaluation slot",
             m.queue_wait.clone(),
         );
-        registry.register(
-            "tollgate_evaluations_in_flight",
-            "Reviews being evaluated now",
-            m.in_flight.clone(),
-        );
+        registry.register("tollgate_evaluations_in_flight", "Reviews being evaluated now", m.in_flight.clone());
         Metrics { registry, ..m }
     }
 
     /// Counts one evaluated review of `tenant`.
     pub fn record(&self, tenant: &str, verdict: &Verdict, seconds: f64) {
         let t = || tenant.to_owned();
-        self.reviews
-            .get_or_create(&TenantResult {
-                tenant: t(),
-                result: verdict.outcome.class().into(),
-            })
-            .inc();
-        self.review_duration
-            .get_or_create(&TenantLabel { tenant: t() })
-            .observe(seconds);
+        self.reviews.get_or_create(&TenantResult { tenant: t(), result: verdict.outcome.class().into() }).inc();
+        self.review_duration.get_or_create(&TenantLabel { tenant: t() }).observe(seconds);
         for step in &verdict.steps {
             self.plugin_calls
                 .get_or_create(&PluginOutcome {
@@ -172,32 +141,17 @@ impl Metrics {
                 .inc();
             if !step.duration.is_zero() {
                 self.plugin_duration
-                    .get_or_create(&PluginLabel {
-                        tenant: t(),
-                        plugin: step.plugin.clone(),
-                    })
+                    .get_or_create(&PluginLabel { tenant: t(), plugin: step.plugin.clone() })
                     .observe(step.duration.as_secs_f64());
             }
         }
-        if let crate::chain::Outcome::Denied {
-            rule: Some(rule), ..
-        } = &verdict.outcome
-        {
-            self.guardrail_violations
-                .get_or_create(&TenantRule {
-                    tenant: t(),
-                    rule: (*rule).into(),
-                })
-                .inc();
+        if let crate::chain::Outcome::Denied { rule: Some(rule), .. } = &verdict.outcome {
+            self.guardrail_violations.get_or_create(&TenantRule { tenant: t(), rule: (*rule).into() }).inc();
         }
     }
 
     pub fn rejected(&self, code: u16) {
-        self.rejected
-            .get_or_create(&CodeLabel {
-                code: code.to_string(),
-            })
-            .inc();
+        self.rejected.get_or_create(&CodeLabel { code: code.to_string() }).inc();
     }
 
     /// The Prometheus text exposition.

@@ -72,12 +72,7 @@ impl PluginSource {
             }
         };
         let wasm = read_bounded(wasm_path, max_bytes)?.into();
-        Ok(Self {
-            name,
-            wasm_path: wasm_path.to_path_buf(),
-            wasm,
-            manifest,
-        })
+        Ok(Self { name, wasm_path: wasm_path.to_path_buf(), wasm, manifest })
     }
 }
 
@@ -119,12 +114,7 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(sandbox: Arc<Sandbox>, defaults: PluginDefaults, disk: Option<DiskCache>) -> Self {
-        Self {
-            sandbox,
-            defaults,
-            codes: Mutex::default(),
-            disk,
-        }
+        Self { sandbox, defaults, codes: Mutex::default(), disk }
     }
 
     pub fn sandbox(&self) -> &Arc<Sandbox> {
@@ -139,32 +129,22 @@ impl Loader {
     pub fn load(&self, tenant: &str, src: &PluginSource) -> Result<Plugin> {
         check_name(&src.name)?;
         let manifest = match &src.manifest {
-            Some((path, text)) => {
-                Manifest::parse(text).with_context(|| format!("manifest {}", path.display()))?
-            }
+            Some((path, text)) => Manifest::parse(text).with_context(|| format!("manifest {}", path.display()))?,
             None => Manifest::default(),
         };
-        let code = self
-            .code(&src.wasm)
-            .with_context(|| format!("{}", src.wasm_path.display()))?;
+        let code = self.code(&src.wasm).with_context(|| format!("{}", src.wasm_path.display()))?;
 
         let mut warnings = Vec::new();
         let timeout = match manifest.limits.timeout_ms.map(Duration::from_millis) {
             Some(t) if t > self.defaults.max_timeout => {
-                warnings.push(format!(
-                    "limits.timeout_ms capped to the server maximum {:?}",
-                    self.defaults.max_timeout
-                ));
+                warnings
+                    .push(format!("limits.timeout_ms capped to the server maximum {:?}", self.defaults.max_timeout));
                 self.defaults.max_timeout
             }
             Some(t) => t,
             None => self.defaults.timeout,
         };
-        let memory_bytes = match manifest
-            .limits
-            .memory_mib
-            .map(|m| m.saturating_mul(1 << 20))
-        {
+        let memory_bytes = match manifest.limits.memory_mib.map(|m| m.saturating_mul(1 << 20)) {
             Some(m) if m > self.defaults.max_memory_bytes => {
                 warnings.push(format!(
                     "limits.memory_mib capped to the server maximum {} MiB",
@@ -178,10 +158,7 @@ impl Loader {
         let plugin = Plugin {
             name: src.name.clone(),
             role: manifest.role,
-            matcher: manifest.matcher.map(|m| Matcher {
-                token_prefix: m.token_prefix,
-                jwt_issuer: m.jwt_issuer,
-            }),
+            matcher: manifest.matcher.map(|m| Matcher { token_prefix: m.token_prefix, jwt_issuer: m.jwt_issuer }),
             env: Arc::new(PluginEnv {
                 tenant: tenant.to_owned(),
                 name: src.name.clone(),
@@ -195,11 +172,7 @@ impl Loader {
         };
         let failures = vectors::run_all(&self.sandbox, &plugin);
         if !failures.is_empty() {
-            bail!(
-                "{}: its own [[test]] vectors fail: {}",
-                src.name,
-                failures.join("; ")
-            );
+            bail!("{}: its own [[test]] vectors fail: {}", src.name, failures.join("; "));
         }
         Ok(plugin)
     }
@@ -208,13 +181,7 @@ impl Loader {
     /// from the disk cache, else compiled (and cached).
     pub fn code(&self, bytes: &[u8]) -> Result<Arc<Code>> {
         let digest = crate::sandbox::digest(bytes);
-        if let Some(code) = self
-            .codes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&digest)
-            .and_then(Weak::upgrade)
-        {
+        if let Some(code) = self.codes.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).and_then(Weak::upgrade) {
             return Ok(code);
         }
         let code = Arc::new(self.compile_or_load(bytes, &digest)?);
@@ -225,25 +192,29 @@ impl Loader {
     }
 
     fn compile_or_load(&self, bytes: &[u8], digest: &str) -> Result<Code> {
-        let Some(disk) = &self.disk else {
-            return Ok(self.sandbox.compile(bytes)?.0);
-        };
-        if let Some(serialized) = disk.get(digest) {
+        if let Some(serialized) = self.disk.as_ref().and_then(|d| d.get(digest)) {
             // SAFETY: `get` returns only entries whose HMAC (under this cache's private key,
             // over the engine hash, digest and bytes) checks out: code this engine compiled.
-            match unsafe {
-                self.sandbox
-                    .load_compiled(&serialized, digest.to_owned(), bytes.len())
-            } {
-                Ok(code) => return Ok(code),
+            match unsafe { self.sandbox.load_compiled(&serialized, digest.to_owned(), bytes.len()) } {
+                Ok(code) => {
+                    tracing::info!(
+                        digest,
+                        took_us = code.compile_time.as_micros() as u64,
+                        "loaded from the compile cache"
+                    );
+                    return Ok(code);
+                }
                 Err(e) => {
                     tracing::warn!(digest, error = %format!("{e:#}"), "cached code unusable: recompiling");
-                    disk.discard(digest);
+                    self.disk.iter().for_each(|d| d.discard(digest));
                 }
             }
         }
         let (code, serialized) = self.sandbox.compile(bytes)?;
-        if let Err(e) = disk.put(digest, &serialized) {
+        tracing::info!(digest, took_ms = code.compile_time.as_millis() as u64, "compiled");
+        if let Some(disk) = &self.disk
+            && let Err(e) = disk.put(digest, &serialized)
+        {
             tracing::warn!(digest, error = %e, "cannot write the compile cache");
         }
         Ok(code)
@@ -254,9 +225,7 @@ impl Loader {
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
         bail!("plugin name {name:?} must be 1-128 characters of [A-Za-z0-9._-]");
     }
@@ -268,14 +237,9 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
+    file.take(max + 1).read_to_end(&mut bytes).with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() as u64 > max {
-        bail!(
-            "{} is larger than the plugin size limit of {max} bytes (--max-plugin-bytes)",
-            path.display()
-        );
+        bail!("{} is larger than the plugin size limit of {max} bytes (--max-plugin-bytes)", path.display());
     }
     Ok(bytes)
 }
@@ -290,9 +254,7 @@ pub struct Matcher {
 impl Matcher {
     /// `issuer` is the token's unverified `iss`, computed once per review.
     pub fn matches(&self, token: &str, issuer: Option<&str>) -> bool {
-        self.token_prefix
-            .iter()
-            .any(|p| token.starts_with(p.as_str()))
+        self.token_prefix.iter().any(|p| token.starts_with(p.as_str()))
             || issuer.is_some_and(|iss| self.jwt_issuer.iter().any(|i| i == iss))
     }
 }
@@ -305,9 +267,7 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
     if parts.next().is_some() || payload.len() > 64 * 1024 {
         return None;
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     #[derive(serde::Deserialize)]
     struct Claims {
         iss: Option<String>,
@@ -326,10 +286,7 @@ mod tests {
 
     #[test]
     fn reads_the_unverified_issuer() {
-        assert_eq!(
-            unverified_issuer(&jwt(r#"{"iss":"https://idp","sub":"x"}"#)).as_deref(),
-            Some("https://idp")
-        );
+        assert_eq!(unverified_issuer(&jwt(r#"{"iss":"https://idp","sub":"x"}"#)).as_deref(), Some("https://idp"));
         assert_eq!(unverified_issuer(&jwt(r#"{"iss":5}"#)), None);
         assert_eq!(unverified_issuer("not-a-jwt"), None);
         assert_eq!(unverified_issuer("a.b.c.d.e"), None);
@@ -337,10 +294,7 @@ mod tests {
 
     #[test]
     fn matcher_routes_by_prefix_or_issuer() {
-        let m = Matcher {
-            token_prefix: vec!["tg_".into()],
-            jwt_issuer: vec!["https://idp".into()],
-        };
+        let m = Matcher { token_prefix: vec!["tg_".into()], jwt_issuer: vec!["https://idp".into()] };
         assert!(m.matches("tg_abc", None));
         assert!(m.matches("eyJ...", Some("https://idp")));
         assert!(!m.matches("xyz", Some("https://other")));

@@ -63,20 +63,12 @@ impl Registry {
     }
 
     pub fn set_tenants_file_error(&self, reason: Option<String>) {
-        *self
-            .tenants_file_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = reason.map(|reason| Refusal {
-            at: SystemTime::now(),
-            reason,
-        });
+        *self.tenants_file_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            reason.map(|reason| Refusal { at: SystemTime::now(), reason });
     }
 
     pub fn tenants_file_error(&self) -> Option<Refusal> {
-        self.tenants_file_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.tenants_file_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Set once the first scan is done (`/readyz`).

@@ -56,16 +56,7 @@ impl Reloader {
             }
             None => (TenantsFile::default(), None),
         };
-        Ok(Self {
-            loader,
-            registry,
-            metrics,
-            root,
-            tenants_path,
-            tenants_file,
-            tenants_text,
-            seen: HashMap::new(),
-        })
+        Ok(Self { loader, registry, metrics, root, tenants_path, tenants_file, tenants_text, seen: HashMap::new() })
     }
 
     /// Scans every tenant: new folders load, changed ones reload, removed ones go (404).
@@ -89,12 +80,8 @@ impl Reloader {
                 tracing::info!(tenant = %name, "tenant folder removed: no longer served");
                 self.registry.remove(name);
                 self.seen.remove(name);
-                self.metrics.generation.remove(&TenantLabel {
-                    tenant: name.clone(),
-                });
-                self.metrics.plugins_loaded.remove(&TenantLabel {
-                    tenant: name.clone(),
-                });
+                self.metrics.generation.remove(&TenantLabel { tenant: name.clone() });
+                self.metrics.plugins_loaded.remove(&TenantLabel { tenant: name.clone() });
             }
         }
         for (name, dir) in present {
@@ -120,11 +107,8 @@ impl Reloader {
         let live = previous.as_ref().and_then(|p| p.live.clone());
         let number = live.as_ref().map_or(1, |g| g.number + 1);
         let started = Instant::now();
-        let result = snapshot
-            .and_then(|s| tenant::load_generation(&self.loader, name, &s, guardrails, number));
-        let label = TenantLabel {
-            tenant: name.to_owned(),
-        };
+        let result = snapshot.and_then(|s| tenant::load_generation(&self.loader, name, &s, guardrails, number));
+        let label = TenantLabel { tenant: name.to_owned() };
         let state = match result {
             Ok(generation) => {
                 tracing::info!(
@@ -135,14 +119,8 @@ impl Reloader {
                     "generation live"
                 );
                 self.count(name, "loaded");
-                self.metrics
-                    .generation
-                    .get_or_create(&label)
-                    .set(number as i64);
-                self.metrics
-                    .plugins_loaded
-                    .get_or_create(&label)
-                    .set(generation.plugins.len() as i64);
+                self.metrics.generation.get_or_create(&label).set(number as i64);
+                self.metrics.plugins_loaded.get_or_create(&label).set(generation.plugins.len() as i64);
                 TenantState {
                     name: name.to_owned(),
                     dir: dir.to_path_buf(),
@@ -165,10 +143,7 @@ impl Reloader {
                     name: name.to_owned(),
                     dir: dir.to_path_buf(),
                     live,
-                    refusal: Some(Refusal {
-                        at: SystemTime::now(),
-                        reason,
-                    }),
+                    refusal: Some(Refusal { at: SystemTime::now(), reason }),
                 }
             }
         };
@@ -178,10 +153,7 @@ impl Reloader {
     fn count(&self, tenant: &str, result: &str) {
         self.metrics
             .reloads
-            .get_or_create(&TenantResult {
-                tenant: tenant.to_owned(),
-                result: result.to_owned(),
-            })
+            .get_or_create(&TenantResult { tenant: tenant.to_owned(), result: result.to_owned() })
             .inc();
     }
 
@@ -194,8 +166,7 @@ impl Reloader {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                self.registry
-                    .set_tenants_file_error(Some(format!("reading {}: {e}", path.display())));
+                self.registry.set_tenants_file_error(Some(format!("reading {}: {e}", path.display())));
                 return false;
             }
         };
@@ -230,16 +201,10 @@ impl Reloader {
         watcher
             .watch(&self.root, RecursiveMode::Recursive)
             .with_context(|| format!("watching {}", self.root.display()))?;
-        let tenants_dir = self
-            .tenants_path
-            .as_ref()
-            .and_then(|p| p.parent())
-            .map(Path::to_path_buf);
+        let tenants_dir = self.tenants_path.as_ref().and_then(|p| p.parent()).map(Path::to_path_buf);
         if let Some(dir) = &tenants_dir {
             // The directory, not the file: editors and kubelet replace files by renaming.
-            watcher
-                .watch(dir, RecursiveMode::NonRecursive)
-                .with_context(|| format!("watching {}", dir.display()))?;
+            watcher.watch(dir, RecursiveMode::NonRecursive).with_context(|| format!("watching {}", dir.display()))?;
         }
         std::thread::Builder::new()
             .name("tollgate-reload".into())
@@ -293,15 +258,7 @@ impl Reloader {
                 Err(e) => {
                     // A watcher error may mean lost events: look at everything.
                     tracing::warn!(error = %e, "file watcher error: rescanning everything");
-                    return (
-                        self.registry
-                            .snapshot()
-                            .keys()
-                            .cloned()
-                            .chain([String::new()])
-                            .collect(),
-                        true,
-                    );
+                    return (self.registry.snapshot().keys().cloned().chain([String::new()]).collect(), true);
                 }
             };
             // Our own reads show up as access events.
@@ -311,15 +268,11 @@ impl Reloader {
             for path in &event.paths {
                 if let Ok(rel) = path.strip_prefix(&self.root) {
                     let mut parts = rel.components();
-                    let first = parts
-                        .next()
-                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                        .unwrap_or_default();
+                    let first = parts.next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
                     // A file (or `..data`) right in the root is the default tenant's; anything
                     // deeper belongs to the tenant folder it is in.
-                    if parts.next().is_some() && tenant::valid_tenant_name(&first) {
-                        tenants.insert(first);
-                    } else if tenant::valid_tenant_name(&first) && path.is_dir() {
+                    let deeper = parts.next().is_some();
+                    if tenant::valid_tenant_name(&first) && (deeper || path.is_dir()) {
                         tenants.insert(first);
                     } else {
                         tenants.insert(String::new());

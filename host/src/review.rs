@@ -69,9 +69,7 @@ impl TokenReview {
             Some("TokenReview") => {}
             Some(_) => return Err(BadReview("kind must be TokenReview".into())),
             None => {
-                return Err(BadReview(
-                    "the body has no kind (expected TokenReview)".into(),
-                ));
+                return Err(BadReview("the body has no kind (expected TokenReview)".into()));
             }
         }
         let api_version = match wire.api_version.as_deref() {
@@ -79,15 +77,10 @@ impl TokenReview {
                 .filter(|_| v.contains('/'))
                 .ok_or_else(|| BadReview(format!("apiVersion must be {V1} or {V1BETA1}")))?,
             None => {
-                return Err(BadReview(format!(
-                    "the body has no apiVersion (expected {V1} or {V1BETA1})"
-                )));
+                return Err(BadReview(format!("the body has no apiVersion (expected {V1} or {V1BETA1})")));
             }
         };
-        let spec = wire.spec.unwrap_or(WireSpec {
-            token: None,
-            audiences: None,
-        });
+        let spec = wire.spec.unwrap_or(WireSpec { token: None, audiences: None });
         Ok(TokenReview {
             api_version,
             token: spec.token.unwrap_or_default(),
@@ -144,12 +137,7 @@ impl From<UserInfo> for User {
                 None => extra.push((k, vs)),
             }
         }
-        User {
-            username: u.username,
-            uid: u.uid,
-            groups: u.groups,
-            extra,
-        }
+        User { username: u.username, uid: u.uid, groups: u.groups, extra }
     }
 }
 
@@ -167,11 +155,7 @@ struct Answer<'a> {
 
 /// The answer body: a TokenReview of the request's apiVersion carrying only `status`.
 pub fn answer(api_version: ApiVersion, status: &Status) -> Vec<u8> {
-    let answer = Answer {
-        api_version: api_version.as_str(),
-        kind: "TokenReview",
-        status,
-    };
+    let answer = Answer { api_version: api_version.as_str(), kind: "TokenReview", status };
     // Serializing strings and lists into a Vec cannot fail.
     serde_json::to_vec(&answer).unwrap_or_default()
 }
@@ -205,32 +189,20 @@ mod tests {
 
     #[test]
     fn tolerates_missing_spec_metadata_and_unknown_fields() {
-        let r = TokenReview::parse(
-            br#"{"spec":{},"zzz":1,"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview"}"#,
-        )
-        .unwrap();
+        let r =
+            TokenReview::parse(br#"{"spec":{},"zzz":1,"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview"}"#)
+                .unwrap();
         assert_eq!(r.token, "");
-        let r = TokenReview::parse(
-            br#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview"}"#,
-        )
-        .unwrap();
+        let r = TokenReview::parse(br#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview"}"#).unwrap();
         assert!(r.audiences.is_empty());
     }
 
     #[test]
     fn refuses_other_kinds_versions_and_malformed_json() {
         assert!(
-            TokenReview::parse(
-                br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SubjectAccessReview"}"#
-            )
-            .is_err()
+            TokenReview::parse(br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SubjectAccessReview"}"#).is_err()
         );
-        assert!(
-            TokenReview::parse(
-                br#"{"apiVersion":"authentication.k8s.io/v2","kind":"TokenReview"}"#
-            )
-            .is_err()
-        );
+        assert!(TokenReview::parse(br#"{"apiVersion":"authentication.k8s.io/v2","kind":"TokenReview"}"#).is_err());
         assert!(TokenReview::parse(br#"{"apiVersion":"v1","kind":"TokenReview"}"#).is_err());
         assert!(TokenReview::parse(b"{").is_err());
     }
@@ -251,18 +223,10 @@ mod tests {
             username: "alice".into(),
             uid: String::new(),
             groups: vec![],
-            extra: vec![
-                ("k".into(), vec!["1".into()]),
-                ("k".into(), vec!["2".into()]),
-            ],
+            extra: vec![("k".into(), vec!["1".into()]), ("k".into(), vec!["2".into()])],
         });
-        let status = Status {
-            authenticated: true,
-            user: Some(user),
-            ..Default::default()
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(&answer(ApiVersion::V1, &status)).unwrap();
+        let status = Status { authenticated: true, user: Some(user), ..Default::default() };
+        let v: serde_json::Value = serde_json::from_slice(&answer(ApiVersion::V1, &status)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"apiVersion": V1, "kind": "TokenReview",

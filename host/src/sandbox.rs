@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow};
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::scrub::Scrubber;
@@ -151,17 +149,11 @@ impl Sandbox {
         start_ticker(&engine);
 
         let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI p2")?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI p2")?;
         bindings::Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("linking tollgate:policy/host")?;
-        Ok(Self {
-            engine,
-            linker,
-            pooling,
-        })
+        Ok(Self { engine, linker, pooling })
     }
 
     pub fn pooling(&self) -> bool {
@@ -178,10 +170,7 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context("not a WebAssembly component this host can compile")?;
         let compile_time = started.elapsed();
-        let serialized = component
-            .serialize()
-            .map_err(anyhow::Error::from)
-            .context("serializing compiled code")?;
+        let serialized = component.serialize().map_err(anyhow::Error::from).context("serializing compiled code")?;
         let code = self.prepare(component, digest, bytes.len(), compile_time)?;
         Ok((code, serialized))
     }
@@ -193,12 +182,7 @@ impl Sandbox {
     /// `serialized` must come from [`Self::compile`] of this engine configuration and must not
     /// have been altered since: wasmtime runs it as machine code. The disk cache guarantees this
     /// with an HMAC under a key only this user can read.
-    pub unsafe fn load_compiled(
-        &self,
-        serialized: &[u8],
-        digest: String,
-        size: usize,
-    ) -> Result<Code> {
+    pub unsafe fn load_compiled(&self, serialized: &[u8], digest: String, size: usize) -> Result<Code> {
         let started = Instant::now();
         // SAFETY: the caller upholds this function's contract.
         let component = unsafe { Component::deserialize(&self.engine, serialized) }
@@ -216,31 +200,14 @@ impl Sandbox {
         format!("{:016x}", h.finish())
     }
 
-    fn prepare(
-        &self,
-        component: Component,
-        digest: String,
-        size: usize,
-        compile_time: Duration,
-    ) -> Result<Code> {
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow!(
-                "does not fit the world tollgate:policy/policy@0.1.0: {}",
-                fit_message(&e.into())
-            )
-        })?;
-        let pre = bindings::PolicyPre::new(instance_pre).map_err(|e| {
-            anyhow!(
-                "does not fit the world tollgate:policy/policy@0.1.0: {}",
-                fit_message(&e.into())
-            )
-        })?;
-        Ok(Code {
-            pre,
-            digest,
-            size,
-            compile_time,
-        })
+    fn prepare(&self, component: Component, digest: String, size: usize, compile_time: Duration) -> Result<Code> {
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow!("does not fit the world tollgate:policy/policy@0.1.0: {}", fit_message(&e.into())))?;
+        let pre = bindings::PolicyPre::new(instance_pre)
+            .map_err(|e| anyhow!("does not fit the world tollgate:policy/policy@0.1.0: {}", fit_message(&e.into())))?;
+        Ok(Code { pre, digest, size, compile_time })
     }
 
     /// Runs one plugin on one review in a fresh instance. `deadline` is the review's: the call's
@@ -262,18 +229,11 @@ impl Sandbox {
         let scrubber = Scrubber::new(scrub_token);
         let stdout = Capture::new(scrub_token.len());
         let stderr = Capture::new(scrub_token.len());
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .build();
+        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limits: GuestLimits {
-                cap: env.memory_bytes as usize,
-                used: 0,
-                exceeded: false,
-            },
+            limits: GuestLimits { cap: env.memory_bytes as usize, used: 0, exceeded: false },
             env: env.clone(),
             request_id: request_id.to_owned(),
             token: scrub_token.to_owned(),
@@ -287,11 +247,8 @@ impl Sandbox {
         let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
         store.set_epoch_deadline(ticks);
 
-        let result = code
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(e, &store, &scrubber, true))
-            .and_then(|instance| {
+        let result =
+            code.pre.instantiate(&mut store).map_err(|e| classify(e, &store, &scrubber, true)).and_then(|instance| {
                 instance
                     .tollgate_policy_authenticator()
                     .call_authenticate(&mut store, review)
@@ -300,9 +257,7 @@ impl Sandbox {
         emit_output(&store, "stdout", &stdout, &scrubber);
         emit_output(&store, "stderr", &stderr, &scrubber);
         let decision = result?;
-        crate::guardrails::GrantLimits::DEFAULT
-            .check_decision(&decision)
-            .map_err(Failure::Oversized)?;
+        crate::guardrails::GrantLimits::DEFAULT.check_decision(&decision).map_err(Failure::Oversized)?;
         Ok(match decision {
             Decision::Deny(r) => Decision::Deny(scrubber.clean(&r, REASON_BYTES)),
             Decision::Unavailable(r) => Decision::Unavailable(scrubber.clean(&r, REASON_BYTES)),
@@ -376,10 +331,7 @@ struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -390,13 +342,7 @@ impl bindings::tollgate::policy::host::Host for HostState {
         self.log_lines += 1;
         if self.log_lines > LOG_LINES_PER_CALL {
             if self.log_lines == LOG_LINES_PER_CALL + 1 {
-                plugin_line(
-                    &self.env,
-                    &self.request_id,
-                    Level::Warn,
-                    "log",
-                    "further log lines of this call dropped",
-                );
+                plugin_line(&self.env, &self.request_id, Level::Warn, "log", "further log lines of this call dropped");
             }
             return;
         }
@@ -421,12 +367,7 @@ struct GuestLimits {
 }
 
 impl wasmtime::ResourceLimiter for GuestLimits {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         let total = self.used - current.min(self.used) + desired;
         if total > self.cap {
             // An error (not `Ok(false)`) traps at the grow: the review fails closed at once with
@@ -438,23 +379,13 @@ impl wasmtime::ResourceLimiter for GuestLimits {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         // Tables hold function references; a million is beyond any real guest.
         Ok(desired <= 1_000_000)
     }
 }
 
-fn classify(
-    err: wasmtime::Error,
-    store: &Store<HostState>,
-    scrubber: &Scrubber,
-    instantiating: bool,
-) -> Failure {
+fn classify(err: wasmtime::Error, store: &Store<HostState>, scrubber: &Scrubber, instantiating: bool) -> Failure {
     if store.data().limits.exceeded {
         return Failure::Memory;
     }
@@ -471,45 +402,24 @@ fn classify(
     }
 }
 
-fn emit_output(
-    store: &Store<HostState>,
-    stream: &'static str,
-    capture: &Capture,
-    scrubber: &Scrubber,
-) {
+fn emit_output(store: &Store<HostState>, stream: &'static str, capture: &Capture, scrubber: &Scrubber) {
     let (bytes, dropped) = capture.take();
     if bytes.is_empty() && dropped == 0 {
         return;
     }
     let env = &store.data().env;
     let text = scrubber.clean_bytes(&bytes, output::CAPTURE_BYTES);
-    let level = if stream == "stderr" {
-        Level::Warn
-    } else {
-        Level::Info
-    };
+    let level = if stream == "stderr" { Level::Warn } else { Level::Info };
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         plugin_line(env, &store.data().request_id, level, stream, line);
     }
     if dropped > 0 {
-        plugin_line(
-            env,
-            &store.data().request_id,
-            Level::Warn,
-            stream,
-            &format!("{dropped} further bytes dropped"),
-        );
+        plugin_line(env, &store.data().request_id, Level::Warn, stream, &format!("{dropped} further bytes dropped"));
     }
 }
 
 /// One line from a plugin, tagged with tenant, plugin and request id. The text is already scrubbed.
-fn plugin_line(
-    env: &PluginEnv,
-    request_id: &str,
-    level: Level,
-    stream: &'static str,
-    message: &str,
-) {
+fn plugin_line(env: &PluginEnv, request_id: &str, level: Level, stream: &'static str, message: &str) {
     macro_rules! line {
         ($lvl:expr) => {
             tracing::event!(target: "tollgate::plugin", $lvl, tenant = %env.tenant, plugin = %env.name, request_id, stream, "{message}")

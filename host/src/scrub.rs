@@ -30,11 +30,7 @@ impl<'a> Scrubber<'a> {
     /// Replaces the token, then caps to `max` bytes (on a char boundary, marking the cut).
     /// Scrubbing comes first so that a cap can never leave a fragment of the token behind.
     pub fn clean(&self, text: &str, max: usize) -> String {
-        let scrubbed = if self.contains_token(text) {
-            text.replace(self.token, REDACTED)
-        } else {
-            text.to_owned()
-        };
+        let scrubbed = if self.contains_token(text) { text.replace(self.token, REDACTED) } else { text.to_owned() };
         cap(scrubbed, max)
     }
 
@@ -66,10 +62,7 @@ mod tests {
     #[test]
     fn replaces_every_occurrence_before_capping() {
         let s = Scrubber::new("s3cr3t-t0ken");
-        assert_eq!(
-            s.clean("a s3cr3t-t0ken b s3cr3t-t0ken", 100),
-            "a [token] b [token]"
-        );
+        assert_eq!(s.clean("a s3cr3t-t0ken b s3cr3t-t0ken", 100), "a [token] b [token]");
         // A cap that falls inside the token must not leave a prefix of it.
         let out = s.clean("xxxxs3cr3t-t0ken", 8);
         assert!(!out.contains("s3cr"), "{out}");

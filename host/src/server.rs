@@ -36,10 +36,7 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 64 * 1024,
-            deny_reason_in_status: false,
-        }
+        Self { max_body_bytes: 64 * 1024, deny_reason_in_status: false }
     }
 }
 
@@ -107,18 +104,11 @@ impl IntoResponse for AppError {
             AppError::BadRequest(m) => ("BadRequest", m),
             AppError::Forbidden(m) => ("Forbidden", m),
             AppError::NotFound(m) => ("NotFound", m),
-            AppError::MethodNotAllowed => (
-                "MethodNotAllowed",
-                "the method is not allowed on this path".into(),
-            ),
-            AppError::PayloadTooLarge(max) => (
-                "RequestEntityTooLarge",
-                format!("the body is larger than {max} bytes"),
-            ),
-            AppError::UnsupportedMediaType => (
-                "UnsupportedMediaType",
-                "the body must be a TokenReview as application/json".into(),
-            ),
+            AppError::MethodNotAllowed => ("MethodNotAllowed", "the method is not allowed on this path".into()),
+            AppError::PayloadTooLarge(max) => ("RequestEntityTooLarge", format!("the body is larger than {max} bytes")),
+            AppError::UnsupportedMediaType => {
+                ("UnsupportedMediaType", "the body must be a TokenReview as application/json".into())
+            }
             AppError::Unavailable(m) => ("ServiceUnavailable", m),
         };
         json_response(code, review::status_object(code.as_u16(), reason, &message))
@@ -127,10 +117,7 @@ impl IntoResponse for AppError {
 
 fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     let mut response = (code, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -156,20 +143,10 @@ async fn authenticate(state: Arc<AppState>, tenant: String, request: Request) ->
     }
 }
 
-async fn review_request(
-    state: &AppState,
-    tenant: &str,
-    request: Request,
-) -> Result<Response, AppError> {
+async fn review_request(state: &AppState, tenant: &str, request: Request) -> Result<Response, AppError> {
     let started = Instant::now();
-    let tenant_state = state
-        .registry
-        .get(tenant)
-        .ok_or_else(|| AppError::NotFound("no such tenant".into()))?;
-    let caller = request
-        .extensions()
-        .get::<ClientSubject>()
-        .map(|c| c.0.clone());
+    let tenant_state = state.registry.get(tenant).ok_or_else(|| AppError::NotFound("no such tenant".into()))?;
+    let caller = request.extensions().get::<ClientSubject>().map(|c| c.0.clone());
     check_content_type(request.headers())?;
     let body = read_body(request.into_body(), state.http.max_body_bytes).await?;
     let token_review = TokenReview::parse(&body).map_err(|e| AppError::BadRequest(e.0))?;
@@ -179,9 +156,7 @@ async fn review_request(
         .clone()
         .ok_or_else(|| AppError::Unavailable("this tenant's plugins could not be loaded".into()))?;
     if !generation.guardrails.admits(caller.as_deref()) {
-        return Err(AppError::Forbidden(
-            "this caller may not use this tenant".into(),
-        ));
+        return Err(AppError::Forbidden("this caller may not use this tenant".into()));
     }
 
     let request_id = new_request_id();
@@ -197,30 +172,18 @@ async fn review_request(
     let token_for_scrub = input.token.clone();
     let verdict = state.evaluator.evaluate(generation.clone(), input).await;
     let elapsed = started.elapsed();
-    state
-        .metrics
-        .record(tenant, &verdict, elapsed.as_secs_f64());
+    state.metrics.record(tenant, &verdict, elapsed.as_secs_f64());
 
     let scrubber = Scrubber::new(&token_for_scrub);
     let api_version = token_review.api_version;
-    let (code, body, reason) = render(
-        &verdict,
-        api_version,
-        &request_id,
-        state.http.deny_reason_in_status,
-        &scrubber,
-    );
+    let (code, body, reason) = render(&verdict, api_version, &request_id, state.http.deny_reason_in_status, &scrubber);
     let (username, groups) = match &verdict.outcome {
-        Outcome::Authenticated { user, .. } => {
-            (Some(user.username.as_str()), Some(user.groups.as_slice()))
-        }
+        Outcome::Authenticated { user, .. } => (Some(user.username.as_str()), Some(user.groups.as_slice())),
         _ => (None, None),
     };
     let error_class = match &verdict.outcome {
         Outcome::Failed { class, .. } => Some(*class),
-        Outcome::Denied {
-            rule: Some(rule), ..
-        } => Some(*rule),
+        Outcome::Denied { rule: Some(rule), .. } => Some(*rule),
         _ => None,
     };
     state.audit.write(&AuditLine {
@@ -258,15 +221,10 @@ pub fn render(
     let ok = |status: Status| (StatusCode::OK, review::answer(api_version, &status));
     let unavailable = |message: String| {
         let code = StatusCode::SERVICE_UNAVAILABLE;
-        (
-            code,
-            review::status_object(code.as_u16(), "ServiceUnavailable", &message),
-        )
+        (code, review::status_object(code.as_u16(), "ServiceUnavailable", &message))
     };
     let ((code, body), reason) = match &verdict.outcome {
-        Outcome::Authenticated {
-            user, audiences, ..
-        } => {
+        Outcome::Authenticated { user, audiences, .. } => {
             let status = Status {
                 authenticated: true,
                 user: Some(User::from(user.clone())),
@@ -278,52 +236,24 @@ pub fn render(
         Outcome::Denied { reason, .. } => {
             let reason = clean(reason);
             let error = deny_reason_in_status.then(|| reason.clone());
-            (
-                ok(Status {
-                    error,
-                    ..Default::default()
-                }),
-                Some(reason),
-            )
+            (ok(Status { error, ..Default::default() }), Some(reason))
         }
-        Outcome::Failed {
-            plugin, message, ..
-        } => {
+        Outcome::Failed { plugin, message, .. } => {
             let message = clean(message);
             tracing::warn!(request_id, plugin = %plugin, "plugin failed: {message}");
             let error = format!("plugin {plugin} failed (ref {request_id})");
-            (
-                ok(Status {
-                    error: Some(error),
-                    ..Default::default()
-                }),
-                Some(message),
-            )
+            (ok(Status { error: Some(error), ..Default::default() }), Some(message))
         }
         Outcome::Internal => {
             let error = format!("internal error (ref {request_id})");
-            (
-                ok(Status {
-                    error: Some(error),
-                    ..Default::default()
-                }),
-                None,
-            )
+            (ok(Status { error: Some(error), ..Default::default() }), None)
         }
         Outcome::Unavailable { reason } => {
             let message = format!("the token's issuer cannot be reached now (ref {request_id})");
             (unavailable(message), Some(clean(reason)))
         }
-        Outcome::Deadline => (
-            unavailable(format!(
-                "the review ran past its deadline (ref {request_id})"
-            )),
-            None,
-        ),
-        Outcome::Overloaded => (
-            unavailable(format!("tollgate is overloaded (ref {request_id})")),
-            None,
-        ),
+        Outcome::Deadline => (unavailable(format!("the review ran past its deadline (ref {request_id})")), None),
+        Outcome::Overloaded => (unavailable(format!("tollgate is overloaded (ref {request_id})")), None),
     };
     (code, body, reason)
 }
@@ -343,12 +273,7 @@ async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, AppError> {
     let limited = http_body_util::Limited::new(body, max);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(AppError::PayloadTooLarge(max))
-        }
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(AppError::PayloadTooLarge(max)),
         Err(_) => Err(AppError::BadRequest("the body could not be read".into())),
     }
 }
@@ -362,11 +287,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.registry.is_ready() {
         (StatusCode::OK, "ok").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the first load is not done",
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "the first load is not done").into_response()
     }
 }
 
@@ -408,8 +329,8 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
             })
         })
         .collect();
-    json_response(
-        StatusCode::OK,
-        serde_json::to_vec_pretty(&json!({ "tenants": tenants })).unwrap_or_default(),
-    )
+    let tenants_file =
+        state.registry.tenants_file_error().map(|r| json!({"last_refusal": {"at": rfc3339(r.at), "reason": r.reason}}));
+    let body = json!({ "tenants": tenants, "tenants_file": tenants_file });
+    json_response(StatusCode::OK, serde_json::to_vec_pretty(&body).unwrap_or_default())
 }

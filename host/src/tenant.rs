@@ -38,34 +38,26 @@ pub struct TenantsFile {
 
 impl TenantsFile {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading tenants file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading tenants file {}", path.display()))?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates the file's text (`path` names it in errors); logs every
     /// `allow_system` exception loudly.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let file: TenantsFile = toml::from_str(text).map_err(|e| {
-            anyhow::anyhow!("tenants file {}: {}", path.display(), e.message().trim())
-        })?;
+        let file: TenantsFile = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("tenants file {}: {}", path.display(), e.message().trim()))?;
         for name in file.tenant.keys() {
             if !valid_tenant_name(name) {
-                bail!(
-                    "tenants file {}: {name:?} is not a valid tenant name (a DNS label)",
-                    path.display()
-                );
+                bail!("tenants file {}: {name:?} is not a valid tenant name (a DNS label)", path.display());
             }
         }
-        for (tenant, spec) in std::iter::once(("", &file.default))
-            .chain(file.tenant.iter().map(|(k, v)| (k.as_str(), v)))
+        for (tenant, spec) in
+            std::iter::once(("", &file.default)).chain(file.tenant.iter().map(|(k, v)| (k.as_str(), v)))
         {
             for name in &spec.allow_system {
                 if !name.starts_with("system:") {
-                    bail!(
-                        "tenants file {}: allow_system entry {name:?} is not a system: name",
-                        path.display()
-                    );
+                    bail!("tenants file {}: allow_system entry {name:?} is not a system: name", path.display());
                 }
                 tracing::warn!(tenant = %tenant, identity = %name, "allow_system: this tenant's plugins may grant a system: identity");
             }
@@ -75,11 +67,7 @@ impl TenantsFile {
 
     /// The guardrails for `tenant` ("" = default); an unlisted tenant gets the safe defaults.
     pub fn guardrails(&self, tenant: &str) -> Guardrails {
-        let spec = if tenant.is_empty() {
-            Some(&self.default)
-        } else {
-            self.tenant.get(tenant)
-        };
+        let spec = if tenant.is_empty() { Some(&self.default) } else { self.tenant.get(tenant) };
         Guardrails::from_spec(tenant, spec.unwrap_or(&GuardrailSpec::default()))
     }
 }
@@ -89,8 +77,7 @@ pub fn valid_tenant_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -126,10 +113,7 @@ pub fn read_tenant(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
         }
         tracing::debug!(dir = %dir.display(), "..data moved during the scan: reading again");
     }
-    bail!(
-        "{}: ..data kept moving during {DATA_RETRIES} scans",
-        dir.display()
-    )
+    bail!("{}: ..data kept moving during {DATA_RETRIES} scans", dir.display())
 }
 
 /// The directory `dir/..data` points to, if `dir` is a Kubernetes volume.
@@ -168,10 +152,7 @@ fn read_listing(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
         }
     }
     if let Some((stem, path)) = manifests.iter().find(|(stem, _)| !wasm.contains_key(*stem)) {
-        bail!(
-            "{}: a manifest without {stem}.wasm beside it",
-            path.display()
-        );
+        bail!("{}: a manifest without {stem}.wasm beside it", path.display());
     }
     let mut content = Sha256::new();
     let mut sources = Vec::with_capacity(wasm.len());
@@ -179,8 +160,7 @@ fn read_listing(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
         let bytes: Arc<[u8]> = read_bounded(&path, max_plugin_bytes)?.into();
         let manifest = match manifests.remove(&name) {
             Some(mpath) => {
-                let text = std::fs::read_to_string(&mpath)
-                    .with_context(|| format!("reading {}", mpath.display()))?;
+                let text = std::fs::read_to_string(&mpath).with_context(|| format!("reading {}", mpath.display()))?;
                 Some((mpath, text))
             }
             None => None,
@@ -188,24 +168,11 @@ fn read_listing(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
         content.update(name.as_bytes());
         content.update([0]);
         content.update(Sha256::digest(&bytes));
-        content.update(
-            manifest
-                .as_ref()
-                .map(|(_, t)| t.as_bytes())
-                .unwrap_or(b"\0none"),
-        );
+        content.update(manifest.as_ref().map(|(_, t)| t.as_bytes()).unwrap_or(b"\0none"));
         content.update([0]);
-        sources.push(PluginSource {
-            name,
-            wasm_path: path,
-            wasm: bytes,
-            manifest,
-        });
+        sources.push(PluginSource { name, wasm_path: path, wasm: bytes, manifest });
     }
-    Ok(Snapshot {
-        sources,
-        content: hex::encode(content.finalize()),
-    })
+    Ok(Snapshot { sources, content: hex::encode(content.finalize()) })
 }
 
 /// The tenant folders under the plugin directory (name, path), in name order.
@@ -218,10 +185,7 @@ pub fn scan_tenants(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             continue;
         }
         let path = entry.path();
-        if !std::fs::metadata(&path)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
+        if !std::fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false) {
             continue;
         }
         if !valid_tenant_name(&name) {
@@ -250,13 +214,7 @@ pub fn load_generation(
         }
         plugins.push(Arc::new(plugin));
     }
-    Ok(Generation {
-        tenant: tenant.to_owned(),
-        number,
-        plugins,
-        guardrails,
-        loaded_at: SystemTime::now(),
-    })
+    Ok(Generation { tenant: tenant.to_owned(), number, plugins, guardrails, loaded_at: SystemTime::now() })
 }
 
 #[cfg(test)]
@@ -275,16 +233,12 @@ mod tests {
 
     #[test]
     fn tenants_file_defaults() {
-        let f: TenantsFile = toml::from_str(
-            "[default]\nallow_system=[\"system:masters\"]\n[tenant.acme]\nusername_prefix=\"a:\"",
-        )
-        .unwrap();
+        let f: TenantsFile =
+            toml::from_str("[default]\nallow_system=[\"system:masters\"]\n[tenant.acme]\nusername_prefix=\"a:\"")
+                .unwrap();
         assert!(f.guardrails("").allow_system.contains("system:masters"));
         assert_eq!(f.guardrails("acme").username_prefix, "a:");
-        assert_eq!(
-            f.guardrails("acme").allowed_groups,
-            Some(vec!["acme:*".to_string()])
-        );
+        assert_eq!(f.guardrails("acme").allowed_groups, Some(vec!["acme:*".to_string()]));
         assert_eq!(f.guardrails("other").username_prefix, "other:");
     }
 }

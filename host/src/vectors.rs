@@ -15,11 +15,7 @@ pub fn run_all(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
         .tests
         .iter()
         .enumerate()
-        .filter_map(|(i, t)| {
-            run(sandbox, plugin, i, t, true)
-                .err()
-                .map(|e| format!("{}: {e}", t.label(i)))
-        })
+        .filter_map(|(i, t)| run(sandbox, plugin, i, t, true).err().map(|e| format!("{}: {e}", t.label(i))))
         .collect()
 }
 
@@ -33,18 +29,15 @@ pub fn live_secret_warnings(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
         .filter(|(_, t)| !t.token.is_empty())
         .filter(|(i, t)| matches!(decide(sandbox, plugin, *i, t, false), Ok(Decision::Allow(_))))
         .map(|(i, t)| {
-            format!("{}: its token is accepted under the live [config]; is a real credential in the manifest?", t.label(i))
+            format!(
+                "{}: its token is accepted under the live [config]; is a real credential in the manifest?",
+                t.label(i)
+            )
         })
         .collect()
 }
 
-fn run(
-    sandbox: &Sandbox,
-    plugin: &Plugin,
-    index: usize,
-    t: &TestVector,
-    overlay: bool,
-) -> Result<(), String> {
+fn run(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, overlay: bool) -> Result<(), String> {
     let got = decide(sandbox, plugin, index, t, overlay)?;
     let kind = match &got {
         Decision::Allow(_) => Expect::Allow,
@@ -53,38 +46,23 @@ fn run(
         Decision::Unavailable(_) => Expect::Unavailable,
     };
     if kind != t.expect {
-        return Err(format!(
-            "expected {}, got {}",
-            t.expect.as_str(),
-            describe(&got)
-        ));
+        return Err(format!("expected {}, got {}", t.expect.as_str(), describe(&got)));
     }
     match &got {
         Decision::Allow(g) => compare_grant(t, g),
         Decision::Deny(r) | Decision::Unavailable(r) => match &t.reason {
-            Some(want) if !r.contains(want.as_str()) => {
-                Err(format!("reason {r:?} does not contain {want:?}"))
-            }
+            Some(want) if !r.contains(want.as_str()) => Err(format!("reason {r:?} does not contain {want:?}")),
             _ => Ok(()),
         },
         Decision::Abstain => Ok(()),
     }
 }
 
-fn decide(
-    sandbox: &Sandbox,
-    plugin: &Plugin,
-    index: usize,
-    t: &TestVector,
-    overlay: bool,
-) -> Result<Decision, String> {
+fn decide(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, overlay: bool) -> Result<Decision, String> {
     let env = if overlay && !t.config.is_empty() {
         let mut config = plugin.env.config.clone();
         config.extend(t.config.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Arc::new(PluginEnv {
-            config,
-            ..PluginEnv::clone(&plugin.env)
-        })
+        Arc::new(PluginEnv { config, ..PluginEnv::clone(&plugin.env) })
     } else {
         plugin.env.clone()
     };
@@ -99,14 +77,7 @@ fn decide(
     };
     let deadline = Instant::now() + env.timeout;
     sandbox
-        .call(
-            &plugin.code,
-            &env,
-            &review.request_id.clone(),
-            &review,
-            &t.token,
-            deadline,
-        )
+        .call(&plugin.code, &env, &review.request_id.clone(), &review, &t.token, deadline)
         .map_err(|f| format!("the plugin {f}"))
 }
 
@@ -117,11 +88,7 @@ fn prior(spec: &GrantSpec) -> Prior {
                 username: spec.username.clone(),
                 uid: spec.uid.clone(),
                 groups: spec.groups.clone(),
-                extra: spec
-                    .extra
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                extra: spec.extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             },
             audiences: spec.audiences.clone(),
             expires_at: spec.expires_at,
@@ -136,38 +103,14 @@ fn compare_grant(t: &TestVector, g: &Grant) -> Result<(), String> {
     field(&mut diffs, "username", t.username.as_ref(), &u.username);
     field(&mut diffs, "uid", t.uid.as_ref(), &u.uid);
     field(&mut diffs, "groups", t.groups.as_ref(), &u.groups);
-    field(
-        &mut diffs,
-        "extra",
-        t.extra.as_ref(),
-        &merged_extra(&u.extra),
-    );
-    field(
-        &mut diffs,
-        "audiences",
-        t.grant_audiences.as_ref(),
-        &g.audiences,
-    );
-    field(
-        &mut diffs,
-        "expires_at",
-        t.expires_at.map(Some).as_ref(),
-        &g.expires_at,
-    );
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(diffs.join(", "))
-    }
+    field(&mut diffs, "extra", t.extra.as_ref(), &merged_extra(&u.extra));
+    field(&mut diffs, "audiences", t.grant_audiences.as_ref(), &g.audiences);
+    field(&mut diffs, "expires_at", t.expires_at.map(Some).as_ref(), &g.expires_at);
+    if diffs.is_empty() { Ok(()) } else { Err(diffs.join(", ")) }
 }
 
 /// Notes a difference when the vector states `want` and the grant says otherwise.
-fn field<T: PartialEq + std::fmt::Debug>(
-    diffs: &mut Vec<String>,
-    what: &str,
-    want: Option<&T>,
-    got: &T,
-) {
+fn field<T: PartialEq + std::fmt::Debug>(diffs: &mut Vec<String>, what: &str, want: Option<&T>, got: &T) {
     if let Some(want) = want
         && want != got
     {
@@ -187,10 +130,7 @@ pub fn merged_extra(extra: &[(String, Vec<String>)]) -> BTreeMap<String, Vec<Str
 /// A decision in one short line, for `check`, `review --explain` and vector failures.
 pub fn describe(d: &Decision) -> String {
     match d {
-        Decision::Allow(g) => format!(
-            "allow(username={:?}, groups={:?})",
-            g.user.username, g.user.groups
-        ),
+        Decision::Allow(g) => format!("allow(username={:?}, groups={:?})", g.user.username, g.user.groups),
         Decision::Deny(r) => format!("deny({r:?})"),
         Decision::Abstain => "abstain".into(),
         Decision::Unavailable(r) => format!("unavailable({r:?})"),

@@ -5,11 +5,7 @@ use tollgate_tests::*;
 
 fn static_tokens_server() -> (PluginDir, Server) {
     let dir = PluginDir::new();
-    dir.add(
-        "10-static-tokens",
-        built::STATIC_TOKENS,
-        &static_tokens_manifest(""),
-    );
+    dir.add("10-static-tokens", built::STATIC_TOKENS, &static_tokens_manifest(""));
     let server = Server::start(dir.path(), &[]);
     (dir, server)
 }
@@ -18,9 +14,7 @@ fn static_tokens_server() -> (PluginDir, Server) {
 fn allow_carries_user_uid_groups_and_extra_in_both_versions() {
     let (_dir, server) = static_tokens_server();
     for version in VERSIONS {
-        let status = server
-            .review_at("/authenticate", version, Some(ALICE), &[])
-            .review_status(version);
+        let status = server.review_at("/authenticate", version, Some(ALICE), &[]).review_status(version);
         assert_eq!(
             status,
             json!({"authenticated": true, "user": {
@@ -34,9 +28,7 @@ fn allow_carries_user_uid_groups_and_extra_in_both_versions() {
 fn a_denial_is_clean_no_user_no_error_in_both_versions() {
     let (_dir, server) = static_tokens_server();
     for version in VERSIONS {
-        let status = server
-            .review_at("/authenticate", version, Some("not-a-known-token"), &[])
-            .review_status(version);
+        let status = server.review_at("/authenticate", version, Some("not-a-known-token"), &[]).review_status(version);
         assert_eq!(status, json!({"authenticated": false}));
     }
 }
@@ -47,23 +39,16 @@ fn a_missing_or_empty_token_is_a_denial() {
     for version in VERSIONS {
         // kube-apiserver sends "spec":{} for an empty token.
         assert_eq!(
-            server
-                .review_at("/authenticate", version, None, &[])
-                .review_status(version),
+            server.review_at("/authenticate", version, None, &[]).review_status(version),
             json!({"authenticated": false})
         );
         assert_eq!(
-            server
-                .review_at("/authenticate", version, Some(""), &[])
-                .review_status(version),
+            server.review_at("/authenticate", version, Some(""), &[]).review_status(version),
             json!({"authenticated": false})
         );
         let body = json!({"apiVersion": version, "kind": "TokenReview"}).to_string();
         let answer = server.post_raw("/authenticate", Some("application/json"), body);
-        assert_eq!(
-            answer.review_status(version),
-            json!({"authenticated": false})
-        );
+        assert_eq!(answer.review_status(version), json!({"authenticated": false}));
     }
 }
 
@@ -73,108 +58,57 @@ fn query_strings_metadata_unknown_fields_and_key_order_are_tolerated() {
     let body = format!(
         r#"{{"status":{{"user":{{}}}},"zzz":[1,2],"spec":{{"audiences":[],"token":"{ALICE}","extra":true}},"metadata":{{}},"kind":"TokenReview","apiVersion":"{V1}"}}"#
     );
-    let answer = server.post_raw(
-        "/authenticate?timeout=30s",
-        Some("application/json; charset=utf-8"),
-        body,
-    );
+    let answer = server.post_raw("/authenticate?timeout=30s", Some("application/json; charset=utf-8"), body);
     assert_eq!(answer.review_status(V1)["user"]["username"], "alice");
 }
 
 #[test]
 fn bad_requests_are_answered_as_kubernetes_answers_them() {
     let (_dir, server) = static_tokens_server();
-    let review = |v: &str, kind: &str| {
-        json!({"apiVersion": v, "kind": kind, "spec": {"token": ALICE}}).to_string()
-    };
+    let review = |v: &str, kind: &str| json!({"apiVersion": v, "kind": kind, "spec": {"token": ALICE}}).to_string();
     let json_ct = Some("application/json");
 
-    server
-        .post_raw("/authenticate", json_ct, "{\"apiVersion\":")
-        .assert_status_object(400, "BadRequest");
-    server
-        .post_raw("/authenticate", json_ct, "[1,2]")
-        .assert_status_object(400, "BadRequest");
+    server.post_raw("/authenticate", json_ct, "{\"apiVersion\":").assert_status_object(400, "BadRequest");
+    server.post_raw("/authenticate", json_ct, "[1,2]").assert_status_object(400, "BadRequest");
     server
         .post_raw("/authenticate", json_ct, review(V1, "SubjectAccessReview"))
         .assert_status_object(400, "BadRequest");
     server
-        .post_raw(
-            "/authenticate",
-            json_ct,
-            review("authentication.k8s.io/v2", "TokenReview"),
-        )
+        .post_raw("/authenticate", json_ct, review("authentication.k8s.io/v2", "TokenReview"))
         .assert_status_object(400, "BadRequest");
-    server
-        .post_raw("/authenticate", json_ct, review("v1", "TokenReview"))
-        .assert_status_object(400, "BadRequest");
+    server.post_raw("/authenticate", json_ct, review("v1", "TokenReview")).assert_status_object(400, "BadRequest");
     let no_version = json!({"kind": "TokenReview", "spec": {"token": ALICE}}).to_string();
-    server
-        .post_raw("/authenticate", json_ct, no_version)
-        .assert_status_object(400, "BadRequest");
+    server.post_raw("/authenticate", json_ct, no_version).assert_status_object(400, "BadRequest");
 
-    let big =
-        json!({"apiVersion": V1, "kind": "TokenReview", "spec": {"token": "x".repeat(70 * 1024)}})
-            .to_string();
+    let big = json!({"apiVersion": V1, "kind": "TokenReview", "spec": {"token": "x".repeat(70 * 1024)}}).to_string();
+    server.post_raw("/authenticate", json_ct, big).assert_status_object(413, "RequestEntityTooLarge");
     server
-        .post_raw("/authenticate", json_ct, big)
-        .assert_status_object(413, "RequestEntityTooLarge");
-    server
-        .post_raw(
-            "/authenticate",
-            Some("text/plain"),
-            review(V1, "TokenReview"),
-        )
+        .post_raw("/authenticate", Some("text/plain"), review(V1, "TokenReview"))
         .assert_status_object(415, "UnsupportedMediaType");
     server
-        .post_raw(
-            "/authenticate",
-            Some("application/x-www-form-urlencoded"),
-            review(V1, "TokenReview"),
-        )
+        .post_raw("/authenticate", Some("application/x-www-form-urlencoded"), review(V1, "TokenReview"))
         .assert_status_object(415, "UnsupportedMediaType");
-    server
-        .post_raw("/authenticate", None, review(V1, "TokenReview"))
-        .assert_status_object(415, "UnsupportedMediaType");
+    server.post_raw("/authenticate", None, review(V1, "TokenReview")).assert_status_object(415, "UnsupportedMediaType");
 
-    server
-        .get("/authenticate")
-        .assert_status_object(405, "MethodNotAllowed");
+    server.get("/authenticate").assert_status_object(405, "MethodNotAllowed");
     let put = server
         .client()
         .put(server.url("/authenticate"))
         .header("Content-Type", "application/json")
         .body(review(V1, "TokenReview"));
     Answer::from(put.send().unwrap()).assert_status_object(405, "MethodNotAllowed");
+    server.post_raw("/nope", json_ct, review(V1, "TokenReview")).assert_status_object(404, "NotFound");
     server
-        .post_raw("/nope", json_ct, review(V1, "TokenReview"))
-        .assert_status_object(404, "NotFound");
-    server
-        .post_raw(
-            "/authenticate/no-such-tenant",
-            json_ct,
-            review(V1, "TokenReview"),
-        )
+        .post_raw("/authenticate/no-such-tenant", json_ct, review(V1, "TokenReview"))
         .assert_status_object(404, "NotFound");
     // Never a redirect, not even for a trailing slash.
-    server
-        .post_raw("/authenticate/", json_ct, review(V1, "TokenReview"))
-        .assert_status_object(404, "NotFound");
+    server.post_raw("/authenticate/", json_ct, review(V1, "TokenReview")).assert_status_object(404, "NotFound");
 
     // Nothing above broke anything.
-    assert_eq!(
-        server.review(ALICE).review_status(V1)["authenticated"],
-        true
-    );
+    assert_eq!(server.review(ALICE).review_status(V1)["authenticated"], true);
     let metrics = server.get("/metrics").body;
-    assert!(
-        metrics.contains("tollgate_rejected_requests_total{code=\"400\"} 6"),
-        "{metrics}"
-    );
-    assert!(
-        !metrics.contains("no-such-tenant"),
-        "unknown tenants create no labels"
-    );
+    assert!(metrics.contains("tollgate_rejected_requests_total{code=\"400\"} 6"), "{metrics}");
+    assert!(!metrics.contains("no-such-tenant"), "unknown tenants create no labels");
 }
 
 #[test]
@@ -189,33 +123,18 @@ fn error_messages_never_quote_the_request() {
 #[test]
 fn a_jwt_sized_token_reaches_plugins_byte_for_byte() {
     let dir = PluginDir::new();
-    dir.probe(
-        "10-echo",
-        &probe_manifest("", "echo", "username = \"echo\""),
-    );
+    dir.probe("10-echo", &probe_manifest("", "echo", "username = \"echo\""));
     let server = Server::start(dir.path(), &[]);
     // An 8 KiB token with every printable ASCII byte, JSON-escaped quotes and backslashes.
-    let token: String = (0..8192)
-        .map(|i| char::from(b' ' + (i % 95) as u8))
-        .collect();
+    let token: String = (0..8192).map(|i| char::from(b' ' + (i % 95) as u8)).collect();
     let sum: u64 = token.bytes().map(u64::from).sum();
     let extra = server.review(&token).review_status(V1)["user"]["extra"].clone();
     assert_eq!(extra["seen/token-length"], json!(["8192"]));
     assert_eq!(extra["seen/token-byte-sum"], json!([sum.to_string()]));
     assert_eq!(extra["seen/tenant"], json!([""]));
     // Audiences are passed as sent.
-    let status = server
-        .review_at(
-            "/authenticate",
-            V1,
-            Some("t0k3n-abcdefgh"),
-            &["aud-1", "aud-2"],
-        )
-        .review_status(V1);
-    assert_eq!(
-        status["user"]["extra"]["seen/audiences"],
-        json!(["aud-1", "aud-2"])
-    );
+    let status = server.review_at("/authenticate", V1, Some("t0k3n-abcdefgh"), &["aud-1", "aud-2"]).review_status(V1);
+    assert_eq!(status["user"]["extra"]["seen/audiences"], json!(["aud-1", "aud-2"]));
 }
 
 #[test]
@@ -243,12 +162,7 @@ fn probes_metrics_and_status() {
     assert_eq!(tenant["live"]["generation"], 1);
     assert_eq!(tenant["live"]["plugins"][0]["name"], "10-static-tokens");
     assert_eq!(tenant["live"]["plugins"][0]["role"], "authenticator");
-    assert!(
-        tenant["live"]["plugins"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .starts_with("sha256:")
-    );
+    assert!(tenant["live"]["plugins"][0]["digest"].as_str().unwrap().starts_with("sha256:"));
 }
 
 #[test]
@@ -264,11 +178,7 @@ fn every_review_has_one_audit_line() {
     assert_eq!(a["audiences"], json!(["api"]));
     assert_eq!(a["plugin"], "10-static-tokens");
     assert_eq!(a["token_id"].as_str().unwrap().len(), 16);
-    assert_ne!(
-        a["token_id"],
-        json!(&sha256_hex(ALICE)[..16]),
-        "a keyed fingerprint, not a plain hash"
-    );
+    assert_ne!(a["token_id"], json!(&sha256_hex(ALICE)[..16]), "a keyed fingerprint, not a plain hash");
     assert_eq!(lines[1]["authenticated"], false);
     assert_eq!(lines[1]["result"], "denied");
 }

@@ -18,26 +18,17 @@ fn leaky_dir() -> PluginDir {
     let dir = PluginDir::new();
     for (i, action) in LEAKS.iter().enumerate() {
         let head = format!("[match]\ntoken_prefix = [\"{action}-\"]");
-        dir.probe(
-            &format!("{:02}-{action}", 10 + i),
-            &probe_manifest(&head, action, ""),
-        );
+        dir.probe(&format!("{:02}-{action}", 10 + i), &probe_manifest(&head, action, ""));
     }
     // A mapper that leaks what it sees (the token must not reach it at all).
-    dir.probe(
-        "90-map",
-        &probe_manifest("role = \"mapper\"", "leak-log", ""),
-    );
+    dir.probe("90-map", &probe_manifest("role = \"mapper\"", "leak-log", ""));
     dir
 }
 
 #[test]
 fn a_canary_token_appears_nowhere() {
     let dir = leaky_dir();
-    for flags in [
-        &[][..],
-        &["--deny-reason-in-status", "--log-format", "json"][..],
-    ] {
+    for flags in [&[][..], &["--deny-reason-in-status", "--log-format", "json"][..]] {
         let server = Server::start(dir.path(), flags);
         let mut bodies = String::new();
         let mut canaries = Vec::new();
@@ -45,18 +36,9 @@ fn a_canary_token_appears_nowhere() {
             for version in VERSIONS {
                 let canary = random_token(&format!("{action}-canary-"));
                 let answer = server.review_at("/authenticate", version, Some(&canary), &["aud"]);
-                assert!(
-                    matches!(answer.status, 200 | 503),
-                    "{action}: {}",
-                    answer.body
-                );
+                assert!(matches!(answer.status, 200 | 503), "{action}: {}", answer.body);
                 if answer.status == 200 {
-                    assert_eq!(
-                        answer.json()["status"]["authenticated"],
-                        false,
-                        "{action}: {}",
-                        answer.body
-                    );
+                    assert_eq!(answer.json()["status"]["authenticated"], false, "{action}: {}", answer.body);
                 }
                 bodies.push_str(&answer.body);
                 canaries.push(canary);
@@ -64,7 +46,11 @@ fn a_canary_token_appears_nowhere() {
         }
         // Also malformed requests carrying it.
         let canary = random_token("leak-deny-canary-");
-        let answer = server.post_raw("/authenticate", Some("application/json"), format!("{{\"spec\":{{\"token\":\"{canary}\"}},\"kind\":\"TokenReview\",\"apiVersion\":\"v9\"}}"));
+        let answer = server.post_raw(
+            "/authenticate",
+            Some("application/json"),
+            format!("{{\"spec\":{{\"token\":\"{canary}\"}},\"kind\":\"TokenReview\",\"apiVersion\":\"v9\"}}"),
+        );
         bodies.push_str(&answer.body);
         canaries.push(canary);
         bodies.push_str(&server.get("/metrics").body);
@@ -72,46 +58,25 @@ fn a_canary_token_appears_nowhere() {
 
         let lines = server.wait_audit("every audit line", |l| l.len() >= LEAKS.len() * 2);
         let logs = server.logs.text();
-        assert!(
-            logs.contains("[token]"),
-            "the scrubbed lines did reach the log"
-        );
+        assert!(logs.contains("[token]"), "the scrubbed lines did reach the log");
         if flags.is_empty() {
-            assert!(
-                logs.contains("panic [token]"),
-                "a panic message is logged, scrubbed:\n{logs}"
-            );
+            assert!(logs.contains("panic [token]"), "a panic message is logged, scrubbed:\n{logs}");
         } else {
             assert!(
                 bodies.contains("denied [token]"),
                 "--deny-reason-in-status puts the scrubbed reason in status.error"
             );
         }
-        let rules: Vec<_> = lines
-            .iter()
-            .filter_map(|l| l["error_class"].as_str())
-            .collect();
+        let rules: Vec<_> = lines.iter().filter_map(|l| l["error_class"].as_str()).collect();
         assert!(rules.contains(&"token-in-grant"), "{rules:?}");
         let audit = server.audit.text();
         drop(server);
         for canary in &canaries {
-            assert!(
-                !bodies.contains(canary.as_str()),
-                "the token is in an answer"
-            );
-            assert!(
-                !logs.contains(canary.as_str()),
-                "the token is in the log:\n{logs}"
-            );
-            assert!(
-                !audit.contains(canary.as_str()),
-                "the token is in the audit log"
-            );
+            assert!(!bodies.contains(canary.as_str()), "the token is in an answer");
+            assert!(!logs.contains(canary.as_str()), "the token is in the log:\n{logs}");
+            assert!(!audit.contains(canary.as_str()), "the token is in the audit log");
             // Not even a large piece of it.
-            assert!(
-                !logs.contains(&canary[..canary.len() - 4])
-                    && !audit.contains(&canary[..canary.len() - 4])
-            );
+            assert!(!logs.contains(&canary[..canary.len() - 4]) && !audit.contains(&canary[..canary.len() - 4]));
         }
     }
 }

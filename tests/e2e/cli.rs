@@ -4,12 +4,7 @@ use tollgate_tests::*;
 
 fn examples_dir() -> PluginDir {
     let dir = PluginDir::new();
-    dir.add(
-        "10-static-tokens",
-        built::STATIC_TOKENS,
-        &static_tokens_manifest(""),
-    )
-    .example(
+    dir.add("10-static-tokens", built::STATIC_TOKENS, &static_tokens_manifest("")).example(
         "50-group-mapper",
         built::GROUP_MAPPER,
         built::GROUP_MAPPER_MANIFEST,
@@ -21,10 +16,7 @@ fn examples_dir() -> PluginDir {
 fn review_reads_the_token_from_standard_input() {
     let dir = examples_dir();
     let plugins = dir.path().to_str().unwrap();
-    let (code, out, err) = run_cli(
-        &["review", "--plugins", plugins, "--explain"],
-        &format!("{ALICE}\n"),
-    );
+    let (code, out, err) = run_cli(&["review", "--plugins", plugins, "--explain"], &format!("{ALICE}\n"));
     assert_eq!(code, 0, "{err}");
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(answer["apiVersion"], V1);
@@ -32,35 +24,18 @@ fn review_reads_the_token_from_standard_input() {
         answer["status"]["user"]["groups"],
         serde_json::json!(["demo:admins", "demo:dev-web", "demo:authenticated"])
     );
-    assert!(
-        err.contains("10-static-tokens") && err.contains("allow(username=\"alice\""),
-        "{err}"
-    );
+    assert!(err.contains("10-static-tokens") && err.contains("allow(username=\"alice\""), "{err}");
     assert!(err.contains("50-group-mapper"), "{err}");
     assert!(!out.contains(ALICE) && !err.contains(ALICE));
 
-    let (code, out, _) = run_cli(
-        &["review", "--plugins", plugins, "--api-version", "v1beta1"],
-        "unknown-token\n",
-    );
+    let (code, out, _) = run_cli(&["review", "--plugins", plugins, "--api-version", "v1beta1"], "unknown-token\n");
     assert_eq!(code, 1);
-    assert!(
-        out.contains(V1BETA1) && out.contains("\"authenticated\":false"),
-        "{out}"
-    );
+    assert!(out.contains(V1BETA1) && out.contains("\"authenticated\":false"), "{out}");
 
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), BOB).unwrap();
-    let (code, out, _) = run_cli(
-        &[
-            "review",
-            "--plugins",
-            plugins,
-            "--token-file",
-            token_file.path().to_str().unwrap(),
-        ],
-        "",
-    );
+    let (code, out, _) =
+        run_cli(&["review", "--plugins", plugins, "--token-file", token_file.path().to_str().unwrap()], "");
     assert_eq!(code, 0);
     assert!(out.contains("\"username\":\"bob\""), "{out}");
 
@@ -73,121 +48,61 @@ fn review_reads_the_token_from_standard_input() {
 fn review_applies_the_guardrails() {
     let dir = PluginDir::new();
     dir.example("10-seed-demo", built::SEED_DEMO, built::SEED_DEMO_MANIFEST);
-    let (code, out, err) = run_cli(
-        &[
-            "review",
-            "--plugins",
-            dir.path().to_str().unwrap(),
-            "--explain",
-        ],
-        "anything-goes\n",
-    );
+    let (code, out, err) =
+        run_cli(&["review", "--plugins", dir.path().to_str().unwrap(), "--explain"], "anything-goes\n");
     assert_eq!(code, 1, "{out}");
-    assert!(
-        err.contains("refused by host rule system-identity"),
-        "{err}"
-    );
+    assert!(err.contains("refused by host rule system-identity"), "{err}");
 }
 
 #[test]
 fn check_runs_every_vector_and_reports_one_line_per_plugin() {
     let dir = PluginDir::new();
-    dir.example(
-        "static-tokens",
-        built::STATIC_TOKENS,
-        built::STATIC_TOKENS_MANIFEST,
-    )
-    .example(
+    dir.example("static-tokens", built::STATIC_TOKENS, built::STATIC_TOKENS_MANIFEST).example(
         "group-mapper",
         built::GROUP_MAPPER,
         built::GROUP_MAPPER_MANIFEST,
     );
     let (code, out, err) = run_cli(&["check", dir.path().to_str().unwrap()], "");
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("ok ")).count(),
-        2,
-        "{out}"
-    );
-    assert!(
-        out.contains("4 vectors passed") && out.contains("2 vectors passed"),
-        "{out}"
-    );
-    assert!(
-        !out.contains("warn"),
-        "the examples hold no live credential in a vector: {out}"
-    );
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{out}");
+    assert!(out.contains("4 vectors passed") && out.contains("2 vectors passed"), "{out}");
+    assert!(!out.contains("warn"), "the examples hold no live credential in a vector: {out}");
 
     // A vector failing, a live secret in a vector, a manifest without its plugin, garbage.
     let bad = PluginDir::new();
-    bad.probe(
-        "fails",
-        &probe_manifest(
-            "[[test]]\ntoken = \"t\"\nexpect = \"deny\"",
-            "allow",
-            "username = \"x\"",
-        ),
-    )
-    .probe(
-        "leaks",
-        &probe_manifest(
-            "[[test]]\ntoken = \"live-secret\"\nexpect = \"allow\"\nusername = \"x\"",
-            "allow",
-            "username = \"x\"",
-        ),
-    );
+    bad.probe("fails", &probe_manifest("[[test]]\ntoken = \"t\"\nexpect = \"deny\"", "allow", "username = \"x\""))
+        .probe(
+            "leaks",
+            &probe_manifest(
+                "[[test]]\ntoken = \"live-secret\"\nexpect = \"allow\"\nusername = \"x\"",
+                "allow",
+                "username = \"x\"",
+            ),
+        );
     let (code, out, _) = run_cli(
-        &[
-            "check",
-            bad.path().join("fails.wasm").to_str().unwrap(),
-            bad.path().join("leaks.wasm").to_str().unwrap(),
-        ],
+        &["check", bad.path().join("fails.wasm").to_str().unwrap(), bad.path().join("leaks.wasm").to_str().unwrap()],
         "",
     );
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("FAIL") && out.contains("expected deny, got allow"),
-        "{out}"
-    );
-    assert!(
-        out.contains("warn") && out.contains("accepted under the live [config]"),
-        "{out}"
-    );
+    assert!(out.contains("FAIL") && out.contains("expected deny, got allow"), "{out}");
+    assert!(out.contains("warn") && out.contains("accepted under the live [config]"), "{out}");
 
     std::fs::write(bad.path().join("orphan.toml"), "role = \"mapper\"\n").unwrap();
     let (code, out, _) = run_cli(&["check", bad.path().to_str().unwrap()], "");
     assert_eq!(code, 1);
-    assert!(
-        out.contains("orphan.toml: a manifest without orphan.wasm"),
-        "{out}"
-    );
+    assert!(out.contains("orphan.toml: a manifest without orphan.wasm"), "{out}");
 
     let garbage = PluginDir::new();
     std::fs::write(garbage.path().join("junk.wasm"), b"\0asm junk").unwrap();
-    let (code, out, _) = run_cli(
-        &["check", garbage.path().join("junk.wasm").to_str().unwrap()],
-        "",
-    );
+    let (code, out, _) = run_cli(&["check", garbage.path().join("junk.wasm").to_str().unwrap()], "");
     assert_eq!(code, 1);
-    assert!(
-        out.contains("FAIL") && out.contains("not a WebAssembly component"),
-        "{out}"
-    );
+    assert!(out.contains("FAIL") && out.contains("not a WebAssembly component"), "{out}");
 }
 
 #[test]
 fn serve_refuses_plain_http_off_loopback() {
     let dir = examples_dir();
-    let (code, _, err) = run_cli(
-        &[
-            "serve",
-            "--plugins",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "0.0.0.0:0",
-        ],
-        "",
-    );
+    let (code, _, err) = run_cli(&["serve", "--plugins", dir.path().to_str().unwrap(), "--listen", "0.0.0.0:0"], "");
     assert_eq!(code, 2);
     assert!(err.contains("loopback only"), "{err}");
 }

@@ -5,4 +5,6 @@ mod api;
 mod canary;
 mod chain;
 mod cli;
+mod reload;
 mod sandbox;
+mod tenants;

@@ -11,51 +11,27 @@ use tollgate_tests::*;
 fn misbehaving_server(socket_addr: &str) -> (PluginDir, Server) {
     let dir = PluginDir::new();
     let routed = |prefix: &str, action: &str, limits: &str, config: &str| {
-        probe_manifest(
-            &format!("[match]\ntoken_prefix = [\"{prefix}\"]\n{limits}"),
-            action,
-            config,
-        )
+        probe_manifest(&format!("[match]\ntoken_prefix = [\"{prefix}\"]\n{limits}"), action, config)
     };
-    dir.probe(
-        "10-loop",
-        &routed("loop-", "loop", "[limits]\ntimeout_ms = 500", ""),
-    )
-    .probe(
-        "11-oom",
-        &routed("oom-", "oom", "[limits]\nmemory_mib = 16", ""),
-    )
-    .probe("12-trap", &routed("trap-", "trap", "", ""))
-    .probe("13-panic", &routed("panic-", "panic", "", ""))
-    .probe("14-stack", &routed("stack-", "stack", "", ""))
-    .probe(
-        "15-file",
-        &routed("file-", "file", "", "path = \"/etc/passwd\""),
-    )
-    .probe("16-env", &routed("env-", "env", "", ""))
-    .probe(
-        "17-socket",
-        &routed(
-            "socket-",
-            "socket",
-            "",
-            &format!("addr = \"{socket_addr}\""),
-        ),
-    )
-    .probe("18-groups", &routed("groups-", "huge-groups", "", ""))
-    .probe("19-string", &routed("string-", "huge-string", "", ""))
-    .probe("20-reason", &routed("reason-", "huge-reason", "", ""))
-    .probe("21-chatty", &routed("chatty-", "chatty", "", ""))
-    .probe("99-ok", &routed("ok-", "allow", "", "username = \"alice\""));
+    dir.probe("10-loop", &routed("loop-", "loop", "[limits]\ntimeout_ms = 500", ""))
+        .probe("11-oom", &routed("oom-", "oom", "[limits]\nmemory_mib = 16", ""))
+        .probe("12-trap", &routed("trap-", "trap", "", ""))
+        .probe("13-panic", &routed("panic-", "panic", "", ""))
+        .probe("14-stack", &routed("stack-", "stack", "", ""))
+        .probe("15-file", &routed("file-", "file", "", "path = \"/etc/passwd\""))
+        .probe("16-env", &routed("env-", "env", "", ""))
+        .probe("17-socket", &routed("socket-", "socket", "", &format!("addr = \"{socket_addr}\"")))
+        .probe("18-groups", &routed("groups-", "huge-groups", "", ""))
+        .probe("19-string", &routed("string-", "huge-string", "", ""))
+        .probe("20-reason", &routed("reason-", "huge-reason", "", ""))
+        .probe("21-chatty", &routed("chatty-", "chatty", "", ""))
+        .probe("99-ok", &routed("ok-", "allow", "", "username = \"alice\""));
     let server = Server::start(dir.path(), &[]);
     (dir, server)
 }
 
 fn assert_next_review_succeeds(server: &Server) {
-    assert_eq!(
-        server.review("ok-12345678").review_status(V1)["user"]["username"],
-        "alice"
-    );
+    assert_eq!(server.review("ok-12345678").review_status(V1)["user"]["username"], "alice");
 }
 
 /// The plugin failed closed: 200, unauthenticated, `status.error` naming it with the request id.
@@ -64,43 +40,25 @@ fn assert_failed(server: &Server, token: &str, plugin: &str, classes: &[&str]) {
     let status = answer.review_status(V1);
     assert_eq!(status["authenticated"], false, "{token}");
     assert!(status.get("user").is_none());
-    let error = status["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{token}: no status.error: {status}"));
+    let error = status["error"].as_str().unwrap_or_else(|| panic!("{token}: no status.error: {status}"));
     let prefix = format!("plugin {plugin} failed (ref ");
     assert!(error.starts_with(&prefix), "{error}");
     let reference = error.trim_start_matches(&prefix).trim_end_matches(')');
     // The ref is the audit line's request id.
-    let lines = server.wait_audit("the audit line", |l| {
-        l.iter().any(|l| l["request_id"] == reference)
-    });
+    let lines = server.wait_audit("the audit line", |l| l.iter().any(|l| l["request_id"] == reference));
     let line = lines.iter().find(|l| l["request_id"] == reference).unwrap();
     assert_eq!(line["result"], "plugin-failed");
     let class = line["error_class"].as_str().unwrap();
-    assert!(
-        classes.contains(&class),
-        "{token}: class {class}, expected one of {classes:?}"
-    );
+    assert!(classes.contains(&class), "{token}: class {class}, expected one of {classes:?}");
     assert_next_review_succeeds(server);
 }
 
 /// The plugin's attempt was denied by the sandbox, and it said so in a clean denial.
 fn assert_denied_with(server: &Server, token: &str, reason_part: &str) {
-    assert_eq!(
-        server.review(token).review_status(V1),
-        json!({"authenticated": false}),
-        "{token}"
-    );
-    server.wait_audit(
-        &format!("an audit line with the reason {reason_part:?}"),
-        |lines| {
-            lines.iter().any(|l| {
-                l["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains(reason_part))
-            })
-        },
-    );
+    assert_eq!(server.review(token).review_status(V1), json!({"authenticated": false}), "{token}");
+    server.wait_audit(&format!("an audit line with the reason {reason_part:?}"), |lines| {
+        lines.iter().any(|l| l["reason"].as_str().is_some_and(|r| r.contains(reason_part)))
+    });
     assert_next_review_succeeds(server);
 }
 
@@ -121,10 +79,7 @@ fn an_infinite_loop_is_stopped_by_its_deadline_while_other_reviews_are_answered(
             answered += 1;
         }
         let elapsed = looping.join().unwrap();
-        assert!(
-            elapsed < Duration::from_secs(5),
-            "a 500 ms budget took {elapsed:?}"
-        );
+        assert!(elapsed < Duration::from_secs(5), "a 500 ms budget took {elapsed:?}");
         assert!(answered > 0, "no review was answered while the loop ran");
     });
 }
@@ -136,28 +91,10 @@ fn resource_abuse_fails_closed() {
     assert_failed(&server, "trap-12345678", "12-trap", &["trap"]);
     assert_failed(&server, "panic-12345678", "13-panic", &["trap"]);
     // The shadow stack runs out (an out-of-bounds access) or the native one does.
-    assert_failed(
-        &server,
-        "stack-12345678",
-        "14-stack",
-        &["stack-overflow", "trap"],
-    );
-    assert_failed(
-        &server,
-        "groups-12345678",
-        "18-groups",
-        &["oversized-output"],
-    );
-    assert_failed(
-        &server,
-        "string-12345678",
-        "19-string",
-        &["oversized-output"],
-    );
-    assert!(
-        server.logs.text().contains("probe panicked on purpose"),
-        "guest stderr reaches the log"
-    );
+    assert_failed(&server, "stack-12345678", "14-stack", &["stack-overflow", "trap"]);
+    assert_failed(&server, "groups-12345678", "18-groups", &["oversized-output"]);
+    assert_failed(&server, "string-12345678", "19-string", &["oversized-output"]);
+    assert!(server.logs.text().contains("probe panicked on purpose"), "guest stderr reaches the log");
 }
 
 #[test]
@@ -167,68 +104,36 @@ fn no_ambient_authority_files_environment_or_network() {
     let addr = listener.local_addr().unwrap().to_string();
     let (_dir, server) = misbehaving_server(&addr);
     assert_denied_with(&server, "file-12345678", "file denied");
-    assert_denied_with(
-        &server,
-        "env-12345678",
-        "env denied: no variables, no arguments",
-    );
+    assert_denied_with(&server, "env-12345678", "env denied: no variables, no arguments");
     assert_denied_with(&server, "socket-12345678", "socket denied");
-    assert!(
-        listener.accept().is_err(),
-        "the plugin reached a socket on this machine"
-    );
+    assert!(listener.accept().is_err(), "the plugin reached a socket on this machine");
 }
 
 #[test]
 fn output_is_bounded() {
     let (_dir, server) = misbehaving_server("127.0.0.1:9");
-    assert_eq!(
-        server.review("reason-12345678").review_status(V1),
-        json!({"authenticated": false})
-    );
+    assert_eq!(server.review("reason-12345678").review_status(V1), json!({"authenticated": false}));
     let lines = server.wait_audit("the audit line", |l| {
-        l.iter()
-            .any(|l| l["reason"].as_str().is_some_and(|r| r.starts_with("rrrr")))
+        l.iter().any(|l| l["reason"].as_str().is_some_and(|r| r.starts_with("rrrr")))
     });
-    let reason = lines
-        .iter()
-        .find_map(|l| l["reason"].as_str().filter(|r| r.starts_with("rrrr")))
-        .unwrap();
-    assert!(
-        reason.len() < 2048,
-        "a 1 MiB reason was kept whole ({} bytes)",
-        reason.len()
-    );
+    let reason = lines.iter().find_map(|l| l["reason"].as_str().filter(|r| r.starts_with("rrrr"))).unwrap();
+    assert!(reason.len() < 2048, "a 1 MiB reason was kept whole ({} bytes)", reason.len());
 
-    assert_eq!(
-        server.review("chatty-12345678").review_status(V1),
-        json!({"authenticated": false})
-    );
+    assert_eq!(server.review("chatty-12345678").review_status(V1), json!({"authenticated": false}));
     let logs = wait_for("the chatty plugin's lines", Duration::from_secs(5), || {
         let logs = server.logs.text();
-        (logs.contains("further log lines of this call dropped")
-            && logs.contains("further bytes dropped"))
-        .then_some(logs)
+        (logs.contains("further log lines of this call dropped") && logs.contains("further bytes dropped"))
+            .then_some(logs)
     });
     let logged = logs.matches("line ").count();
-    assert!(
-        logged < 600,
-        "1000 log lines and 1000 stdout lines produced {logged} log lines"
-    );
+    assert!(logged < 600, "1000 log lines and 1000 stdout lines produced {logged} log lines");
     assert_next_review_succeeds(&server);
 }
 
 #[test]
 fn past_the_review_deadline_the_answer_is_503() {
     let dir = PluginDir::new();
-    dir.probe(
-        "10-slow",
-        &probe_manifest(
-            "[limits]\ntimeout_ms = 1000",
-            "spin",
-            "ms = \"900\"\nusername = \"slow\"",
-        ),
-    );
+    dir.probe("10-slow", &probe_manifest("[limits]\ntimeout_ms = 1000", "spin", "ms = \"900\"\nusername = \"slow\""));
     let server = Server::start(dir.path(), &["--review-timeout-ms", "200"]);
     for version in VERSIONS {
         let started = Instant::now();
@@ -246,16 +151,18 @@ fn components_that_do_not_fit_the_world_are_refused() {
     let not_wasm = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(not_wasm.path(), b"this is not webassembly").unwrap();
     let core_module = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        core_module.path(),
-        wat::parse_str("(module (func (export \"f\")))").unwrap(),
-    )
-    .unwrap();
+    std::fs::write(core_module.path(), wat::parse_str("(module (func (export \"f\")))").unwrap()).unwrap();
     let no_export = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(no_export.path(), wat::parse_str("(component)").unwrap()).unwrap();
     let http = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(http.path(), wat::parse_str("(component (import \"wasi:http/outgoing-handler@0.2.0\" (instance (export \"handle\" (func)))))").unwrap())
-        .unwrap();
+    std::fs::write(
+        http.path(),
+        wat::parse_str(
+            "(component (import \"wasi:http/outgoing-handler@0.2.0\" (instance (export \"handle\" (func)))))",
+        )
+        .unwrap(),
+    )
+    .unwrap();
 
     let cases = [
         (not_wasm.path(), "not a WebAssembly component"),
@@ -265,24 +172,14 @@ fn components_that_do_not_fit_the_world_are_refused() {
     ];
     for (file, why) in cases {
         let dir = PluginDir::new();
-        dir.add("10-bad", file.to_str().unwrap(), "").probe(
-            "20-ok",
-            &probe_manifest("", "allow", "username = \"alice\""),
-        );
+        dir.add("10-bad", file.to_str().unwrap(), "")
+            .probe("20-ok", &probe_manifest("", "allow", "username = \"alice\""));
         let server = Server::start(dir.path(), &[]);
         // A tenant that never loaded answers 503, never a cacheable denial.
-        server
-            .review("tok-12345678")
-            .assert_status_object(503, "ServiceUnavailable");
+        server.review("tok-12345678").assert_status_object(503, "ServiceUnavailable");
         let status = server.get("/status").json();
-        let refusal = status["tenants"][0]["last_refusal"]["reason"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        assert!(
-            refusal.contains("10-bad.wasm") && refusal.contains(why),
-            "{refusal}"
-        );
+        let refusal = status["tenants"][0]["last_refusal"]["reason"].as_str().unwrap().to_string();
+        assert!(refusal.contains("10-bad.wasm") && refusal.contains(why), "{refusal}");
         assert_eq!(status["tenants"][0]["served"], false);
         assert_eq!(server.get("/readyz").status, 200, "the first scan is done");
     }
@@ -300,15 +197,8 @@ fn a_plugin_failing_its_own_vectors_never_goes_live() {
         ),
     );
     let server = Server::start(dir.path(), &[]);
-    server
-        .review("tok-12345678")
-        .assert_status_object(503, "ServiceUnavailable");
+    server.review("tok-12345678").assert_status_object(503, "ServiceUnavailable");
     let status = server.get("/status").json();
-    let refusal = status["tenants"][0]["last_refusal"]["reason"]
-        .as_str()
-        .unwrap();
-    assert!(
-        refusal.contains("test 1") && refusal.contains("username \"alice\", expected \"bob\""),
-        "{refusal}"
-    );
+    let refusal = status["tenants"][0]["last_refusal"]["reason"].as_str().unwrap();
+    assert!(refusal.contains("test 1") && refusal.contains("username \"alice\", expected \"bob\""), "{refusal}");
 }

@@ -42,11 +42,7 @@ pub fn run(args: CheckArgs) -> Result<i32> {
 
 fn check_dir(loader: &Loader, tenant: &str, dir: &Path) -> usize {
     match tenant::read_tenant(dir, loader.defaults().max_plugin_bytes) {
-        Ok(snapshot) => snapshot
-            .sources
-            .iter()
-            .map(|s| check_one(loader, tenant, s))
-            .sum(),
+        Ok(snapshot) => snapshot.sources.iter().map(|s| check_one(loader, tenant, s)).sum(),
         Err(e) => fail(dir, &format!("{e:#}")),
     }
 }
@@ -61,11 +57,7 @@ fn check_one(loader: &Loader, tenant: &str, src: &PluginSource) -> usize {
                 plugin.digest(),
                 plugin.tests.len()
             );
-            for w in plugin
-                .warnings
-                .iter()
-                .chain(&vectors::live_secret_warnings(loader.sandbox(), &plugin))
-            {
+            for w in plugin.warnings.iter().chain(&vectors::live_secret_warnings(loader.sandbox(), &plugin)) {
                 println!("warn  {}  {w}", src.wasm_path.display());
             }
             0

@@ -49,10 +49,7 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
     let tenant_dir = if args.tenant.is_empty() {
         dir
     } else {
-        anyhow::ensure!(
-            tenant::valid_tenant_name(&args.tenant),
-            "--tenant must be a DNS label"
-        );
+        anyhow::ensure!(tenant::valid_tenant_name(&args.tenant), "--tenant must be a DNS label");
         plugin_dir(&dir.join(&args.tenant))?
     };
     let token = read_token(args.token_file.as_ref())?;
@@ -62,12 +59,7 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
     let generation = tenant::load_generation(&loader, &args.tenant, &snapshot, guardrails, 1)?;
 
     let request_id = new_request_id();
-    let input = ReviewInput {
-        token,
-        audiences: args.audiences,
-        client: None,
-        request_id: request_id.clone(),
-    };
+    let input = ReviewInput { token, audiences: args.audiences, client: None, request_id: request_id.clone() };
     let deadline = Instant::now() + Duration::from_millis(args.review_timeout_ms);
     let verdict = chain::evaluate(loader.sandbox(), &generation, &input, deadline);
     let scrubber = Scrubber::new(&input.token);
@@ -83,22 +75,12 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
                 }
                 StepResult::Refused(why) => format!("refused: {why}"),
             };
-            writeln!(
-                err,
-                "{:<14} {:<24} {what} ({:?})",
-                step.role.as_str(),
-                step.plugin,
-                step.duration
-            )?;
+            writeln!(err, "{:<14} {:<24} {what} ({:?})", step.role.as_str(), step.plugin, step.duration)?;
         }
         let settled = match &verdict.outcome {
-            Outcome::Denied {
-                rule: Some(rule),
-                reason,
-            } => format!(
-                "refused by host rule {rule}: {}",
-                scrubber.clean(reason, 4096)
-            ),
+            Outcome::Denied { rule: Some(rule), reason } => {
+                format!("refused by host rule {rule}: {}", scrubber.clean(reason, 4096))
+            }
             Outcome::Denied { reason, .. } => format!("denied: {}", scrubber.clean(reason, 4096)),
             other => other.class().to_string(),
         };
@@ -121,23 +103,17 @@ fn read_token(file: Option<&PathBuf>) -> Result<String> {
     let mut raw = String::new();
     match file {
         Some(path) => {
-            raw = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            raw = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         }
         None => {
             let mut stdin = std::io::stdin();
             if stdin.is_terminal() {
                 eprint!("token: ");
             }
-            stdin
-                .read_to_string(&mut raw)
-                .context("reading the token from standard input")?;
+            stdin.read_to_string(&mut raw).context("reading the token from standard input")?;
         }
     }
-    let token = raw
-        .strip_suffix('\n')
-        .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(&raw);
+    let token = raw.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&raw);
     if token.is_empty() {
         bail!("no token given (standard input or --token-file)");
     }

@@ -63,29 +63,17 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<i32> {
     if !args.listen.ip().is_loopback() {
-        bail!(
-            "refusing to serve plain HTTP on {}: without TLS tollgate listens on loopback only",
-            args.listen
-        );
+        bail!("refusing to serve plain HTTP on {}: without TLS tollgate listens on loopback only", args.listen);
     }
-    anyhow::ensure!(
-        args.max_concurrent_reviews > 0,
-        "--max-concurrent-reviews must be positive"
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    anyhow::ensure!(args.max_concurrent_reviews > 0, "--max-concurrent-reviews must be positive");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve(args))?;
     Ok(0)
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let dir = plugin_dir(&args.plugins)?;
-    let cache = args
-        .cache_dir
-        .as_deref()
-        .map(|d| (d, args.cache_max_mib << 20));
+    let cache = args.cache_dir.as_deref().map(|d| (d, args.cache_max_mib << 20));
     let loader = Arc::new(args.plugin.loader(cache)?);
     if !loader.sandbox().pooling() {
         tracing::warn!("running without the pooling allocator: instantiation is slower");
@@ -95,19 +83,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     // The first load happens before the listener opens: nothing is answered from a half-loaded
     // directory. Later loads happen on the reload thread, off the request path.
-    let mut reloader = Reloader::new(
-        loader.clone(),
-        registry.clone(),
-        metrics.clone(),
-        dir,
-        args.tenants.clone(),
-    )?;
+    let mut reloader = Reloader::new(loader.clone(), registry.clone(), metrics.clone(), dir, args.tenants.clone())?;
     let started = std::time::Instant::now();
     tokio::task::block_in_place(|| reloader.scan_all());
-    tracing::info!(
-        took_ms = started.elapsed().as_millis() as u64,
-        "first load done"
-    );
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "first load done");
     registry.set_ready();
     reloader.watch(Duration::from_secs(args.rescan_interval_secs))?;
 
@@ -127,22 +106,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         evaluator,
         metrics,
         audit,
-        http: HttpSettings {
-            max_body_bytes: args.max_body_bytes,
-            deny_reason_in_status: args.deny_reason_in_status,
-        },
+        http: HttpSettings { max_body_bytes: args.max_body_bytes, deny_reason_in_status: args.deny_reason_in_status },
     });
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::warn!("no TLS certificate given: serving plain HTTP on loopback only");
     tracing::info!("listening on http://{addr}");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shut down");
     Ok(())
 }

@@ -37,10 +37,7 @@ impl Capture {
     /// `slack` is the token's length: the buffer keeps that much more, so the scrubber sees any
     /// token that starts before the cap, and only then is the text capped.
     pub fn new(slack: usize) -> Self {
-        Self {
-            inner: Arc::default(),
-            limit: CAPTURE_BYTES + slack,
-        }
+        Self { inner: Arc::default(), limit: CAPTURE_BYTES + slack }
     }
 
     /// Takes what was written, and how many bytes were dropped.
@@ -92,11 +89,7 @@ impl Pollable for Capture {
 }
 
 impl AsyncWrite for Capture {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

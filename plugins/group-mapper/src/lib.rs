@@ -96,7 +96,13 @@ impl Rule {
 
     /// `None` if the rule does not match; `Some(None)` to drop; `Some(Some(g))` to map.
     fn apply(&self, group: &str) -> Option<Option<String>> {
-        let rest = if self.wildcard { group.strip_prefix(self.from.as_str())? } else if group == self.from { "" } else { return None };
+        let rest = if self.wildcard {
+            group.strip_prefix(self.from.as_str())?
+        } else if group == self.from {
+            ""
+        } else {
+            return None;
+        };
         Some(self.to.as_ref().map(|to| to.replacen('*', rest, 1)))
     }
 }
@@ -130,7 +136,8 @@ mod tests {
     #[test]
     fn drops_unmapped_when_asked_and_prefixes_usernames() {
         set_config([("rules", "a b"), ("unmapped", "drop"), ("username_prefix", "acme:")]);
-        let Decision::Allow(g) = GroupMapper::authenticate(mapper_review(Grant::user("alice").groups(["a", "c"]))) else {
+        let Decision::Allow(g) = GroupMapper::authenticate(mapper_review(Grant::user("alice").groups(["a", "c"])))
+        else {
             panic!()
         };
         assert_eq!(g.user.groups, vec!["b"]);

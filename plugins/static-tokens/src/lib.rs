@@ -92,7 +92,14 @@ mod tests {
     #[test]
     fn finds_users_by_digest() {
         set_config([
-            ("tokens", format!("# comment\n{} alice 1001 dev,ops team=blue,team=green\n{} bob\n", sha("t-alice"), sha("t-bob"))),
+            (
+                "tokens",
+                format!(
+                    "# comment\n{} alice 1001 dev,ops team=blue,team=green\n{} bob\n",
+                    sha("t-alice"),
+                    sha("t-bob")
+                ),
+            ),
             ("audiences", "https://kubernetes.default.svc".into()),
         ]);
         let Decision::Allow(g) = StaticTokens::authenticate(review("t-alice")) else { panic!("alice not allowed") };

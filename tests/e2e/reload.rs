@@ -1,0 +1,291 @@
+//! Hot reload (SPEC §8): a tenant's whole new generation goes live, or is refused and the last
+//! good one stays.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tollgate_tests::*;
+
+fn allow(username: &str) -> String {
+    probe_manifest("", "allow", &format!("username = \"{username}\""))
+}
+
+fn refusal(server: &Server, tenant: &str) -> Option<String> {
+    let status = server.get("/status").json();
+    let t = status["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == tenant)?.clone();
+    t["last_refusal"]["reason"].as_str().map(str::to_owned)
+}
+
+fn wait_refusal(server: &Server, tenant: &str, part: &str) -> String {
+    wait_for(&format!("a refusal mentioning {part:?}"), Duration::from_secs(15), || {
+        refusal(server, tenant).filter(|r| r.contains(part))
+    })
+}
+
+fn wait_user(server: &Server, path: &str, want: Option<&str>) {
+    let what = format!("{path} to answer {want:?}");
+    wait_for_answer(server, path, "tok-12345678", &what, |a| granted_username(a).as_deref() == want);
+}
+
+#[test]
+fn add_replace_refuse_and_delete_plugins_live() {
+    let dir = PluginDir::new();
+    let server = Server::start(dir.path(), &[]);
+    // Empty: every token is denied.
+    assert_eq!(server.review("tok-12345678").review_status(V1), json!({"authenticated": false}));
+
+    dir.probe("10-a", &allow("v1"));
+    wait_user(&server, "/authenticate", Some("v1"));
+    std::fs::write(dir.path().join("10-a.toml"), allow("v2")).unwrap();
+    wait_user(&server, "/authenticate", Some("v2"));
+
+    // Refused: garbage, a component of another world, a version failing its own vectors, a
+    // broken manifest. Each time the previous generation stays live, whole.
+    let bad_versions: [(&str, Vec<u8>, String, &str); 4] = [
+        ("garbage", b"not wasm at all".to_vec(), allow("v3"), "not a WebAssembly component"),
+        ("wrong world", wat::parse_str("(component)").unwrap(), allow("v3"), "does not fit the world"),
+        (
+            "failing vectors",
+            std::fs::read(built::PROBE).unwrap(),
+            allow("v3") + "[[test]]\ntoken = \"x\"\nexpect = \"deny\"\n",
+            "vectors fail",
+        ),
+        ("broken manifest", std::fs::read(built::PROBE).unwrap(), "role = \"judge\"\n".into(), "manifest"),
+    ];
+    for (what, wasm, manifest, why) in bad_versions {
+        std::fs::write(dir.path().join("10-a.toml"), manifest).unwrap();
+        std::fs::write(dir.path().join("10-a.wasm"), wasm).unwrap();
+        let reason = wait_refusal(&server, "", why);
+        assert!(reason.contains("10-a"), "{what}: {reason}");
+        for _ in 0..5 {
+            assert_eq!(
+                granted_username(&server.review("tok-12345678")).as_deref(),
+                Some("v2"),
+                "{what}: the old generation answers"
+            );
+        }
+        // Reset the refusal marker for the next case by making a good version live again.
+        std::fs::write(dir.path().join("10-a.wasm"), std::fs::read(built::PROBE).unwrap()).unwrap();
+        std::fs::write(dir.path().join("10-a.toml"), allow("v2")).unwrap();
+    }
+    let metrics = server.get("/metrics").body;
+    assert!(metrics.contains("tollgate_reloads_total{tenant=\"\",result=\"refused\"}"), "{metrics}");
+
+    // A second plugin, then deleting the first: a generation without it.
+    dir.probe("20-b", &allow("b"));
+    std::fs::write(dir.path().join("10-a.toml"), probe_manifest("", "abstain", "")).unwrap();
+    wait_user(&server, "/authenticate", Some("b"));
+    std::fs::remove_file(dir.path().join("20-b.wasm")).unwrap();
+    std::fs::remove_file(dir.path().join("20-b.toml")).unwrap();
+    wait_user(&server, "/authenticate", None);
+    let status = server.get("/status").json();
+    let plugins = status["tenants"][0]["live"]["plugins"].as_array().unwrap().len();
+    assert_eq!(plugins, 1, "{status}");
+}
+
+#[test]
+fn tenant_folders_come_and_go() {
+    let dir = PluginDir::new();
+    let server = Server::start(dir.path(), &[]);
+    server.review_at("/authenticate/acme", V1, Some("tok-12345678"), &[]).assert_status_object(404, "NotFound");
+
+    // A new folder is served as soon as it loads.
+    let staging = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+    std::fs::copy(built::PROBE, staging.path().join("10-a.wasm")).unwrap();
+    std::fs::write(staging.path().join("10-a.toml"), allow("acme:alice")).unwrap();
+    std::fs::rename(staging.path(), dir.path().join("acme")).unwrap();
+    wait_user(&server, "/authenticate/acme", Some("acme:alice"));
+
+    // A new folder that cannot load answers 503, never a cacheable denial.
+    std::fs::create_dir(dir.path().join("broken")).unwrap();
+    std::fs::write(dir.path().join("broken/10-x.wasm"), b"junk").unwrap();
+    wait_for_answer(&server, "/authenticate/broken", "tok-12345678", "503 for a tenant that never loaded", |a| {
+        a.status == 503
+    })
+    .assert_status_object(503, "ServiceUnavailable");
+
+    // A deleted folder answers 404.
+    std::fs::remove_dir_all(dir.path().join("acme")).unwrap();
+    wait_for_answer(&server, "/authenticate/acme", "tok-12345678", "404 after deletion", |a| a.status == 404)
+        .assert_status_object(404, "NotFound");
+    assert!(
+        !server.get("/metrics").body.contains("tollgate_generation{tenant=\"acme\"}"),
+        "a removed tenant's gauges go"
+    );
+}
+
+#[test]
+fn a_kubelet_data_swap_is_read_as_one_version() {
+    let dir = PluginDir::new();
+    let mut volume = KubeVolume::new(dir.path().join("acme"));
+    let files = |v: &str| probe_files("10-auth", &allow(&format!("acme:{v}"))).to_vec();
+    volume.publish(&files("v1"));
+    let server = Server::start(dir.path(), &[]);
+    wait_user(&server, "/authenticate/acme", Some("acme:v1"));
+    volume.publish(&files("v2"));
+    wait_user(&server, "/authenticate/acme", Some("acme:v2"));
+    // A version that adds a plugin and one that removes it.
+    let mut three = files("v3");
+    three.extend(probe_files("20-other", &probe_manifest("", "deny", "")));
+    volume.publish(&three);
+    wait_user(&server, "/authenticate/acme", Some("acme:v3"));
+    assert_eq!(server.get("/status").json()["tenants"][1]["live"]["plugins"].as_array().unwrap().len(), 2);
+    volume.publish(&files("v4"));
+    wait_user(&server, "/authenticate/acme", Some("acme:v4"));
+    assert_eq!(server.get("/status").json()["tenants"][1]["live"]["plugins"].as_array().unwrap().len(), 1);
+    assert!(refusal(&server, "acme").is_none(), "no swap was ever seen half-done: {:?}", refusal(&server, "acme"));
+}
+
+/// Concurrent reviews for 20 s while a tenant of two plugins (an authenticator and a mapper,
+/// each stamping its version) is swapped between two versions every 100 ms, kubelet-style:
+/// every answer is 200 and carries the stamps of exactly one generation.
+#[test]
+fn reload_under_load_never_mixes_generations() {
+    let dir = PluginDir::new();
+    let mut volume = KubeVolume::new(dir.path().join("swap"));
+    let version = |v: &str| -> Vec<(String, Vec<u8>)> {
+        let auth = probe_manifest("", "allow", &format!("username = \"swap:user\"\nstamp = \"auth-{v}\""));
+        let map = probe_manifest("role = \"mapper\"", "map", &format!("stamp = \"map-{v}\""));
+        probe_files("10-auth", &auth).into_iter().chain(probe_files("50-map", &map)).collect()
+    };
+    let (v1, v2) = (version("v1"), version("v2"));
+    volume.publish(&v1);
+    let server = Server::start(dir.path(), &[]);
+
+    let stop = AtomicBool::new(false);
+    let answered = AtomicUsize::new(0);
+    let seen = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = server.review_at("/authenticate/swap", V1, Some("tok-12345678"), &[]);
+                    let status = answer.review_status(V1);
+                    assert_eq!(status["authenticated"], true, "{status}");
+                    let stamps = status["user"]["extra"]["tollgate.test/stamp"].clone();
+                    let index = if stamps == json!(["auth-v1", "map-v1"]) {
+                        0
+                    } else if stamps == json!(["auth-v2", "map-v2"]) {
+                        1
+                    } else {
+                        panic!("a mixed or partial generation answered: {stamps}")
+                    };
+                    seen[index].fetch_add(1, Ordering::Relaxed);
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let mut swaps = 0;
+        while started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(100));
+            swaps += 1;
+            volume.publish(if swaps % 2 == 1 { &v2 } else { &v1 });
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let (a, b) = (seen[0].load(Ordering::Relaxed), seen[1].load(Ordering::Relaxed));
+    eprintln!(
+        "reload under load: {} answers in {:?} ({a} v1, {b} v2)",
+        answered.load(Ordering::Relaxed),
+        started.elapsed()
+    );
+    assert!(a > 0 && b > 0, "both versions went live ({a} v1, {b} v2)");
+    assert!(refusal(&server, "swap").is_none(), "{:?}", refusal(&server, "swap"));
+    let generation = server.get("/status").json()["tenants"][1]["live"]["generation"].as_u64().unwrap();
+    assert!(generation > 20, "only {generation} generations went live in 200 swaps");
+}
+
+#[test]
+fn the_tenants_file_reloads_and_a_broken_one_keeps_the_last_guardrails() {
+    let dir = PluginDir::new();
+    dir.add_in(
+        "acme",
+        "10-a",
+        built::PROBE,
+        &probe_manifest("", "allow", "username = \"acme:alice\"\ngroups = \"ops\""),
+    );
+    let tenants = tempfile::tempdir().unwrap();
+    let file = tenants.path().join("tenants.toml");
+    std::fs::write(&file, "[tenant.acme]\n").unwrap();
+    let server = Server::start(dir.path(), &["--tenants", file.to_str().unwrap()]);
+    wait_user(&server, "/authenticate/acme", None);
+    std::fs::write(&file, "[tenant.acme]\nallowed_groups = [\"ops\"]\n").unwrap();
+    wait_user(&server, "/authenticate/acme", Some("acme:alice"));
+    std::fs::write(&file, "[tenant.acme\n").unwrap();
+    wait_for("the tenants file refusal", Duration::from_secs(15), || {
+        server.get("/status").json()["tenants_file"]["last_refusal"]["reason"].as_str().map(str::to_owned)
+    });
+    assert_eq!(
+        granted_username(&server.review_at("/authenticate/acme", V1, Some("tok-12345678"), &[])).as_deref(),
+        Some("acme:alice")
+    );
+}
+
+#[test]
+fn the_compile_cache_spares_a_restart_and_refuses_tampered_entries() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = PluginDir::new();
+    dir.probe("10-a", &allow("alice"));
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("cache");
+    let args = ["--cache-dir", cache_dir.to_str().unwrap()];
+
+    let server = Server::start(dir.path(), &args);
+    assert!(server.logs.text().contains("compiled"), "{}", server.logs.text());
+    drop(server);
+    let mode = std::fs::metadata(&cache_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let key_mode = std::fs::metadata(cache_dir.join("key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(key_mode, 0o600);
+
+    let server = Server::start(dir.path(), &args);
+    let logs = server.logs.text();
+    assert!(logs.contains("loaded from the compile cache") && !logs.contains(" compiled"), "{logs}");
+    assert_eq!(granted_username(&server.review("tok-12345678")).as_deref(), Some("alice"));
+    drop(server);
+
+    // Tamper with the entry: it is refused, discarded and rebuilt; the plugin still works.
+    let entry = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&entry, bytes).unwrap();
+    let server = Server::start(dir.path(), &args);
+    let logs = server.logs.text();
+    assert!(logs.contains("failed authentication") && logs.contains("compiled"), "{logs}");
+    assert_eq!(granted_username(&server.review("tok-12345678")).as_deref(), Some("alice"));
+    drop(server);
+
+    // A cache others could write is refused outright.
+    std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, _, err) = run_cli(
+        &[
+            "serve",
+            "--plugins",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+            cache_dir.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("mode 0700"), "{err}");
+}
+
+#[test]
+fn oversized_plugins_are_refused() {
+    let dir = PluginDir::new();
+    dir.probe("10-a", &allow("alice"));
+    let server = Server::start(dir.path(), &["--max-plugin-bytes", "1000"]);
+    server.review("tok-12345678").assert_status_object(503, "ServiceUnavailable");
+    assert!(refusal(&server, "").unwrap().contains("larger than the plugin size limit"));
+}
