@@ -11,6 +11,36 @@ use crate::metrics::Metrics;
 use crate::sandbox::Sandbox;
 use crate::tenant::Generation;
 
+/// One tenant's share of the evaluation slots, kept across its generations: so a tenant whose
+/// plugins loop or crawl cannot take every slot and starve the others.
+pub struct TenantSlots {
+    /// Reviews running or waiting; beyond it a review is refused at once (no unbounded queue).
+    admitted: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+}
+
+impl TenantSlots {
+    pub fn new(concurrency: usize, queue: usize) -> Arc<Self> {
+        Arc::new(Self {
+            admitted: Arc::new(Semaphore::new(concurrency + queue)),
+            running: Arc::new(Semaphore::new(concurrency)),
+        })
+    }
+}
+
+/// How many reviews of one tenant may run at once, and wait beyond those.
+#[derive(Clone, Copy, Debug)]
+pub struct TenantLimits {
+    pub concurrency: usize,
+    pub queue: usize,
+}
+
+impl TenantLimits {
+    pub fn slots(self) -> Arc<TenantSlots> {
+        TenantSlots::new(self.concurrency, self.queue)
+    }
+}
+
 pub struct Evaluator {
     sandbox: Arc<Sandbox>,
     permits: Arc<Semaphore>,
@@ -19,35 +49,41 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// `concurrency` reviews are evaluated at once; the rest wait, within their deadline.
+    /// `concurrency` reviews are evaluated at once, server-wide; the rest wait, within their
+    /// deadline.
     pub fn new(sandbox: Arc<Sandbox>, concurrency: usize, review_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         Self { sandbox, permits: Arc::new(Semaphore::new(concurrency)), review_timeout, metrics }
     }
 
-    pub async fn evaluate(&self, generation: Arc<Generation>, input: ReviewInput) -> Verdict {
+    pub async fn evaluate(&self, slots: &TenantSlots, generation: Arc<Generation>, input: ReviewInput) -> Verdict {
         let started = Instant::now();
         let deadline = started + self.review_timeout;
         let verdict = |outcome| Verdict { outcome, decided_by: None, steps: Vec::new() };
 
-        let permit = match tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            // Closed never happens (the semaphore is never closed); time out = overloaded.
-            Ok(Err(_)) | Err(_) => return verdict(Outcome::Overloaded),
+        // The tenant's queue is full: refuse now rather than pile up.
+        let Ok(admitted) = slots.admitted.clone().try_acquire_owned() else {
+            return verdict(Outcome::Overloaded);
+        };
+        let waited = async {
+            let running = slots.running.clone().acquire_owned().await.ok()?;
+            let global = self.permits.clone().acquire_owned().await.ok()?;
+            Some((running, global))
+        };
+        let Ok(Some(permits)) = tokio::time::timeout_at(deadline.into(), waited).await else {
+            return verdict(Outcome::Overloaded);
         };
         self.metrics.queue_wait.observe(started.elapsed().as_secs_f64());
 
         let sandbox = self.sandbox.clone();
         let metrics = self.metrics.clone();
         let task = tokio::task::spawn_blocking(move || {
-            metrics.in_flight.inc();
-            let verdict = chain::evaluate(&sandbox, &generation, &input, deadline);
-            metrics.in_flight.dec();
-            // The slot is held until the guest is done, even if the answer went out already.
-            drop(permit);
-            verdict
+            // The slots are held until the guest is done, even if the answer went out already.
+            let _held = (admitted, permits);
+            let _in_flight = InFlight::new(&metrics);
+            chain::evaluate(&sandbox, &generation, &input, deadline)
         });
         // The chain stops itself at the deadline (epoch interruption); this is the backstop
-        // for anything that does not, with one epoch tick of grace.
+        // for anything that does not, with two epoch ticks of grace.
         match tokio::time::timeout_at((deadline + crate::sandbox::EPOCH_TICK * 2).into(), task).await {
             Ok(Ok(verdict)) => verdict,
             Ok(Err(join_error)) => {
@@ -56,5 +92,21 @@ impl Evaluator {
             }
             Err(_) => verdict(Outcome::Deadline),
         }
+    }
+}
+
+/// Counts an evaluation in `tollgate_evaluations_in_flight` for as long as it lives.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }

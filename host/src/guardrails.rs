@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::sandbox::{Decision, Grant};
 use crate::scrub::Scrubber;
+use crate::tls::ClientIdentity;
 
 /// Bounds on one grant. Defaults are far above real identities (an Azure AD user in 200 groups,
 /// a long LDAP DN) and far below what would hurt kube-apiserver or its audit log.
@@ -197,11 +198,11 @@ impl Guardrails {
         Ok(())
     }
 
-    /// Whether a caller (its verified mTLS subject, if any) may use this tenant.
-    pub fn admits(&self, client: Option<&str>) -> bool {
+    /// Whether a caller (its verified client certificate, if any) may use this tenant.
+    pub fn admits(&self, client: Option<&ClientIdentity>) -> bool {
         match (&self.clients, client) {
             (None, _) => true,
-            (Some(list), Some(subject)) => list.iter().any(|c| c == subject),
+            (Some(list), Some(identity)) => list.iter().any(|c| identity.matches(c)),
             (Some(_), None) => false,
         }
     }
@@ -333,11 +334,14 @@ mod tests {
 
     #[test]
     fn clients() {
+        let id = |subject: &str, cn: &str| ClientIdentity { subject: subject.into(), common_name: Some(cn.into()) };
         let mut g = Guardrails::default_tenant();
         assert!(g.admits(None));
-        g.clients = Some(vec!["CN=apiserver".into()]);
+        g.clients = Some(vec!["CN=apiserver".into(), "CN=b,O=acme".into()]);
         assert!(!g.admits(None));
-        assert!(!g.admits(Some("CN=other")));
-        assert!(g.admits(Some("CN=apiserver")));
+        assert!(!g.admits(Some(&id("CN=other", "other"))));
+        assert!(g.admits(Some(&id("CN=apiserver,O=system", "apiserver"))), "CN= matches the common name");
+        assert!(g.admits(Some(&id("CN=b,O=acme", "b"))), "the full subject matches");
+        assert!(!g.admits(Some(&id("CN=b,O=other", "b"))));
     }
 }

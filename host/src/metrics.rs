@@ -66,6 +66,7 @@ pub struct Metrics {
     /// Requests refused before they reached a tenant (bad body, unknown path...), by HTTP code.
     pub rejected: Family<CodeLabel, Counter>,
     pub queue_wait: Histogram,
+    pub tls_handshake_failures: Counter,
     pub in_flight: Gauge,
 }
 
@@ -89,6 +90,7 @@ impl Metrics {
             generation: Family::default(),
             rejected: Family::default(),
             queue_wait: latency_histogram(),
+            tls_handshake_failures: Counter::default(),
             in_flight: Gauge::default(),
             registry: Registry::default(),
         };
@@ -121,6 +123,11 @@ impl Metrics {
             "tollgate_queue_wait_seconds",
             "Time a review waited for an evaluation slot",
             m.queue_wait.clone(),
+        );
+        registry.register(
+            "tollgate_tls_handshake_failures",
+            "TLS handshakes that failed (no or untrusted client certificate, bad protocol, timeout)",
+            m.tls_handshake_failures.clone(),
         );
         registry.register("tollgate_evaluations_in_flight", "Reviews being evaluated now", m.in_flight.clone());
         Metrics { registry, ..m }

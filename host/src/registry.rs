@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::evaluator::TenantSlots;
 use crate::tenant::Generation;
 
 /// Why a tenant's newest files were not taken live.
@@ -25,6 +26,8 @@ pub struct TenantState {
     /// `None` until a generation loads: the tenant then answers 503, never a cacheable denial.
     pub live: Option<Arc<Generation>>,
     pub refusal: Option<Refusal>,
+    /// The tenant's evaluation slots (the same across its generations).
+    pub slots: Arc<TenantSlots>,
 }
 
 #[derive(Default)]

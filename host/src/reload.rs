@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, Result};
 use notify::{EventKind, RecursiveMode, Watcher};
 
+use crate::evaluator::TenantLimits;
 use crate::metrics::{Metrics, TenantLabel, TenantResult};
 use crate::plugin::Loader;
 use crate::registry::{Refusal, Registry, TenantState};
@@ -37,6 +38,8 @@ pub struct Reloader {
     /// Per tenant, what the last attempt saw (content + guardrails): unchanged folders are
     /// not reloaded, and a refused folder is not refused again until it changes.
     seen: HashMap<String, String>,
+    /// Evaluation slots of each new tenant.
+    limits: TenantLimits,
 }
 
 impl Reloader {
@@ -47,6 +50,7 @@ impl Reloader {
         metrics: Arc<Metrics>,
         root: PathBuf,
         tenants_path: Option<PathBuf>,
+        limits: TenantLimits,
     ) -> Result<Self> {
         let (tenants_file, tenants_text) = match &tenants_path {
             Some(path) => {
@@ -56,7 +60,17 @@ impl Reloader {
             }
             None => (TenantsFile::default(), None),
         };
-        Ok(Self { loader, registry, metrics, root, tenants_path, tenants_file, tenants_text, seen: HashMap::new() })
+        Ok(Self {
+            loader,
+            registry,
+            metrics,
+            root,
+            tenants_path,
+            tenants_file,
+            tenants_text,
+            seen: HashMap::new(),
+            limits,
+        })
     }
 
     /// Scans every tenant: new folders load, changed ones reload, removed ones go (404).
@@ -105,6 +119,7 @@ impl Reloader {
         }
         self.seen.insert(name.to_owned(), seen);
         let live = previous.as_ref().and_then(|p| p.live.clone());
+        let slots = previous.as_ref().map_or_else(|| self.limits.slots(), |p| p.slots.clone());
         let number = live.as_ref().map_or(1, |g| g.number + 1);
         let started = Instant::now();
         let result = snapshot.and_then(|s| tenant::load_generation(&self.loader, name, &s, guardrails, number));
@@ -126,6 +141,7 @@ impl Reloader {
                     dir: dir.to_path_buf(),
                     live: Some(Arc::new(generation)),
                     refusal: previous.and_then(|p| p.refusal.clone()),
+                    slots,
                 }
             }
             Err(e) => {
@@ -144,6 +160,7 @@ impl Reloader {
                     dir: dir.to_path_buf(),
                     live,
                     refusal: Some(Refusal { at: SystemTime::now(), reason }),
+                    slots,
                 }
             }
         };

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::review::{self, Status, TokenReview, User};
 use crate::scrub::Scrubber;
+use crate::tls::ClientIdentity;
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
@@ -47,10 +48,6 @@ pub struct AppState {
     pub audit: AuditLog,
     pub http: HttpSettings,
 }
-
-/// The verified mTLS subject of the caller, put in the request's extensions by the listener.
-#[derive(Clone, Debug)]
-pub struct ClientSubject(pub String);
 
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
@@ -146,7 +143,8 @@ async fn authenticate(state: Arc<AppState>, tenant: String, request: Request) ->
 async fn review_request(state: &AppState, tenant: &str, request: Request) -> Result<Response, AppError> {
     let started = Instant::now();
     let tenant_state = state.registry.get(tenant).ok_or_else(|| AppError::NotFound("no such tenant".into()))?;
-    let caller = request.extensions().get::<ClientSubject>().map(|c| c.0.clone());
+    let identity = request.extensions().get::<ClientIdentity>().cloned();
+    let caller = identity.as_ref().map(|c| c.subject.clone());
     check_content_type(request.headers())?;
     let body = read_body(request.into_body(), state.http.max_body_bytes).await?;
     let token_review = TokenReview::parse(&body).map_err(|e| AppError::BadRequest(e.0))?;
@@ -155,7 +153,7 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
         .live
         .clone()
         .ok_or_else(|| AppError::Unavailable("this tenant's plugins could not be loaded".into()))?;
-    if !generation.guardrails.admits(caller.as_deref()) {
+    if !generation.guardrails.admits(identity.as_ref()) {
         return Err(AppError::Forbidden("this caller may not use this tenant".into()));
     }
 
@@ -170,7 +168,7 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
     let token_id = state.audit.fingerprints.token_id(&input.token);
     let audiences = input.audiences.clone();
     let token_for_scrub = input.token.clone();
-    let verdict = state.evaluator.evaluate(generation.clone(), input).await;
+    let verdict = state.evaluator.evaluate(&tenant_state.slots, generation.clone(), input).await;
     let elapsed = started.elapsed();
     state.metrics.record(tenant, &verdict, elapsed.as_secs_f64());
 

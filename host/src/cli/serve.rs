@@ -10,15 +10,17 @@ use clap::Args;
 
 use super::{PluginArgs, plugin_dir};
 use crate::audit::{AuditLog, Fingerprinter};
-use crate::evaluator::Evaluator;
+use crate::evaluator::{Evaluator, TenantLimits};
+use crate::listener;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::reload::Reloader;
-use crate::server::{AppState, HttpSettings, app};
+use crate::server::{AppState, HttpSettings, app, probes};
+use crate::tls::{ReloadingTls, TlsFiles};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// The plugin directory: its root is the default tenant.
+    /// The plugin directory: its root is the default tenant, each sub-folder a named tenant.
     #[arg(long)]
     pub plugins: PathBuf,
     /// The operator's tenants file (guardrails), kept outside the plugin directory.
@@ -27,13 +29,33 @@ pub struct ServeArgs {
     /// Address to listen on. Without TLS only a loopback address is accepted.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Server certificate chain (PEM); re-read when it changes on disk.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Only clients presenting a certificate signed by this CA (PEM) get an answer (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// A second, plain-HTTP listener for healthz, readyz, metrics and status: kubelet probes
+    /// present no client certificate.
+    #[arg(long)]
+    pub probe_listen: Option<SocketAddr>,
     /// Deadline of a whole review; past it the answer is 503. At most 10 s, far below
     /// kube-apiserver's 30 s.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub review_timeout_ms: u64,
-    /// Reviews evaluated at once; more wait (within their deadline) and then get 503.
+    /// Reviews evaluated at once, server-wide (default: 4 per CPU; guests are CPU-bound).
+    #[arg(long)]
+    pub max_concurrent_reviews: Option<usize>,
+    /// Reviews of one tenant evaluated at once (default: half the server-wide bound), so one
+    /// tenant cannot starve the others.
+    #[arg(long)]
+    pub max_concurrent_reviews_per_tenant: Option<usize>,
+    /// Reviews of one tenant that may wait for a slot; beyond that they get 503 at once.
     #[arg(long, default_value_t = 64)]
-    pub max_concurrent_reviews: usize,
+    pub max_queued_reviews_per_tenant: usize,
     /// Bodies larger than this are refused with 413.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -62,17 +84,35 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<i32> {
-    if !args.listen.ip().is_loopback() {
-        bail!("refusing to serve plain HTTP on {}: without TLS tollgate listens on loopback only", args.listen);
+    if args.tls_cert.is_none() && !args.listen.ip().is_loopback() {
+        bail!("refusing to serve plain HTTP on {}: without --tls-cert tollgate listens on loopback only", args.listen);
     }
-    anyhow::ensure!(args.max_concurrent_reviews > 0, "--max-concurrent-reviews must be positive");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve(args))?;
     Ok(0)
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let concurrency = args.max_concurrent_reviews.unwrap_or(4 * cpus);
+    let per_tenant = args.max_concurrent_reviews_per_tenant.unwrap_or((concurrency / 2).max(1));
+    anyhow::ensure!(concurrency > 0 && per_tenant > 0, "concurrency bounds must be positive");
+    let limits = TenantLimits { concurrency: per_tenant.min(concurrency), queue: args.max_queued_reviews_per_tenant };
+
     let dir = plugin_dir(&args.plugins)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ReloadingTls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.client_ca.clone(),
+        })?),
+        _ => None,
+    };
+    let fingerprints = match &args.fingerprint_key_file {
+        Some(path) => Fingerprinter::from_file(path)?,
+        None => Fingerprinter::random(),
+    };
+    let audit = AuditLog::open(&args.audit_log, fingerprints)?;
     let cache = args.cache_dir.as_deref().map(|d| (d, args.cache_max_mib << 20));
     let loader = Arc::new(args.plugin.loader(cache)?);
     if !loader.sandbox().pooling() {
@@ -80,41 +120,65 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
+    let evaluator = Evaluator::new(
+        loader.sandbox().clone(),
+        concurrency,
+        Duration::from_millis(args.review_timeout_ms),
+        metrics.clone(),
+    );
+    let state = Arc::new(AppState {
+        registry: registry.clone(),
+        evaluator,
+        metrics: metrics.clone(),
+        audit,
+        http: HttpSettings { max_body_bytes: args.max_body_bytes, deny_reason_in_status: args.deny_reason_in_status },
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
 
-    // The first load happens before the listener opens: nothing is answered from a half-loaded
-    // directory. Later loads happen on the reload thread, off the request path.
-    let mut reloader = Reloader::new(loader.clone(), registry.clone(), metrics.clone(), dir, args.tenants.clone())?;
+    // Probes first: kubelet sees the process alive (and not ready) during the first load.
+    let mut probe_task = None;
+    if let Some(addr) = args.probe_listen {
+        let listener = listener::bind(addr).await?;
+        tracing::info!("probes listening on http://{}", listener.local_addr()?);
+        let app = probes().with_state(state.clone());
+        probe_task =
+            Some(tokio::spawn(listener::serve(listener, app, None, metrics.clone(), until_stopped(stopped.clone()))));
+    }
+
+    // The first load happens before the main listener opens: nothing is answered from a
+    // half-loaded directory. Later loads happen on the reload thread, off the request path.
+    let mut reloader =
+        Reloader::new(loader.clone(), registry.clone(), metrics.clone(), dir, args.tenants.clone(), limits)?;
     let started = std::time::Instant::now();
     tokio::task::block_in_place(|| reloader.scan_all());
     tracing::info!(took_ms = started.elapsed().as_millis() as u64, "first load done");
     registry.set_ready();
     reloader.watch(Duration::from_secs(args.rescan_interval_secs))?;
 
-    let fingerprints = match &args.fingerprint_key_file {
-        Some(path) => Fingerprinter::from_file(path)?,
-        None => Fingerprinter::random(),
-    };
-    let audit = AuditLog::open(&args.audit_log, fingerprints)?;
-    let evaluator = Evaluator::new(
-        loader.sandbox().clone(),
-        args.max_concurrent_reviews,
-        Duration::from_millis(args.review_timeout_ms),
-        metrics.clone(),
-    );
-    let state = Arc::new(AppState {
-        registry,
-        evaluator,
-        metrics,
-        audit,
-        http: HttpSettings { max_body_bytes: args.max_body_bytes, deny_reason_in_status: args.deny_reason_in_status },
-    });
-
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = listener::bind(args.listen).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::warn!("no TLS certificate given: serving plain HTTP on loopback only");
-    tracing::info!("listening on http://{addr}");
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    match &tls {
+        Some(tls) => {
+            tls.watch();
+            let mtls = if args.client_ca.is_some() { ", client certificates required" } else { "" };
+            tracing::info!("listening on https://{addr} (HTTP/2 and HTTP/1.1{mtls})");
+        }
+        None => {
+            tracing::warn!("no TLS certificate given: serving plain HTTP on loopback only");
+            tracing::info!("listening on http://{addr}");
+        }
+    }
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    listener::serve(listener, app(state), tls, metrics, until_stopped(stopped)).await?;
+    if let Some(task) = probe_task {
+        let _ = task.await;
+    }
     tracing::info!("shut down");
     Ok(())
 }

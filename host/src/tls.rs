@@ -1,0 +1,158 @@
+//! TLS for the main listener: rustls with ALPN `h2` and `http/1.1`, optional client
+//! certificates (`--client-ca`), and certificate files re-read when they change on disk (as
+//! cert-manager rotates them): new connections get the new material, open ones finish.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result, bail};
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// How often the certificate files are checked for a change. cert-manager renews days ahead of
+/// expiry; a few seconds of delay costs nothing.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With it, only clients presenting a certificate signed by this CA get an answer.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The current TLS configuration, replaced whole when the files change.
+pub struct ReloadingTls {
+    files: TlsFiles,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl ReloadingTls {
+    /// Loads the files; at start a bad file is an error (there is nothing to keep serving).
+    pub fn load(files: TlsFiles) -> Result<Arc<Self>> {
+        let config = server_config(&files)?;
+        Ok(Arc::new(Self { files, current: ArcSwap::from_pointee(config) }))
+    }
+
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the files when they change; a broken new version is logged and the previous
+    /// configuration stays.
+    pub fn watch(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut seen = this.stamp();
+            let mut tick = tokio::time::interval(CHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let now = this.stamp();
+                if now == seen {
+                    continue;
+                }
+                match server_config(&this.files) {
+                    Ok(config) => {
+                        this.current.store(Arc::new(config));
+                        seen = now;
+                        tracing::info!("TLS certificate reloaded: new connections use it");
+                    }
+                    // Half-written files look like this too; the next change tries again.
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "TLS files changed but cannot be loaded; keeping the previous ones")
+                    }
+                }
+            }
+        });
+    }
+
+    /// Modification times (following symlinks, as a Secret volume's `..data` swap needs).
+    fn stamp(&self) -> Vec<Option<SystemTime>> {
+        let files = [Some(&self.files.cert), Some(&self.files.key), self.files.client_ca.as_ref()];
+        files.into_iter().flatten().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    }
+}
+
+fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("reading {}", files.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", files.cert.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", files.cert.display());
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("reading the key {}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots.add(cert).with_context(|| format!("adding a CA of {}", ca.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .context("building the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).context("the certificate does not match its key")?;
+    // kube-apiserver speaks HTTP/2 when offered.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", path.display());
+    }
+    Ok(certs)
+}
+
+/// A verified client certificate's identity: its subject DN in RFC 4514 order
+/// (`CN=kube-apiserver,O=system`), and its common name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub subject: String,
+    pub common_name: Option<String>,
+}
+
+impl ClientIdentity {
+    pub fn from_der(cert: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+        let subject = cert.subject();
+        let common_name = subject.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+        let mut rdns: Vec<String> = subject
+            .iter()
+            .flat_map(|rdn| rdn.iter())
+            .filter_map(|attr| {
+                let value = attr.as_str().ok()?;
+                let name = x509_parser::objects::oid2abbrev(attr.attr_type(), x509_parser::objects::oid_registry())
+                    .map(str::to_owned)
+                    .unwrap_or_else(|_| attr.attr_type().to_id_string());
+                Some(format!("{name}={value}"))
+            })
+            .collect();
+        // RFC 4514 writes the most specific name first: the reverse of the certificate's order.
+        rdns.reverse();
+        Some(Self { subject: rdns.join(","), common_name })
+    }
+
+    /// Whether a `clients` entry names this identity: the whole subject, or `CN=<cn>`.
+    pub fn matches(&self, entry: &str) -> bool {
+        entry == self.subject || (entry.strip_prefix("CN=").is_some_and(|cn| Some(cn) == self.common_name.as_deref()))
+    }
+}
