@@ -132,6 +132,8 @@ pub struct Server {
     /// Standard output: the audit log.
     pub audit: Collected,
     client: reqwest::blocking::Client,
+    /// The main listener speaks TLS.
+    pub tls: bool,
 }
 
 impl Server {
@@ -158,13 +160,16 @@ impl Server {
         let logs = Collected::follow(child.stderr.take().unwrap(), Some(tx));
         let audit = Collected::follow(child.stdout.take().unwrap(), None);
         let deadline = Instant::now() + Duration::from_secs(120);
-        let addr = loop {
+        let (addr, tls) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let found = ["listening on http://", "listening on https://"]
+                        .iter()
+                        .find_map(|marker| line.split(marker).nth(1).map(|rest| (marker.contains("https"), rest)));
+                    if let Some((tls, rest)) = found {
                         let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap();
-                        break addr.parse().unwrap();
+                        break (addr.parse().unwrap(), tls);
                     }
                 }
                 Err(_) => {
@@ -175,16 +180,27 @@ impl Server {
                 }
             }
         };
+        install_crypto_provider();
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        Ok(Server { child, addr, logs, audit, client })
+        Ok(Server { child, addr, logs, audit, client, tls })
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", if self.tls { "https" } else { "http" }, self.addr, path)
+    }
+
+    /// Talks to the server through `client` from now on (e.g. one with a client certificate).
+    pub fn set_client(&mut self, client: reqwest::blocking::Client) {
+        self.client = client;
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn client(&self) -> &reqwest::blocking::Client {
@@ -430,4 +446,110 @@ pub fn granted_username(answer: &Answer) -> Option<String> {
         return None;
     }
     answer.json()["status"]["user"]["username"].as_str().map(str::to_owned)
+}
+
+/// A test certificate authority (rcgen), writing PEM files into its own temp dir.
+pub struct Pki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate (PEM).
+    pub ca_pem: String,
+    pub ca_path: PathBuf,
+}
+
+/// A leaf certificate and its key, as PEM text and files.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        let ca_pem = cert.pem();
+        let ca_path = dir.path().join("ca.crt");
+        std::fs::write(&ca_path, &ca_pem).unwrap();
+        Self { issuer: rcgen::Issuer::new(params, key), dir, ca_pem, ca_path }
+    }
+
+    fn leaf(
+        &self,
+        file: &str,
+        cn: &str,
+        org: Option<&str>,
+        sans: Vec<String>,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        if let Some(o) = org {
+            params.distinguished_name.push(rcgen::DnType::OrganizationName, o);
+        }
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) =
+            (self.dir.path().join(format!("{file}.crt")), self.dir.path().join(format!("{file}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), cert_path, key_path }
+    }
+
+    /// A server certificate for localhost and 127.0.0.1.
+    pub fn server(&self, file: &str) -> Leaf {
+        let sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        self.leaf(file, "tollgate", None, sans, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate (as kube-apiserver's webhook kubeconfig presents).
+    pub fn client(&self, file: &str, cn: &str, org: Option<&str>) -> Leaf {
+        self.leaf(file, cn, org, vec![], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+}
+
+/// rustls (for reqwest) with ring, once per process.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// An HTTPS client trusting `ca_pem` only, offering `alpn`, presenting `identity` if given.
+pub fn tls_client(ca_pem: &str, identity: Option<&Leaf>, alpn: &[&str]) -> reqwest::blocking::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(leaf) => {
+            let chain = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).map(|c| c.unwrap()).collect();
+            let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    install_crypto_provider();
+    reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(config)
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }

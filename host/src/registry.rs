@@ -26,6 +26,8 @@ pub struct TenantState {
     /// `None` until a generation loads: the tenant then answers 503, never a cacheable denial.
     pub live: Option<Arc<Generation>>,
     pub refusal: Option<Refusal>,
+    /// The newest files were refused (a previous generation may still be live).
+    pub refused_now: bool,
     /// The tenant's evaluation slots (the same across its generations).
     pub slots: Arc<TenantSlots>,
 }

@@ -141,6 +141,7 @@ impl Reloader {
                     dir: dir.to_path_buf(),
                     live: Some(Arc::new(generation)),
                     refusal: previous.and_then(|p| p.refusal.clone()),
+                    refused_now: false,
                     slots,
                 }
             }
@@ -160,6 +161,7 @@ impl Reloader {
                     dir: dir.to_path_buf(),
                     live,
                     refusal: Some(Refusal { at: SystemTime::now(), reason }),
+                    refused_now: true,
                     slots,
                 }
             }

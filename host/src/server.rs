@@ -29,6 +29,8 @@ use crate::tls::ClientIdentity;
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
+    /// `/readyz` answers 503 while any tenant's newest files are refused.
+    pub require_all_tenants: bool,
     /// Larger bodies are refused with 413. 64 KiB holds an 8 KiB JWT many times over.
     pub max_body_bytes: usize,
     /// Put the deny reason in `status.error` (makes denials uncacheable; off by default).
@@ -37,7 +39,7 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { max_body_bytes: 64 * 1024, deny_reason_in_status: false }
+        Self { max_body_bytes: 64 * 1024, deny_reason_in_status: false, require_all_tenants: false }
     }
 }
 
@@ -282,11 +284,18 @@ pub fn new_request_id() -> String {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.registry.is_ready() {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the first load is not done").into_response()
+    if !state.registry.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the first load is not done").into_response();
     }
+    if state.http.require_all_tenants {
+        let refused: Vec<String> =
+            state.registry.snapshot().values().filter(|t| t.refused_now).map(|t| format!("{:?}", t.name)).collect();
+        if !refused.is_empty() {
+            let message = format!("tenants refused: {}", refused.join(", "));
+            return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+        }
+    }
+    (StatusCode::OK, "ok").into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -322,6 +331,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
             json!({
                 "tenant": t.name,
                 "served": live.is_some(),
+                "refused_now": t.refused_now,
                 "live": live,
                 "last_refusal": t.refusal.as_ref().map(|r| json!({"at": rfc3339(r.at), "reason": r.reason})),
             })

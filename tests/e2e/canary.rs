@@ -80,3 +80,73 @@ fn a_canary_token_appears_nowhere() {
         }
     }
 }
+
+/// The same over TLS with client certificates, through the error paths: a caller refused by a
+/// tenant, a caller whose handshake fails, a malformed body, and plugins leaking.
+#[test]
+fn a_canary_token_appears_nowhere_over_tls_and_its_error_paths() {
+    let pki = Pki::new("canary");
+    let server_cert = pki.server("server");
+    let trusted = pki.client("trusted", "kube-apiserver", None);
+    let dir = leaky_dir();
+    dir.add_in("locked", "10-leak", built::PROBE, &probe_manifest("", "leak-log", ""));
+    let tenants = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tenants.path(), "[tenant.locked]\nclients = [\"CN=someone-else\"]\n").unwrap();
+    let args = [
+        "--tls-cert",
+        server_cert.cert_path.to_str().unwrap(),
+        "--tls-key",
+        server_cert.key_path.to_str().unwrap(),
+        "--client-ca",
+        pki.ca_path.to_str().unwrap(),
+        "--tenants",
+        tenants.path().to_str().unwrap(),
+    ];
+    let mut server = Server::start(dir.path(), &args);
+    let mut canaries = Vec::new();
+    let mut bodies = String::new();
+
+    // Refused handshake: no client certificate.
+    let canary = random_token("leak-log-canary-");
+    server.set_client(tls_client(&pki.ca_pem, None, &["h2"]));
+    let sent = server
+        .client()
+        .post(server.url("/authenticate"))
+        .header("Content-Type", "application/json")
+        .body(format!(r#"{{"apiVersion":"{V1}","kind":"TokenReview","spec":{{"token":"{canary}"}}}}"#));
+    assert!(sent.send().is_err());
+    canaries.push(canary);
+
+    server.set_client(tls_client(&pki.ca_pem, Some(&trusted), &["h2", "http/1.1"]));
+    // Refused by the tenant's clients list.
+    let canary = random_token("leak-log-canary-");
+    let answer = server.review_at("/authenticate/locked", V1, Some(&canary), &[]);
+    answer.assert_status_object(403, "Forbidden");
+    bodies.push_str(&answer.body);
+    canaries.push(canary);
+    // Malformed.
+    let canary = random_token("leak-deny-canary-");
+    let answer = server.post_raw(
+        "/authenticate",
+        Some("application/json"),
+        format!(r#"{{"kind":"TokenReview","spec":"{canary}"}}"#),
+    );
+    bodies.push_str(&answer.body);
+    canaries.push(canary);
+    // Every leaking plugin, over HTTP/2.
+    for action in LEAKS {
+        let canary = random_token(&format!("{action}-canary-"));
+        bodies.push_str(&server.review(&canary).body);
+        canaries.push(canary);
+    }
+    bodies.push_str(&server.get("/metrics").body);
+    bodies.push_str(&server.get("/status").body);
+    server.wait_audit("audit lines", |l| l.len() >= LEAKS.len());
+    let (logs, audit) = (server.logs.text(), server.audit.text());
+    drop(server);
+    for canary in &canaries {
+        assert!(!bodies.contains(canary.as_str()), "in an answer");
+        assert!(!logs.contains(canary.as_str()), "in the log:\n{logs}");
+        assert!(!audit.contains(canary.as_str()), "in the audit log");
+    }
+}

@@ -289,3 +289,64 @@ fn oversized_plugins_are_refused() {
     server.review("tok-12345678").assert_status_object(503, "ServiceUnavailable");
     assert!(refusal(&server, "").unwrap().contains("larger than the plugin size limit"));
 }
+
+#[test]
+fn readyz_waits_for_the_first_load_and_can_require_every_tenant() {
+    use std::io::BufRead;
+    let dir = PluginDir::new();
+    // Vectors that take ~2 s make the first load observable.
+    let slow_vectors = "[[test]]\ntoken = \"x\"\nexpect = \"allow\"\n".repeat(4);
+    dir.probe(
+        "10-slow",
+        &probe_manifest(
+            &format!("[limits]\ntimeout_ms = 1000\n{slow_vectors}"),
+            "spin",
+            "ms = \"500\"\nusername = \"u\"",
+        ),
+    );
+    let mut child = std::process::Command::new(tollgate_bin())
+        .args([
+            "serve",
+            "--plugins",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--probe-listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let probe = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.split("probe listener on http://").nth(1).map(|r| r.split(' ').next().unwrap().to_string()))
+        .unwrap();
+    install_crypto_provider();
+    let client = reqwest::blocking::Client::new();
+    let readyz = || client.get(format!("http://{probe}/readyz")).send().unwrap().status().as_u16();
+    assert_eq!(client.get(format!("http://{probe}/healthz")).send().unwrap().status(), 200, "alive during the load");
+    assert_eq!(readyz(), 503, "not ready before the first load is done");
+    lines.by_ref().map_while(Result::ok).find(|l| l.contains("listening on http://")).unwrap();
+    assert_eq!(readyz(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // --require-all-tenants: a refused tenant makes the replica unready, though it still serves.
+    let dir = PluginDir::new();
+    dir.probe("10-a", &allow("alice"));
+    dir.add_in("acme", "10-a", built::PROBE, &allow("acme:alice"));
+    let server = Server::start(dir.path(), &["--require-all-tenants"]);
+    assert_eq!(server.get("/readyz").status, 200);
+    std::fs::write(dir.path().join("acme/10-a.wasm"), b"junk").unwrap();
+    wait_for("readyz 503", Duration::from_secs(15), || (server.get("/readyz").status == 503).then_some(()));
+    assert!(server.get("/readyz").body.contains("\"acme\""));
+    assert_eq!(
+        granted_username(&server.review_at("/authenticate/acme", V1, Some("tok-12345678"), &[])).as_deref(),
+        Some("acme:alice")
+    );
+    std::fs::copy(built::PROBE, dir.path().join("acme/10-a.wasm")).unwrap();
+    wait_for("readyz 200 again", Duration::from_secs(15), || (server.get("/readyz").status == 200).then_some(()));
+}

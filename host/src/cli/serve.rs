@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Reviews of one tenant that may wait for a slot; beyond that they get 503 at once.
     #[arg(long, default_value_t = 64)]
     pub max_queued_reviews_per_tenant: usize,
+    /// `/readyz` answers 503 while any tenant's newest files are refused (even if an older
+    /// generation is live), so a rollout with a bad plugin stalls instead of spreading.
+    #[arg(long)]
+    pub require_all_tenants: bool,
     /// Bodies larger than this are refused with 413.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -131,7 +135,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         evaluator,
         metrics: metrics.clone(),
         audit,
-        http: HttpSettings { max_body_bytes: args.max_body_bytes, deny_reason_in_status: args.deny_reason_in_status },
+        http: HttpSettings {
+            max_body_bytes: args.max_body_bytes,
+            deny_reason_in_status: args.deny_reason_in_status,
+            require_all_tenants: args.require_all_tenants,
+        },
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -142,7 +150,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut probe_task = None;
     if let Some(addr) = args.probe_listen {
         let listener = listener::bind(addr).await?;
-        tracing::info!("probes listening on http://{}", listener.local_addr()?);
+        tracing::info!("probe listener on http://{} (healthz, readyz, metrics, status)", listener.local_addr()?);
         let app = probes().with_state(state.clone());
         probe_task =
             Some(tokio::spawn(listener::serve(listener, app, None, metrics.clone(), until_stopped(stopped.clone()))));

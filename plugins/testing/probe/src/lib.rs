@@ -56,6 +56,9 @@ impl Policy for Probe {
                 g = g.extra("seen/tenant", [review.tenant.clone()]);
                 g = g.extra("seen/request-id", [review.request_id.clone()]);
                 g = g.extra("seen/token-length", [review.token.len().to_string()]);
+                if let Some(client) = &review.client {
+                    g = g.extra("seen/client", [client.clone()]);
+                }
                 if let Some(prior) = &review.current {
                     g = g.extra("seen/current-user", [prior.grant.user.username.clone()]);
                     g = g.extra("seen/current-plugin", [prior.plugin.clone()]);
