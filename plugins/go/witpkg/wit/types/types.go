@@ -1,0 +1,46 @@
+// Package types holds the generic WIT value types that generated bindings use.
+package types
+
+// Tags of an Option.
+const (
+	OptionNone uint8 = 0
+	OptionSome uint8 = 1
+)
+
+// Option is a WIT option<T>.
+type Option[T any] struct {
+	tag   uint8
+	value T
+}
+
+// None is an empty option.
+func None[T any]() Option[T] { return Option[T]{} }
+
+// Some is an option holding v.
+func Some[T any](v T) Option[T] { return Option[T]{tag: OptionSome, value: v} }
+
+// Tag is OptionNone or OptionSome.
+func (o Option[T]) Tag() uint8 { return o.tag }
+
+// IsSome tells whether the option holds a value.
+func (o Option[T]) IsSome() bool { return o.tag == OptionSome }
+
+// IsNone tells whether the option is empty.
+func (o Option[T]) IsNone() bool { return o.tag == OptionNone }
+
+// Some is the value; it panics (traps) on an empty option.
+func (o Option[T]) Some() T {
+	if o.tag != OptionSome {
+		panic("option is none")
+	}
+	return o.value
+}
+
+// Get is the value and whether there is one.
+func (o Option[T]) Get() (T, bool) { return o.value, o.tag == OptionSome }
+
+// Tuple2 is a WIT tuple<A, B>.
+type Tuple2[A, B any] struct {
+	F0 A
+	F1 B
+}
