@@ -158,13 +158,15 @@ built() {
 
 build_python() {
 	pip_need "$COMPONENTIZE_PY"
-	up_to_date python plugins/python/*.py wit && return 0
+	up_to_date python plugins/python/*.py plugins/python/testing/*.py wit && return 0
 	local start=$SECONDS m
 	mkdir -p "$OUT/python"
-	for m in static_tokens group_mapper; do
-		quiet "$VENV/bin/componentize-py" -d wit -w policy componentize -p plugins/python "$m" \
-			-o "$OUT/python/${m//_/-}.wasm.tmp"
-		mv "$OUT/python/${m//_/-}.wasm.tmp" "$OUT/python/${m//_/-}.wasm"
+	for m in static_tokens group_mapper testing/probe; do
+		local dir=plugins/python name=$m
+		[[ $m == */* ]] && dir=plugins/python/${m%/*} name=${m##*/}
+		quiet "$VENV/bin/componentize-py" -d wit -w policy componentize -p "$dir" "$name" \
+			-o "$OUT/python/${name//_/-}.wasm.tmp"
+		mv "$OUT/python/${name//_/-}.wasm.tmp" "$OUT/python/${name//_/-}.wasm"
 	done
 	built python "$start"
 }

@@ -5,6 +5,7 @@ mod api;
 mod canary;
 mod chain;
 mod cli;
+mod languages;
 mod observability;
 mod overload;
 mod reload;

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::PluginArgs;
-use crate::plugin::{Loader, PluginSource};
+use crate::plugin::{Loader, Plugin, PluginSource};
 use crate::tenant;
 use crate::vectors;
 
@@ -22,51 +22,59 @@ pub struct CheckArgs {
 
 /// Prints one line per plugin; exits 1 if anything failed.
 pub fn run(args: CheckArgs) -> Result<i32> {
-    let loader = args.plugin.loader(None)?;
-    let mut failed = 0usize;
+    let mut check = Checker { loader: args.plugin.loader(None)?, passed: Vec::new(), failed: 0 };
     for path in &args.paths {
         if path.is_dir() {
-            failed += check_dir(&loader, "", path);
+            check.dir("", path);
             for (name, dir) in tenant::scan_tenants(path).unwrap_or_default() {
-                failed += check_dir(&loader, &name, &dir);
+                check.dir(&name, &dir);
             }
         } else {
-            failed += match PluginSource::read(path, loader.defaults().max_plugin_bytes) {
-                Ok(src) => check_one(&loader, "", &src),
-                Err(e) => fail(path, &format!("{e:#}")),
-            };
-        }
-    }
-    Ok(if failed == 0 { 0 } else { 1 })
-}
-
-fn check_dir(loader: &Loader, tenant: &str, dir: &Path) -> usize {
-    match tenant::read_tenant(dir, loader.defaults().max_plugin_bytes) {
-        Ok(snapshot) => snapshot.sources.iter().map(|s| check_one(loader, tenant, s)).sum(),
-        Err(e) => fail(dir, &format!("{e:#}")),
-    }
-}
-
-fn check_one(loader: &Loader, tenant: &str, src: &PluginSource) -> usize {
-    match loader.load(tenant, src) {
-        Ok(plugin) => {
-            println!(
-                "ok    {}  {} ({}, {} vectors passed)",
-                src.wasm_path.display(),
-                plugin.role.as_str(),
-                plugin.digest(),
-                plugin.tests.len()
-            );
-            for w in plugin.warnings.iter().chain(&vectors::live_secret_warnings(loader.sandbox(), &plugin)) {
-                println!("warn  {}  {w}", src.wasm_path.display());
+            match PluginSource::read(path, check.loader.defaults().max_plugin_bytes) {
+                Ok(src) => check.one("", &src),
+                Err(e) => check.fail(path, &format!("{e:#}")),
             }
-            0
         }
-        Err(e) => fail(&src.wasm_path, &format!("{e:#}")),
     }
+    Ok(if check.failed == 0 { 0 } else { 1 })
 }
 
-fn fail(path: &Path, why: &str) -> usize {
-    println!("FAIL  {}  {why}", path.display());
-    1
+struct Checker {
+    loader: Loader,
+    /// Kept until the end: copies of one component (the same digest) then compile once.
+    passed: Vec<Plugin>,
+    failed: usize,
+}
+
+impl Checker {
+    fn dir(&mut self, tenant: &str, dir: &Path) {
+        match tenant::read_tenant(dir, self.loader.defaults().max_plugin_bytes) {
+            Ok(snapshot) => snapshot.sources.iter().for_each(|s| self.one(tenant, s)),
+            Err(e) => self.fail(dir, &format!("{e:#}")),
+        }
+    }
+
+    fn one(&mut self, tenant: &str, src: &PluginSource) {
+        match self.loader.load(tenant, src) {
+            Ok(plugin) => {
+                println!(
+                    "ok    {}  {} ({}, {} vectors passed)",
+                    src.wasm_path.display(),
+                    plugin.role.as_str(),
+                    plugin.digest(),
+                    plugin.tests.len()
+                );
+                for w in plugin.warnings.iter().chain(&vectors::live_secret_warnings(self.loader.sandbox(), &plugin)) {
+                    println!("warn  {}  {w}", src.wasm_path.display());
+                }
+                self.passed.push(plugin);
+            }
+            Err(e) => self.fail(&src.wasm_path, &format!("{e:#}")),
+        }
+    }
+
+    fn fail(&mut self, path: &Path, why: &str) {
+        println!("FAIL  {}  {why}", path.display());
+        self.failed += 1;
+    }
 }
