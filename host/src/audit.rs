@@ -64,6 +64,8 @@ pub struct AuditLine<'a> {
     pub error_class: Option<&'a str>,
     /// Deny, unavailable or failure reason, scrubbed of the token.
     pub reason: Option<&'a str>,
+    /// The decision cache's part, when it is on: hit, miss or coalesced.
+    pub cache: Option<&'static str>,
     pub duration_ms: f64,
 }
 

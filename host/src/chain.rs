@@ -87,6 +87,7 @@ impl StepResult {
     }
 }
 
+#[derive(Debug, Clone)]
 pub struct Verdict {
     pub outcome: Outcome,
     /// The plugin whose decision settled the review (name, digest), if one did.

@@ -41,6 +41,11 @@ pub struct TenantRule {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -67,6 +72,8 @@ pub struct Metrics {
     pub rejected: Family<CodeLabel, Counter>,
     pub queue_wait: Histogram,
     pub tls_handshake_failures: Counter,
+    pub decision_cache: Family<LookupLabel, Counter>,
+    pub decision_cache_entries: Gauge,
     pub in_flight: Gauge,
 }
 
@@ -91,6 +98,8 @@ impl Metrics {
             rejected: Family::default(),
             queue_wait: latency_histogram(),
             tls_handshake_failures: Counter::default(),
+            decision_cache: Family::default(),
+            decision_cache_entries: Gauge::default(),
             in_flight: Gauge::default(),
             registry: Registry::default(),
         };
@@ -128,6 +137,16 @@ impl Metrics {
             "tollgate_tls_handshake_failures",
             "TLS handshakes that failed (no or untrusted client certificate, bad protocol, timeout)",
             m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tollgate_decision_cache",
+            "Reviews answered by the decision cache (hit), by an identical review in flight (coalesced), or evaluated (miss)",
+            m.decision_cache.clone(),
+        );
+        registry.register(
+            "tollgate_decision_cache_entries",
+            "Decisions held by the cache",
+            m.decision_cache_entries.clone(),
         );
         registry.register("tollgate_evaluations_in_flight", "Reviews being evaluated now", m.in_flight.clone());
         Metrics { registry, ..m }

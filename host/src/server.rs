@@ -19,8 +19,9 @@ use serde_json::json;
 
 use crate::audit::{AuditLine, AuditLog, rfc3339};
 use crate::chain::{Outcome, ReviewInput, Verdict};
+use crate::decision_cache::{DecisionCache, Lookup};
 use crate::evaluator::Evaluator;
-use crate::metrics::Metrics;
+use crate::metrics::{LookupLabel, Metrics};
 use crate::registry::Registry;
 use crate::review::{self, Status, TokenReview, User};
 use crate::scrub::Scrubber;
@@ -46,6 +47,8 @@ impl Default for HttpSettings {
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub evaluator: Evaluator,
+    /// `--cache-ttl`: off (None) by default.
+    pub decisions: Option<DecisionCache>,
     pub metrics: Arc<Metrics>,
     pub audit: AuditLog,
     pub http: HttpSettings,
@@ -170,7 +173,17 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
     let token_id = state.audit.fingerprints.token_id(&input.token);
     let audiences = input.audiences.clone();
     let token_for_scrub = input.token.clone();
-    let verdict = state.evaluator.evaluate(&tenant_state.slots, generation.clone(), input).await;
+    let run = state.evaluator.evaluate(&tenant_state.slots, generation.clone(), input);
+    let (verdict, lookup) = match &state.decisions {
+        Some(cache) => {
+            let key = cache.key(tenant, generation.number, &token_for_scrub, &audiences);
+            let (verdict, lookup) = cache.get_or_run(key, run).await;
+            state.metrics.decision_cache.get_or_create(&LookupLabel { result: lookup.as_str().into() }).inc();
+            state.metrics.decision_cache_entries.set(cache.len() as i64);
+            (verdict, Some(lookup))
+        }
+        None => (run.await, None),
+    };
     let elapsed = started.elapsed();
     state.metrics.record(tenant, &verdict, elapsed.as_secs_f64());
 
@@ -203,6 +216,7 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
         result: verdict.outcome.class(),
         error_class,
         reason: reason.as_deref(),
+        cache: lookup.map(Lookup::as_str),
         duration_ms: elapsed.as_secs_f64() * 1000.0,
     });
     Ok(json_response(code, body))

@@ -25,11 +25,7 @@ fn component(lang: &str, name: &str) -> String {
 
 /// The manifest shipped beside a language's policy: `plugins/LANG/NAME.toml`.
 fn shipped_manifest(lang: &str, name: &str) -> String {
-    Path::new(built::ROOT)
-        .join(format!("plugins/{lang}/{name}.toml"))
-        .to_str()
-        .unwrap()
-        .to_owned()
+    Path::new(built::ROOT).join(format!("plugins/{lang}/{name}.toml")).to_str().unwrap().to_owned()
 }
 
 /// The `[limits]` table of a shipped manifest ("" if none): heavy runtimes may need one.
@@ -55,12 +51,7 @@ fn chain_dir(lang: Option<&str>) -> PluginDir {
     let dir = PluginDir::new();
     match lang {
         None => {
-            dir.add(
-                "10-static-tokens",
-                built::STATIC_TOKENS,
-                &static_tokens_manifest(""),
-            )
-            .example(
+            dir.add("10-static-tokens", built::STATIC_TOKENS, &static_tokens_manifest("")).example(
                 "50-group-mapper",
                 built::GROUP_MAPPER,
                 built::GROUP_MAPPER_MANIFEST,
@@ -96,17 +87,10 @@ fn answers_like_the_rust_pair(lang: &str) {
     let nobody = json!({"authenticated": false});
     for version in VERSIONS {
         for (token, want) in [(ALICE, &alice), (BOB, &bob), (UNKNOWN, &nobody)] {
-            let reference = rust
-                .review_at("/authenticate", version, Some(token), &[])
-                .review_status(version);
+            let reference = rust.review_at("/authenticate", version, Some(token), &[]).review_status(version);
             assert_eq!(&reference, want, "the Rust pair, {version}");
-            let got = server
-                .review_at("/authenticate", version, Some(token), &[])
-                .review_status(version);
-            assert_eq!(
-                got, reference,
-                "{lang}, {version}: not the Rust pair's answer"
-            );
+            let got = server.review_at("/authenticate", version, Some(token), &[]).review_status(version);
+            assert_eq!(got, reference, "{lang}, {version}: not the Rust pair's answer");
         }
     }
 
@@ -114,9 +98,7 @@ fn answers_like_the_rust_pair(lang: &str) {
     for round in 0..20 {
         let (token, want) = [(ALICE, &alice), (BOB, &bob), (UNKNOWN, &nobody)][round % 3];
         let version = VERSIONS[round % 2];
-        let got = server
-            .review_at("/authenticate", version, Some(token), &[])
-            .review_status(version);
+        let got = server.review_at("/authenticate", version, Some(token), &[]).review_status(version);
         assert_eq!(&got, want, "{lang}: review {round}");
     }
     std::thread::scope(|s| {
@@ -124,11 +106,8 @@ fn answers_like_the_rust_pair(lang: &str) {
             let (server, alice, bob, nobody) = (&server, &alice, &bob, &nobody);
             s.spawn(move || {
                 for i in 0..10 {
-                    let (token, want) =
-                        [(ALICE, alice), (BOB, bob), (UNKNOWN, nobody)][(t + i) % 3];
-                    let got = server
-                        .review_at("/authenticate", V1, Some(token), &[])
-                        .review_status(V1);
+                    let (token, want) = [(ALICE, alice), (BOB, bob), (UNKNOWN, nobody)][(t + i) % 3];
+                    let got = server.review_at("/authenticate", V1, Some(token), &[]).review_status(V1);
                     assert_eq!(&got, want, "{lang}: concurrent review {t}/{i}");
                 }
             });
@@ -140,9 +119,7 @@ fn answers_like_the_rust_pair(lang: &str) {
 fn check_lines(out: &str) -> BTreeMap<String, String> {
     out.lines()
         .filter_map(|l| {
-            let rest = l
-                .strip_prefix("ok    ")
-                .or_else(|| l.strip_prefix("FAIL  "))?;
+            let rest = l.strip_prefix("ok    ").or_else(|| l.strip_prefix("FAIL  "))?;
             Some((rest.split_whitespace().next()?.to_owned(), l.to_owned()))
         })
         .collect()
@@ -150,16 +127,8 @@ fn check_lines(out: &str) -> BTreeMap<String, String> {
 
 fn shipped_vectors_pass_tollgate_check(lang: &str) {
     let dir = PluginDir::new();
-    dir.example(
-        "10-static-tokens",
-        &component(lang, "static-tokens"),
-        &shipped_manifest(lang, "static-tokens"),
-    )
-    .example(
-        "50-group-mapper",
-        &component(lang, "group-mapper"),
-        &shipped_manifest(lang, "group-mapper"),
-    );
+    dir.example("10-static-tokens", &component(lang, "static-tokens"), &shipped_manifest(lang, "static-tokens"))
+        .example("50-group-mapper", &component(lang, "group-mapper"), &shipped_manifest(lang, "group-mapper"));
     let (code, out, err) = run_cli(&["check", dir.path().to_str().unwrap()], "");
     assert_eq!(code, 0, "{lang}: tollgate check failed:\n{out}\n{err}");
     let lines = check_lines(&out);
@@ -172,32 +141,15 @@ fn shipped_vectors_pass_tollgate_check(lang: &str) {
             .unwrap_or_else(|| panic!("no line for {name}:\n{out}"))
     };
     let st = line("10-static-tokens.wasm");
-    assert!(
-        st.starts_with("ok ") && st.contains("authenticator") && st.contains("4 vectors passed"),
-        "{st}"
-    );
+    assert!(st.starts_with("ok ") && st.contains("authenticator") && st.contains("4 vectors passed"), "{st}");
     let gm = line("50-group-mapper.wasm");
-    assert!(
-        gm.starts_with("ok ") && gm.contains("mapper") && gm.contains("2 vectors passed"),
-        "{gm}"
-    );
+    assert!(gm.starts_with("ok ") && gm.contains("mapper") && gm.contains("2 vectors passed"), "{gm}");
     // The shipped manifests carry exactly the Rust manifests' vectors.
     for name in ["static-tokens", "group-mapper"] {
-        let rust = std::fs::read_to_string(
-            Path::new(built::ROOT).join(format!("plugins/{name}/{name}.toml")),
-        )
-        .unwrap();
+        let rust = std::fs::read_to_string(Path::new(built::ROOT).join(format!("plugins/{name}/{name}.toml"))).unwrap();
         let ours = std::fs::read_to_string(shipped_manifest(lang, name)).unwrap();
-        let vectors = |s: &str| {
-            s.split_once("[[test]]")
-                .map(|(_, v)| v.to_owned())
-                .unwrap_or_default()
-        };
-        assert_eq!(
-            vectors(&ours),
-            vectors(&rust),
-            "{lang}/{name}.toml: not the Rust manifest's vectors"
-        );
+        let vectors = |s: &str| s.split_once("[[test]]").map(|(_, v)| v.to_owned()).unwrap_or_default();
+        assert_eq!(vectors(&ours), vectors(&rust), "{lang}/{name}.toml: not the Rust manifest's vectors");
     }
 }
 
@@ -388,12 +340,7 @@ groups = ["z"]
         ("unmapped", "Drop"),
         ("unmapped", ""),
     ];
-    (
-        ok,
-        bad.iter()
-            .map(|(key, value)| format!("{key} = \"{value}\""))
-            .collect(),
-    )
+    (ok, bad.iter().map(|(key, value)| format!("{key} = \"{value}\"")).collect())
 }
 
 const CONFORMANCE_TOKEN: &str = "conformance-token-a-0001";
@@ -402,11 +349,7 @@ const CONFORMANCE_TOKEN: &str = "conformance-token-a-0001";
 /// once: tenant -> "loaded" (its vectors passed: a tenant whose plugin fails its vectors is not
 /// served), "failed" (the plugin trapped on its config: a plugin failure) or what else came back.
 /// One server, so each component is compiled once.
-fn conformance(
-    lang: Option<&str>,
-    static_tokens: &str,
-    group_mapper: &str,
-) -> (BTreeMap<String, String>, String) {
+fn conformance(lang: Option<&str>, static_tokens: &str, group_mapper: &str) -> (BTreeMap<String, String>, String) {
     // A heavy runtime's shipped [limits] apply here too.
     let (st_limits, gm_limits) = match lang {
         Some(lang) => (limits(lang, "static-tokens"), limits(lang, "group-mapper")),
@@ -416,21 +359,12 @@ fn conformance(
     let (gm_ok, gm_bad) = group_mapper_cases();
     let dir = PluginDir::new();
     let mut tenants = vec![];
-    dir.add_in(
-        "st-ok",
-        "10-static-tokens",
-        static_tokens,
-        &format!("{st_limits}\n{st_ok}"),
-    );
+    dir.add_in("st-ok", "10-static-tokens", static_tokens, &format!("{st_limits}\n{st_ok}"));
     dir.add_in(
         "gm-ok",
         "50-group-mapper",
         group_mapper,
-        &gm_ok.replacen(
-            "role = \"mapper\"\n",
-            &format!("role = \"mapper\"\n{gm_limits}\n"),
-            1,
-        ),
+        &gm_ok.replacen("role = \"mapper\"\n", &format!("role = \"mapper\"\n{gm_limits}\n"), 1),
     );
     // Run as an authenticator (no current grant), the mapper has no opinion.
     dir.add_in(
@@ -452,13 +386,7 @@ fn conformance(
     }
     for (i, line) in gm_bad.iter().enumerate() {
         let tenant = format!("gm-bad-{}", i + 1);
-        dir.add_in(
-            &tenant,
-            "10-static-tokens",
-            static_tokens,
-            &static_tokens_manifest(&st_limits),
-        )
-        .add_in(
+        dir.add_in(&tenant, "10-static-tokens", static_tokens, &static_tokens_manifest(&st_limits)).add_in(
             &tenant,
             "50-group-mapper",
             group_mapper,
@@ -467,9 +395,7 @@ fn conformance(
         tenants.push((tenant, ALICE));
     }
     let server = Server::start(dir.path(), &[]);
-    wait_for("readyz", std::time::Duration::from_secs(300), || {
-        (server.get("/readyz").status == 200).then_some(())
-    });
+    wait_for("readyz", std::time::Duration::from_secs(300), || (server.get("/readyz").status == 200).then_some(()));
     let results = tenants
         .iter()
         .map(|(tenant, token)| {
@@ -479,9 +405,7 @@ fn conformance(
             } else {
                 let status = answer.review_status(V1);
                 match (&status["authenticated"], status["error"].as_str()) {
-                    (_, Some(e)) if e.starts_with("plugin ") && e.contains(" failed") => {
-                        "failed".to_owned()
-                    }
+                    (_, Some(e)) if e.starts_with("plugin ") && e.contains(" failed") => "failed".to_owned(),
                     (json_false, None) if json_false == &json!(false) => "loaded".to_owned(),
                     _ => status.to_string(),
                 }
@@ -490,35 +414,18 @@ fn conformance(
         })
         .collect();
     let status = server.get("/status").body;
-    (
-        results,
-        format!(
-            "--- /status ---\n{status}\n--- log ---\n{}",
-            server.logs.text()
-        ),
-    )
+    (results, format!("--- /status ---\n{status}\n--- log ---\n{}", server.logs.text()))
 }
 
 fn parses_configs_exactly_like_the_rust_pair(lang: &str) {
     let (rust, rust_out) = conformance(None, built::STATIC_TOKENS, built::GROUP_MAPPER);
     for (tenant, outcome) in &rust {
-        let want = if tenant.contains("bad") {
-            "failed"
-        } else {
-            "loaded"
-        };
+        let want = if tenant.contains("bad") { "failed" } else { "loaded" };
         assert_eq!(outcome, want, "the Rust pair, tenant {tenant}:\n{rust_out}");
     }
     assert_eq!(rust.len(), 3 + 8 + 6);
-    let (ours, out) = conformance(
-        Some(lang),
-        &component(lang, "static-tokens"),
-        &component(lang, "group-mapper"),
-    );
-    assert_eq!(
-        ours, rust,
-        "{lang} on the edge cases (left) is not the Rust pair (right):\n{out}"
-    );
+    let (ours, out) = conformance(Some(lang), &component(lang, "static-tokens"), &component(lang, "group-mapper"));
+    assert_eq!(ours, rust, "{lang} on the edge cases (left) is not the Rust pair (right):\n{out}");
 }
 
 macro_rules! language_tests {

@@ -5,6 +5,7 @@ mod api;
 mod canary;
 mod chain;
 mod cli;
+mod decision_cache;
 mod languages;
 mod observability;
 mod overload;

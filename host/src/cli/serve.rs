@@ -10,6 +10,7 @@ use clap::Args;
 
 use super::{PluginArgs, plugin_dir};
 use crate::audit::{AuditLog, Fingerprinter};
+use crate::decision_cache::{CacheSettings, DecisionCache, parse_duration};
 use crate::evaluator::{Evaluator, TenantLimits};
 use crate::listener;
 use crate::metrics::Metrics;
@@ -72,6 +73,17 @@ pub struct ServeArgs {
     /// Key for audit `token_id` fingerprints, shared by replicas (random per process otherwise).
     #[arg(long)]
     pub fingerprint_key_file: Option<PathBuf>,
+    /// Keep clean decisions (authenticated, or a clean denial) this long, e.g. `30s` (default
+    /// 0: off — kube-apiserver caches for its own TTL already). Keyed by an HMAC, flushed by a
+    /// reload, never past a grant's expiry; identical reviews in flight run once.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+    /// How long to keep clean denials (default: --cache-ttl).
+    #[arg(long, value_parser = parse_duration)]
+    pub cache_negative_ttl: Option<Duration>,
+    /// Bound on the decision cache.
+    #[arg(long, default_value_t = 10_000)]
+    pub cache_max_entries: usize,
     /// Compiled plugins are kept here (outside the plugin directory, mode 0700), so a restart
     /// compiles nothing that did not change.
     #[arg(long)]
@@ -130,9 +142,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Duration::from_millis(args.review_timeout_ms),
         metrics.clone(),
     );
+    let decisions = (!args.cache_ttl.is_zero()).then(|| {
+        DecisionCache::new(CacheSettings {
+            positive_ttl: args.cache_ttl,
+            negative_ttl: args.cache_negative_ttl.unwrap_or(args.cache_ttl),
+            max_entries: args.cache_max_entries.max(1),
+        })
+    });
     let state = Arc::new(AppState {
         registry: registry.clone(),
         evaluator,
+        decisions,
         metrics: metrics.clone(),
         audit,
         http: HttpSettings {
