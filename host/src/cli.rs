@@ -42,7 +42,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve TokenReviews from a plugin directory.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Answer one TokenReview locally; the token is read from standard input (or --token-file).
     Review(review::ReviewArgs),
     /// Validate plugins and manifests and run their [[test]] vectors.
@@ -110,7 +110,7 @@ fn plugin_dir(path: &Path) -> Result<PathBuf> {
 /// Runs a command; the exit code is the command's.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Review(args) => review::run(args),
         Command::Check(args) => check::run(args),
     }

@@ -250,7 +250,7 @@ expect = "abstain"
         huni = h(uni),
     );
     let bad = [
-        format!("{}", h(a)),
+        h(a).to_string(),
         format!("{} a b c d e", h(a)),
         format!("{} alice", &h(a)[..63]),
         format!("g{} alice", &h(a)[1..]),
