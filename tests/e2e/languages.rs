@@ -450,3 +450,55 @@ macro_rules! language_tests {
 }
 
 language_tests!(python, js, c, go);
+
+/// The core sandbox tests again, with a Python guest (18 MB of CPython): the same deadline,
+/// memory cap and lack of ambient authority hold for a heavy runtime.
+#[test]
+fn a_python_guest_is_held_to_the_same_sandbox() {
+    let probe = component("python", "probe");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dir = PluginDir::new();
+    let routed = |prefix: &str, action: &str, limits: &str, config: &str| {
+        format!(
+            "[match]\ntoken_prefix = [\"{prefix}\"]\n[limits]\ntimeout_ms = 300\n{limits}\n[config]\naction = \"{action}\"\n{config}\n"
+        )
+    };
+    dir.add("10-loop", &probe, &routed("loop-", "loop", "", ""))
+        .add("11-oom", &probe, &routed("oom-", "oom", "memory_mib = 96", ""))
+        .add("12-raise", &probe, &routed("raise-", "raise", "", ""))
+        .add("13-file", &probe, &routed("file-", "file", "", "path = \"/etc/passwd\""))
+        .add("14-env", &probe, &routed("env-", "env", "", ""))
+        .add("15-socket", &probe, &routed("socket-", "socket", "", &format!("addr = \"{addr}\"")))
+        .add("99-ok", &probe, &routed("ok-", "allow", "", "username = \"alice\""));
+    // A review deadline well past the plugins' own 300 ms: unwinding a trapped CPython takes
+    // a while on a busy machine, and this test is about the plugin's budget, not the review's.
+    let server = Server::start(dir.path(), &["--review-timeout-ms", "5000"]);
+    let ok = || assert_eq!(granted_username(&server.review("ok-12345678")).as_deref(), Some("alice"));
+    ok();
+    for (token, plugin, class) in [
+        ("loop-12345678", "10-loop", "deadline"),
+        ("oom-12345678", "11-oom", "memory"),
+        ("raise-12345678", "12-raise", "trap"),
+    ] {
+        let status = server.review(token).review_status(V1);
+        assert!(
+            status["error"].as_str().unwrap_or_default().starts_with(&format!("plugin {plugin} failed")),
+            "{token}: {status}"
+        );
+        let lines = server.wait_audit("audit", |l| l.iter().any(|l| l["plugin"] == plugin));
+        let line = lines.iter().find(|l| l["plugin"] == plugin).unwrap();
+        assert_eq!(line["error_class"], class, "{token}");
+        ok();
+    }
+    for (token, reason) in
+        [("file-12345678", "file denied"), ("env-12345678", "env denied"), ("socket-12345678", "socket denied")]
+    {
+        assert_eq!(server.review(token).review_status(V1), json!({"authenticated": false}), "{token}");
+        server.wait_audit(reason, |l| l.iter().any(|l| l["reason"].as_str().is_some_and(|r| r.contains(reason))));
+        ok();
+    }
+    assert!(listener.accept().is_err(), "the Python plugin reached a socket on this machine");
+    assert!(server.logs.text().contains("probe raised on purpose"), "the traceback reaches the log");
+}

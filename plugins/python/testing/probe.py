@@ -51,10 +51,10 @@ class Authenticator(exports.Authenticator):
                 return grant(f"saw-{len(names)}-vars")
             return Decision_Deny("env denied: no variables")
         if action == "socket":
-            import socket
-
             host_, _, port = (host.config("addr") or "127.0.0.1:9").rpartition(":")
             try:
+                import socket  # may itself be missing from the runtime: that is a denial too
+
                 socket.create_connection((host_, int(port)), timeout=1).close()
                 return grant("opened-a-socket")
             except Exception as e:  # noqa: BLE001 - any failure is the point
