@@ -52,6 +52,11 @@ impl Reloader {
         tenants_path: Option<PathBuf>,
         limits: TenantLimits,
     ) -> Result<Self> {
+        // inotify reports absolute paths: a relative root would match none of them and only the
+        // periodic rescan would ever notice a change.
+        let root = std::path::absolute(&root).with_context(|| format!("resolving {}", root.display()))?;
+        let tenants_path =
+            tenants_path.map(|p| std::path::absolute(&p)).transpose().context("resolving the tenants file path")?;
         let (tenants_file, tenants_text) = match &tenants_path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)

@@ -350,3 +350,46 @@ fn readyz_waits_for_the_first_load_and_can_require_every_tenant() {
     std::fs::copy(built::PROBE, dir.path().join("acme/10-a.wasm")).unwrap();
     wait_for("readyz 200 again", Duration::from_secs(15), || (server.get("/readyz").status == 200).then_some(()));
 }
+
+#[test]
+fn a_relative_plugin_directory_reloads_too() {
+    let dir = PluginDir::new();
+    dir.probe("10-a", &allow("v1"));
+    let parent = dir.path().parent().unwrap().to_path_buf();
+    let relative = dir.path().file_name().unwrap().to_str().unwrap().to_string();
+    // Start tollgate from the parent directory with a relative --plugins.
+    let mut child = std::process::Command::new(tollgate_bin())
+        .current_dir(&parent)
+        .args(["serve", "--plugins", &relative, "--listen", "127.0.0.1:0", "--rescan-interval-secs", "3600"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.split("listening on http://").nth(1).map(str::to_owned))
+        .unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+    install_crypto_provider();
+    let client = reqwest::blocking::Client::new();
+    let ask = || {
+        let body =
+            serde_json::json!({"apiVersion": V1, "kind": "TokenReview", "spec": {"token": "tok-12345678"}}).to_string();
+        let r = client
+            .post(format!("http://{addr}/authenticate"))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        granted_username(&Answer::from(r))
+    };
+    assert_eq!(ask().as_deref(), Some("v1"));
+    std::fs::write(dir.path().join("10-a.toml"), allow("v2")).unwrap();
+    // Seen through file events (the periodic rescan is an hour away).
+    wait_for("the reload", Duration::from_secs(15), || (ask().as_deref() == Some("v2")).then_some(()));
+    let _ = child.kill();
+    let _ = child.wait();
+}
