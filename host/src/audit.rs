@@ -93,6 +93,10 @@ impl AuditLog {
         Ok(Self { sink: sink.map(Mutex::new), fingerprints })
     }
 
+    pub fn enabled(&self) -> bool {
+        self.sink.is_some()
+    }
+
     pub fn write(&self, line: &AuditLine) {
         let Some(sink) = &self.sink else { return };
         let Ok(mut json) = serde_json::to_vec(line) else {

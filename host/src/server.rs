@@ -169,8 +169,6 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
         client: caller.clone(),
         request_id: request_id.clone(),
     };
-    // What outlives the evaluation: the fingerprint and, for scrubbing, nothing else.
-    let token_id = state.audit.fingerprints.token_id(&input.token);
     let audiences = input.audiences.clone();
     let token_for_scrub = input.token.clone();
     let run = state.evaluator.evaluate(&tenant_state.slots, generation.clone(), input);
@@ -190,35 +188,38 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
     let scrubber = Scrubber::new(&token_for_scrub);
     let api_version = token_review.api_version;
     let (code, body, reason) = render(&verdict, api_version, &request_id, state.http.deny_reason_in_status, &scrubber);
-    let (username, groups) = match &verdict.outcome {
-        Outcome::Authenticated { user, .. } => (Some(user.username.as_str()), Some(user.groups.as_slice())),
-        _ => (None, None),
-    };
-    let error_class = match &verdict.outcome {
-        Outcome::Failed { class, .. } => Some(*class),
-        Outcome::Denied { rule: Some(rule), .. } => Some(*rule),
-        _ => None,
-    };
-    state.audit.write(&AuditLine {
-        time: rfc3339(SystemTime::now()),
-        request_id: &request_id,
-        tenant,
-        generation: generation.number,
-        api_version: api_version.as_str(),
-        token_id,
-        audiences: &audiences,
-        caller: caller.as_deref(),
-        authenticated: matches!(verdict.outcome, Outcome::Authenticated { .. }),
-        username,
-        groups,
-        plugin: verdict.decided_by.as_ref().map(|(n, _)| n.as_str()),
-        digest: verdict.decided_by.as_ref().map(|(_, d)| d.as_str()),
-        result: verdict.outcome.class(),
-        error_class,
-        reason: reason.as_deref(),
-        cache: lookup.map(Lookup::as_str),
-        duration_ms: elapsed.as_secs_f64() * 1000.0,
-    });
+    // Skipped whole with `--audit-log off`: the fingerprint is an HMAC per review.
+    if state.audit.enabled() {
+        let (username, groups) = match &verdict.outcome {
+            Outcome::Authenticated { user, .. } => (Some(user.username.as_str()), Some(user.groups.as_slice())),
+            _ => (None, None),
+        };
+        let error_class = match &verdict.outcome {
+            Outcome::Failed { class, .. } => Some(*class),
+            Outcome::Denied { rule: Some(rule), .. } => Some(*rule),
+            _ => None,
+        };
+        state.audit.write(&AuditLine {
+            token_id: state.audit.fingerprints.token_id(&token_for_scrub),
+            time: rfc3339(SystemTime::now()),
+            request_id: &request_id,
+            tenant,
+            generation: generation.number,
+            api_version: api_version.as_str(),
+            audiences: &audiences,
+            caller: caller.as_deref(),
+            authenticated: matches!(verdict.outcome, Outcome::Authenticated { .. }),
+            username,
+            groups,
+            plugin: verdict.decided_by.as_ref().map(|(n, _)| n.as_str()),
+            digest: verdict.decided_by.as_ref().map(|(_, d)| d.as_str()),
+            result: verdict.outcome.class(),
+            error_class,
+            reason: reason.as_deref(),
+            cache: lookup.map(Lookup::as_str),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+        });
+    }
     Ok(json_response(code, body))
 }
 
