@@ -71,7 +71,12 @@ fn key_of(doc: &Value) -> (String, String, String) {
 }
 
 fn objects_of(files: &BTreeMap<String, Vec<Value>>, prefix: &str) -> Objects {
-    files.iter().filter(|(f, _)| f.starts_with(prefix)).flat_map(|(_, docs)| docs).map(|d| (key_of(d), d.clone())).collect()
+    files
+        .iter()
+        .filter(|(f, _)| f.starts_with(prefix))
+        .flat_map(|(_, docs)| docs)
+        .map(|d| (key_of(d), d.clone()))
+        .collect()
 }
 
 fn get<'a>(objects: &'a Objects, kind: &str, ns: &str, name: &str) -> &'a Value {
@@ -103,7 +108,12 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     let dir = tempfile::tempdir().unwrap();
     let deployment = std::fs::read_to_string(k8s().join("deployment/30-deployment.yaml")).unwrap();
     for (name, from, to, says) in [
-        ("typo", "readOnlyRootFilesystem: true", "readOnlyRootFilesytem: true", "'readOnlyRootFilesytem' was unexpected"),
+        (
+            "typo",
+            "readOnlyRootFilesystem: true",
+            "readOnlyRootFilesytem: true",
+            "'readOnlyRootFilesytem' was unexpected",
+        ),
         ("type", "replicas: 2", "replicas: two", "is not of type 'integer'"),
         ("kind", "kind: Deployment", "kind: Deploymnet", "Couldn't find schema for kind Deploymnet"),
     ] {
@@ -272,7 +282,8 @@ fn pod_templates_follow_the_rules() {
         let probe_listen = &flags["--probe-listen"];
         assert_ne!(port_of(listen), port_of(probe_listen), "{at}");
         let host_network = spec["hostNetwork"] == true;
-        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/readyz")] {
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/readyz")]
+        {
             let get = &c[probe]["httpGet"];
             assert_eq!(get["path"], path, "{at} {probe}");
             let port = match &get["port"] {
@@ -282,7 +293,11 @@ fn pod_templates_follow_the_rules() {
                 }
                 n => n.as_u64().unwrap() as u16,
             };
-            assert_eq!(port, port_of(probe_listen), "{at} {probe}: the probe listener (kubelet has no client certificate)");
+            assert_eq!(
+                port,
+                port_of(probe_listen),
+                "{at} {probe}: the probe listener (kubelet has no client certificate)"
+            );
             if host_network {
                 // The pod IP is the node's: the probe names the loopback address tollgate binds.
                 assert_eq!(get["host"], "127.0.0.1", "{at} {probe}");
@@ -328,9 +343,9 @@ fn pod_templates_follow_the_rules() {
                     "image" => assert!(m["subPath"].is_string(), "{at}: {mp}: one tenant folder of the plugins image"),
                     "emptyDir" => {
                         let init = arr(&spec["initContainers"]);
-                        let filled = init
-                            .iter()
-                            .any(|i| i["volumeMounts"].as_array().into_iter().flatten().any(|im| im["name"] == m["name"]));
+                        let filled = init.iter().any(|i| {
+                            i["volumeMounts"].as_array().into_iter().flatten().any(|im| im["name"] == m["name"])
+                        });
                         assert!(filled, "{at}: {mp}: an emptyDir tenant is filled by an init container");
                     }
                     other => panic!("{at}: {mp}: a tenant folder from a {other} volume"),
@@ -363,7 +378,10 @@ fn pod_templates_follow_the_rules() {
         let cache = flags["--cache-dir"].as_str();
         let (mp, volume) = mount_of(spec, c, cache).expect("the cache dir is mounted");
         assert_eq!(volume_type(volume), "emptyDir", "{at}");
-        assert_ne!(mp, cache, "{at}: --cache-dir is a subdirectory of the emptyDir (fsGroup makes its root group-writable)");
+        assert_ne!(
+            mp, cache,
+            "{at}: --cache-dir is a subdirectory of the emptyDir (fsGroup makes its root group-writable)"
+        );
         assert!(!cache.starts_with(&format!("{plugins}/")), "{at}");
 
         // TLS and fingerprint files are where the mounts put them.
@@ -449,7 +467,10 @@ fn check_deployment(at: &str, t: &Template, all: &Objects, c: &Value, flags: &BT
     assert_eq!(target["containerPort"].as_u64().unwrap() as u16, port_of(&flags["--listen"]), "{at}");
     let cluster_ip = s(&service["spec"]["clusterIP"]);
     let cert = get(all, "Certificate", ns, "tollgate-tls");
-    assert!(arr(&cert["spec"]["ipAddresses"]).contains(&json!(cluster_ip)), "{at}: the certificate names the ClusterIP");
+    assert!(
+        arr(&cert["spec"]["ipAddresses"]).contains(&json!(cluster_ip)),
+        "{at}: the certificate names the ClusterIP"
+    );
     assert!(arr(&cert["spec"]["usages"]).contains(&json!("server auth")));
     let kubeconfig = std::fs::read_to_string(k8s().join("apiserver/webhook-kubeconfig-service.yaml")).unwrap();
     let server = format!("server: https://{cluster_ip}:{}/authenticate/demo", port["port"]);
@@ -457,7 +478,10 @@ fn check_deployment(at: &str, t: &Template, all: &Objects, c: &Value, flags: &BT
     let metrics = get(all, "Service", ns, "tollgate-metrics");
     assert_eq!(
         metrics["spec"]["ports"][0]["targetPort"],
-        arr(&c["ports"]).iter().find(|p| p["containerPort"].as_u64() == Some(port_of(&flags["--probe-listen"]) as u64)).unwrap()["name"]
+        arr(&c["ports"])
+            .iter()
+            .find(|p| p["containerPort"].as_u64() == Some(port_of(&flags["--probe-listen"]) as u64))
+            .unwrap()["name"]
     );
 }
 
@@ -469,7 +493,11 @@ fn check_containerfile(templates: &[Template]) {
         .filter_map(|l| l.strip_prefix("FROM "))
         .map(|f| f.split(" AS ").nth(1).expect("every stage is named").trim())
         .collect();
-    assert_eq!(stages, ["build", "guests", "plugins", "tollgate"], "the stages (the server is the default target, last)");
+    assert_eq!(
+        stages,
+        ["build", "guests", "plugins", "tollgate"],
+        "the stages (the server is the default target, last)"
+    );
     let last_from = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
     let server = &lines[last_from..];
     assert!(server[0].contains("distroless/cc-debian12:nonroot"), "{}", server[0]);
@@ -529,7 +557,15 @@ fn check_containerfile(templates: &[Template]) {
         .filter(|l| l.contains("(NEEDED)"))
         .filter_map(|l| l.split('[').nth(1)?.split(']').next())
         .collect();
-    let shipped = ["libc.so.6", "libm.so.6", "libgcc_s.so.1", "ld-linux-x86-64.so.2", "libpthread.so.0", "libdl.so.2", "librt.so.1"];
+    let shipped = [
+        "libc.so.6",
+        "libm.so.6",
+        "libgcc_s.so.1",
+        "ld-linux-x86-64.so.2",
+        "libpthread.so.0",
+        "libdl.so.2",
+        "librt.so.1",
+    ];
     assert!(!needed.is_empty(), "{dynamic}");
     for lib in &needed {
         assert!(shipped.contains(lib), "the binary needs {lib}, which distroless/cc does not ship");
@@ -655,7 +691,11 @@ fn emulate(dir: &Path, block: &Block, objects: &mut Objects, applied: &mut Vec<P
             assert_eq!(code, 0, "line {}: {line}\n{out}{err}", block.line);
             continue;
         }
-        assert!(!first.contains(['\'', '"', '$']), "line {}: emulated kubectl lines are plain words: {first}", block.line);
+        assert!(
+            !first.contains(['\'', '"', '$']),
+            "line {}: emulated kubectl lines are plain words: {first}",
+            block.line
+        );
         let words: Vec<&str> = first.split_whitespace().skip(1).collect();
         let mut ns = "default".to_owned();
         let mut positional = Vec::new();
@@ -979,7 +1019,18 @@ fn walkthrough_runs_as_written_and_pods_start_on_the_manifests() {
                     }
                 }
                 let (code, out, err) = result;
-                assert_eq!(code, exit, "walkthrough line {}: exit {code}\n{script}\n--- stdout\n{out}--- stderr\n{err}", block.line);
+                assert_eq!(
+                    code, exit,
+                    "walkthrough line {}: exit {code}\n{script}\n--- stdout\n{out}--- stderr\n{err}",
+                    block.line
+                );
+                for word in rest.iter().filter_map(|w| w.strip_prefix("stderr-has=")) {
+                    assert!(
+                        err.contains(word),
+                        "walkthrough line {}: standard error does not say {word}:\n{err}",
+                        block.line
+                    );
+                }
                 last_stdout = Some((block.line, out));
                 ran += 1;
             }
@@ -999,7 +1050,8 @@ fn walkthrough_runs_as_written_and_pods_start_on_the_manifests() {
             }
             ["yaml", same] if same.starts_with("same-as=") => {
                 let file = std::fs::read_to_string(repo().join(&same["same-as=".len()..])).unwrap();
-                let uncommented: String = file.lines().skip_while(|l| l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+                let uncommented: String =
+                    file.lines().skip_while(|l| l.starts_with('#')).map(|l| format!("{l}\n")).collect();
                 assert_eq!(block.body, uncommented, "walkthrough line {}: differs from {same}", block.line);
             }
             _ => {}
@@ -1016,7 +1068,11 @@ fn walkthrough_runs_as_written_and_pods_start_on_the_manifests() {
     let cluster = &kubeconfig["clusters"][0]["cluster"];
     let user = &kubeconfig["users"][0]["user"];
     let pki = dir.join("pki");
-    for (field, file) in [(&cluster["certificate-authority"], "ca.crt"), (&user["client-certificate"], "kube-apiserver.crt"), (&user["client-key"], "kube-apiserver.key")] {
+    for (field, file) in [
+        (&cluster["certificate-authority"], "ca.crt"),
+        (&user["client-certificate"], "kube-apiserver.crt"),
+        (&user["client-key"], "kube-apiserver.key"),
+    ] {
         assert_eq!(s(field), format!("/etc/kubernetes/pki/tollgate/{file}"));
     }
     let url = s(&cluster["server"]).replace("127.0.0.1:8443", &local.addr.to_string());
@@ -1029,7 +1085,8 @@ fn walkthrough_runs_as_written_and_pods_start_on_the_manifests() {
     // No client certificate, no answer (hence the probe listener).
     let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
     assert!(tls_client(&ca, None, &["h2"]).post(&url).body("{}").send().is_err(), "mTLS is required");
-    let lines = local.wait_audit("the kubeconfig's reviews", |l| l.iter().filter(|a| a["tenant"] == "demo").count() >= 3);
+    let lines =
+        local.wait_audit("the kubeconfig's reviews", |l| l.iter().filter(|a| a["tenant"] == "demo").count() >= 3);
     assert!(lines.iter().all(|l| l["token_id"].as_str().is_some_and(|t| t.len() == 16)), "{lines:?}");
     local.stop();
 
@@ -1045,7 +1102,8 @@ fn walkthrough_runs_as_written_and_pods_start_on_the_manifests() {
     let mut cluster_objects = objects_of(&files, "control-plane/");
     cluster_objects.extend(objects.clone());
     let daemonset = get(&cluster_objects, "DaemonSet", "kube-system", "tollgate")["spec"]["template"]["spec"].clone();
-    let mut pod = Pod::new(&daemonset, "kube-system", &cluster_objects, &[("/etc/kubernetes/pki/tollgate", pki.as_path())]);
+    let mut pod =
+        Pod::new(&daemonset, "kube-system", &cluster_objects, &[("/etc/kubernetes/pki/tollgate", pki.as_path())]);
     let (daemon, probes) = pod.start();
     serves_the_tenant(&daemon, &probes, &pki, &token, "demo:admins");
     let cache = pod.root.path().join("var/cache/tollgate/cc");
@@ -1077,7 +1135,8 @@ fn walkthrough_runs_as_written_and_pods_start_on_the_manifests() {
     }
     let mut cluster_objects = objects_of(&files, "deployment/");
     cluster_objects.extend(objects.clone());
-    let deployment = get(&cluster_objects, "Deployment", "tollgate-system", "tollgate")["spec"]["template"]["spec"].clone();
+    let deployment =
+        get(&cluster_objects, "Deployment", "tollgate-system", "tollgate")["spec"]["template"]["spec"].clone();
     let mut pod = Pod::new(&deployment, "tollgate-system", &cluster_objects, &[]);
     let (replica, probes) = pod.start();
     serves_the_tenant(&replica, &probes, &pki, &token, "demo:admins");
@@ -1133,7 +1192,9 @@ fn python_components_do_not_fit_in_a_configmap() {
     for name in ["static-tokens", "group-mapper"] {
         let path = repo().join(format!("target/guests/python/{name}.wasm"));
         let size = std::fs::metadata(&path)
-            .unwrap_or_else(|_| panic!("{} is missing: run `plugins/languages.sh python` (make test does)", path.display()))
+            .unwrap_or_else(|_| {
+                panic!("{} is missing: run `plugins/languages.sh python` (make test does)", path.display())
+            })
             .len() as usize;
         assert!(size > CONFIGMAP_MAX, "{name}: {size} bytes would fit in a ConfigMap");
     }
