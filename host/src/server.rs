@@ -147,11 +147,14 @@ async fn authenticate(state: Arc<AppState>, tenant: String, request: Request) ->
 
 async fn review_request(state: &AppState, tenant: &str, request: Request) -> Result<Response, AppError> {
     let started = Instant::now();
-    let tenant_state = state.registry.get(tenant).ok_or_else(|| AppError::NotFound("no such tenant".into()))?;
     let identity = request.extensions().get::<ClientIdentity>().cloned();
     let caller = identity.as_ref().map(|c| c.subject.clone());
-    check_content_type(request.headers())?;
-    let body = read_body(request.into_body(), state.http.max_body_bytes).await?;
+    let (parts, body) = request.into_parts();
+    // The body is read (bounded) before any answer: an HTTP/2 answer sent while the client is
+    // still streaming its body ends in a stream reset that some clients report as an error.
+    let body = read_body(body, state.http.max_body_bytes).await?;
+    let tenant_state = state.registry.get(tenant).ok_or_else(|| AppError::NotFound("no such tenant".into()))?;
+    check_content_type(&parts.headers)?;
     let token_review = TokenReview::parse(&body).map_err(|e| AppError::BadRequest(e.0))?;
     drop(body);
     let generation = tenant_state

@@ -6,6 +6,7 @@ mod canary;
 mod chain;
 mod cli;
 mod decision_cache;
+mod kubernetes;
 mod languages;
 mod observability;
 mod overload;

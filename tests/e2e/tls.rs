@@ -180,3 +180,22 @@ fn the_example_openssl_script_makes_certificates_tollgate_and_a_webhook_client_a
     let lines = server.wait_audit("audit", |l| !l.is_empty());
     assert_eq!(lines[0]["caller"], "CN=kube-apiserver,O=tollgate-webhook-clients");
 }
+
+#[test]
+fn an_early_answer_over_http2_is_clean_even_for_a_streamed_body() {
+    let pki = Pki::new("main");
+    let server_cert = pki.server("server");
+    let dir = PluginDir::new();
+    dir.probe("10-a", &allow("alice"));
+    let mut server = Server::start(dir.path(), &tls_args(&server_cert, &[]));
+    server.set_client(tls_client(&pki.ca_pem, None, &["h2"]));
+    let body = json!({"apiVersion": V1, "kind": "TokenReview", "spec": {"token": "tok-12345678"}}).to_string();
+    for path in ["/authenticate/ghost", "/authenticate"] {
+        // A body of unknown length, sent as a stream (as `curl --data-binary @-` does).
+        let streamed = reqwest::blocking::Body::new(std::io::Cursor::new(body.clone().into_bytes()));
+        let response =
+            server.client().post(server.url(path)).header("Content-Type", "application/json").body(streamed).send();
+        let answer = Answer::from(response.unwrap_or_else(|e| panic!("{path}: {e}")));
+        assert_eq!(answer.status, if path.ends_with("ghost") { 404 } else { 200 }, "{}", answer.body);
+    }
+}
