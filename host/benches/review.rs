@@ -94,8 +94,7 @@ fn check(outcome: Outcome, groups: &[&str]) -> Result<()> {
 fn main() -> Result<()> {
     let tuned = Setup::new(Tuning::DEFAULT).context("loading the example plugins")?;
     let seed = Setup::new(Tuning::SEED)?;
-    let lazy_only = Setup::new(Tuning { lazy_wasi: true, ..Tuning::SEED })?;
-    let copy_only = Setup::new(Tuning { memory_init_cow: false, ..Tuning::SEED })?;
+    let copy_init = Setup::new(Tuning { memory_init_cow: false, ..Tuning::DEFAULT })?;
     // An experiment: the same chain built from other guest components (e.g. other build flags).
     let guests_b = std::env::var_os("TOLLGATE_BENCH_GUESTS_B").map(PathBuf::from);
     let other = guests_b.as_deref().map(|dir| Setup::with_guests(Tuning::DEFAULT, dir)).transpose()?;
@@ -103,7 +102,7 @@ fn main() -> Result<()> {
     let audiences = vec![AUDIENCE.to_string()];
 
     // Correctness first: every case answers the same review the same way.
-    for s in [&tuned, &seed, &lazy_only, &copy_only] {
+    for s in [&tuned, &seed, &copy_init] {
         check(s.review(&s.alone), &["idp:admins", "idp:dev-web"])?;
         check(s.review(&s.chain), &BENCH_GROUPS)?;
     }
@@ -141,18 +140,13 @@ fn main() -> Result<()> {
         },
         Case {
             key: "chain_both_seed",
-            label: "chain [both], seed settings (eager WASI, CoW data)",
+            label: "chain [both], seed settings (WASI context built for every call)",
             run: Box::new(|| drop(black_box(seed.review(&seed.chain)))),
         },
         Case {
-            key: "chain_both_lazy_wasi",
-            label: "chain [both], seed + lazy WASI",
-            run: Box::new(|| drop(black_box(lazy_only.review(&lazy_only.chain)))),
-        },
-        Case {
             key: "chain_both_copy_init",
-            label: "chain [both], seed + memory_init_cow(false)",
-            run: Box::new(|| drop(black_box(copy_only.review(&copy_only.chain)))),
+            label: "chain [both], defaults + memory_init_cow(false) (rejected knob)",
+            run: Box::new(|| drop(black_box(copy_init.review(&copy_init.chain)))),
         },
         Case {
             key: "instantiate_seed",
@@ -239,8 +233,7 @@ fn main() -> Result<()> {
         "static_tokens_wasm_over_native": p50("chain_static_tokens_wasm") / p50("static_tokens_native"),
         "both_wasm_over_native": p50("chain_both_wasm") / p50("both_native"),
         "tuned_over_seed": p50("chain_both_wasm") / p50("chain_both_seed"),
-        "lazy_wasi_over_seed": p50("chain_both_lazy_wasi") / p50("chain_both_seed"),
-        "copy_init_over_seed": p50("chain_both_copy_init") / p50("chain_both_seed"),
+        "copy_init_over_tuned": p50("chain_both_copy_init") / p50("chain_both_wasm"),
         "instantiate_tuned_over_seed": p50("instantiate_wasm") / p50("instantiate_seed"),
         "guests_b_over_default": p50("chain_both_guests_b") / p50("chain_both_wasm"),
     });
