@@ -49,6 +49,7 @@ BENCH_PY := $(BENCH_OUT)/venv/bin/python3
 BENCH_TARGET := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 BENCH_ARGS ?=
 bench: toolchain
+	@mkdir -p $(BENCH_OUT) && date +%s.%N > $(BENCH_OUT)/make-started
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	@test -x $(BENCH_PY) || python3 -m venv $(BENCH_OUT)/venv
 	@$(BENCH_PY) -c 'import flask' 2>/dev/null || $(BENCH_PY) -m pip install -q flask
@@ -62,7 +63,7 @@ bench: toolchain
 	@test -s $(BENCH_OUT)/large-python.wasm || ! test -x $(BENCH_OUT)/venv/bin/componentize-py \
 		|| (cd bench/fixtures/python-abstain && PYTHONDONTWRITEBYTECODE=1 $(BENCH_OUT)/venv/bin/componentize-py \
 			-d $(CURDIR)/wit -w policy componentize app -o $(BENCH_OUT)/large-python.wasm)
-	$(BENCH_BIN)/tollgate-bench start --out $(BENCH_OUT) --command "make bench"
+	$(BENCH_BIN)/tollgate-bench start --out $(BENCH_OUT) --command "make bench" --since $(BENCH_OUT)/make-started
 	CRITERION_HOME=$(BENCH_OUT)/criterion TOLLGATE_BENCH_OUT=$(BENCH_OUT) \
 		$(CARGO) bench -p tollgate --bench review
 	$(BENCH_BIN)/tollgate-bench run --out $(BENCH_OUT) --tollgate $(BENCH_BIN)/tollgate \

@@ -31,6 +31,10 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value = "make bench")]
         command: String,
+        /// A file holding the start time (unix seconds) to count from, e.g. written by `make`
+        /// before it installed and built anything; default: now.
+        #[arg(long)]
+        since: Option<PathBuf>,
     },
     /// End to end, reload and restart.
     Run(RunArgs),
@@ -89,7 +93,7 @@ struct RunArgs {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Start { out, command } => start(out, command),
+        Cmd::Start { out, command, since } => start(out, command, since),
         Cmd::Run(args) => run(args),
         Cmd::Report { out, markdown } => {
             let mut machine: Machine = std::fs::read_to_string(out.join("machine.json"))
@@ -113,12 +117,16 @@ fn main() -> Result<()> {
     }
 }
 
-fn start(out: PathBuf, command: String) -> Result<()> {
+fn start(out: PathBuf, command: String, since: Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     for stale in ["inprocess.json", "e2e.json", "reload.json", "restart.json"] {
         let _ = std::fs::remove_file(out.join(stale));
     }
-    std::fs::write(out.join("started"), format!("{}", now_secs()))?;
+    let started = since
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .unwrap_or_else(now_secs);
+    std::fs::write(out.join("started"), format!("{started}"))?;
     let sh = |cmd: &str| -> String {
         std::process::Command::new("sh")
             .args(["-c", cmd])
@@ -134,7 +142,7 @@ fn start(out: PathBuf, command: String) -> Result<()> {
         rustc: sh("rustc --version"),
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
-        busy_at_start: sh("ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf \"%s %s%%; \", $2, $1}'"),
+        busy_at_start: sh("ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf \"%s%s %s%%\", (NR>1?\", \":\"\"), $2, $1}'"),
         command,
         minutes: 0.0,
     };

@@ -43,7 +43,11 @@ fn ms(us: f64) -> String {
 pub fn render(out: &Path) -> Result<String> {
     let machine: Machine = read(out, "machine.json").unwrap_or_default();
     let mut md = String::new();
-    writeln!(md, "Latest run: {} — `{}` took {:.1} min.\n", machine.date, machine.command, machine.minutes)?;
+    writeln!(
+        md,
+        "Latest run: {} — `{}` took {:.1} min in all (tools and builds already in place).\n",
+        machine.date, machine.command, machine.minutes
+    )?;
     writeln!(
         md,
         "Machine: {} CPUs ({}), Linux {}, {}; load average {} at the start, {} at the end. \

@@ -11,7 +11,7 @@
 //!
 //! Env: `TOLLGATE_BENCH_GUESTS` (built components), `TOLLGATE_BENCH_OUT`,
 //! `TOLLGATE_BENCH_GUESTS_B` (add a case: the chain from other builds of the guests),
-//! `TOLLGATE_BENCH_ROUNDS` (interleaved rounds, default 60), `TOLLGATE_BENCH_QUICK=1` (criterion
+//! `TOLLGATE_BENCH_ROUNDS` (interleaved rounds, default 150), `TOLLGATE_BENCH_QUICK=1` (criterion
 //! with short windows), `TOLLGATE_BENCH_PROFILE=KEY` (run one case for 10 s, for `perf record`).
 
 use std::hint::black_box;
@@ -191,7 +191,7 @@ fn main() -> Result<()> {
     let criterion_medians = read_criterion_medians(cases.iter().map(|c| c.key));
 
     // 2. interleaved, every iteration timed.
-    let rounds: usize = std::env::var("TOLLGATE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(60);
+    let rounds: usize = std::env::var("TOLLGATE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(150);
     let batch = 200;
     let mut samples: Vec<Vec<f64>> = cases.iter().map(|_| Vec::with_capacity(rounds * batch)).collect();
     let started = Instant::now();
@@ -228,7 +228,7 @@ fn main() -> Result<()> {
             json!({"label": case.label, "p50_us": p50, "p99_us": p99, "p999_us": p999, "samples": s.len(), "criterion_median_us": crit}),
         );
     }
-    let p50 = |k: &str| results[k]["p50_us"].as_f64().unwrap_or(f64::NAN);
+    let p50 = |k: &str| results.get(k).and_then(|c| c["p50_us"].as_f64()).unwrap_or(f64::NAN);
     let ratios = json!({
         "static_tokens_wasm_over_native": p50("chain_static_tokens_wasm") / p50("static_tokens_native"),
         "both_wasm_over_native": p50("chain_both_wasm") / p50("both_native"),
