@@ -33,7 +33,10 @@ pub struct Settings {
 
 /// The configurations, in the order of a round.
 pub const CONFIGS: [(&str, &str); 5] = [
-    ("tollgate", "(a) tollgate, Rust chain (static-tokens + group-mapper), fresh instance per call, decision cache off, --audit-log off"),
+    (
+        "tollgate",
+        "(a) tollgate, Rust chain (static-tokens + group-mapper), fresh instance per call, decision cache off, --audit-log off",
+    ),
     ("ceiling", "(b) ceiling: bare axum, same TokenReview JSON, same policy code compiled natively"),
     ("flask", "(c) seed Flask server: python3 webhook.py (Werkzeug dev server, debug=True as written)"),
     ("tollgate-audit-file", "(a) with --audit-log FILE (one JSON line per review, appended to a file)"),
@@ -117,8 +120,8 @@ pub fn run(settings: &Settings, out: &Path) -> Result<Vec<Run>> {
             order.reverse();
         }
         for config in order {
-            let target = start(config, settings, &work, &plugins, &webhook)
-                .with_context(|| format!("starting {config}"))?;
+            let target =
+                start(config, settings, &work, &plugins, &webhook).with_context(|| format!("starting {config}"))?;
             let result = measure(settings, &target, &lua, &body_path, config, round);
             let audit_bytes = target.audit_file.as_ref().and_then(|f| std::fs::metadata(f).ok()).map(|m| m.len());
             target.proc.stop();
@@ -148,7 +151,8 @@ fn start(config: &str, settings: &Settings, work: &Path, plugins: &Path, webhook
     let (proc, url, audit_file) = match config {
         "tollgate" | "tollgate-audit-file" | "tollgate-compare" => {
             let audit_file = (config == "tollgate-audit-file").then(|| work.join("audit.log"));
-            let bin = if config == "tollgate-compare" { settings.compare.as_ref().unwrap() } else { &settings.tollgate };
+            let bin =
+                if config == "tollgate-compare" { settings.compare.as_ref().unwrap() } else { &settings.tollgate };
             let mut cmd = Command::new(bin);
             cmd.args(["serve", "--plugins"]).arg(plugins).args(["--listen", &addr, "--audit-log"]);
             match &audit_file {
@@ -170,7 +174,10 @@ fn start(config: &str, settings: &Settings, work: &Path, plugins: &Path, webhook
             let seed = std::fs::read_to_string(fixtures::repo_root().join("bench/seed/webhook.py"))?;
             let line = "app.run(host= '0.0.0.0', port=6000, debug=True)";
             anyhow::ensure!(seed.contains(line), "bench/seed/webhook.py is not the blog's webhook.py");
-            std::fs::write(webhook, seed.replace(line, &format!("app.run(host= '127.0.0.1', port={port}, debug=True)")))?;
+            std::fs::write(
+                webhook,
+                seed.replace(line, &format!("app.run(host= '127.0.0.1', port={port}, debug=True)")),
+            )?;
             let mut cmd = Command::new(&settings.python);
             cmd.arg("webhook.py").current_dir(work);
             let p = Proc::spawn(config, cmd, None)?;

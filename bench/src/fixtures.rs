@@ -35,7 +35,11 @@ pub fn guest(name: &str) -> Result<PathBuf> {
 /// A guest component from another build directory (experiments with guest build settings).
 pub fn guest_in(dir: &Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.wasm"));
-    anyhow::ensure!(path.exists(), "{} is missing: build the guests (`cd plugins && cargo build --release`)", path.display());
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build the guests (`cd plugins && cargo build --release`)",
+        path.display()
+    );
     Ok(path)
 }
 

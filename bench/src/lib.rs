@@ -11,11 +11,11 @@
 //! (runs the load, reload and restart benchmarks against the real `tollgate` binary and writes
 //! the report).
 
+pub mod e2e;
 pub mod fixtures;
 pub mod native;
-pub mod stats;
-pub mod e2e;
 pub mod procs;
 pub mod reload;
 pub mod report;
 pub mod restart;
+pub mod stats;

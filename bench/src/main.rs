@@ -142,7 +142,9 @@ fn start(out: PathBuf, command: String, since: Option<PathBuf>) -> Result<()> {
         rustc: sh("rustc --version"),
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
-        busy_at_start: sh("ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf \"%s%s %s%%\", (NR>1?\", \":\"\"), $2, $1}'"),
+        busy_at_start: sh(
+            "ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf \"%s%s %s%%\", (NR>1?\", \":\"\"), $2, $1}'",
+        ),
         command,
         minutes: 0.0,
     };
@@ -192,7 +194,14 @@ fn run(mut a: RunArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&rust);
         fixtures::write_plugin_dir(&rust)?;
         eprintln!("restart, Rust examples...");
-        all.push(restart::run(&a.tollgate, &a.out, "rust", "Rust examples: static-tokens + group-mapper", &rust, a.restarts)?);
+        all.push(restart::run(
+            &a.tollgate,
+            &a.out,
+            "rust",
+            "Rust examples: static-tokens + group-mapper",
+            &rust,
+            a.restarts,
+        )?);
         if let Some(large) = &a.large {
             let dir = a.out.join("work/restart-plugins-large");
             let _ = std::fs::remove_dir_all(&dir);
@@ -200,7 +209,14 @@ fn run(mut a: RunArgs) -> Result<()> {
             std::fs::copy(large, dir.join("10-large.wasm")).with_context(|| format!("copying {}", large.display()))?;
             eprintln!("restart, large component {}...", large.display());
             let reps = a.restarts.min(3);
-            all.push(restart::run(&a.tollgate, &a.out, "large", "large: a Python policy built with componentize-py 0.25.1", &dir, reps)?);
+            all.push(restart::run(
+                &a.tollgate,
+                &a.out,
+                "large",
+                "large: a Python policy built with componentize-py 0.25.1",
+                &dir,
+                reps,
+            )?);
         }
         std::fs::write(a.out.join("restart.json"), serde_json::to_vec_pretty(&all)?)?;
     }

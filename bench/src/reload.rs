@@ -42,7 +42,10 @@ pub fn run(tollgate: &Path, out: &Path, swaps: usize, mode: Mode) -> Result<Swap
     let wasm = std::fs::read(fixtures::guest("static_tokens")?)?;
     let version = |n: usize| -> Result<[(String, Vec<u8>); 2]> {
         Ok([
-            ("10-static-tokens.wasm".to_string(), with_custom_section(&wasm, "tollgate-bench-version", n.to_string().as_bytes())),
+            (
+                "10-static-tokens.wasm".to_string(),
+                with_custom_section(&wasm, "tollgate-bench-version", n.to_string().as_bytes()),
+            ),
             ("10-static-tokens.toml".to_string(), manifest(n)?.into_bytes()),
         ])
     };

@@ -52,7 +52,13 @@ pub fn render(out: &Path) -> Result<String> {
         md,
         "Machine: {} CPUs ({}), Linux {}, {}; load average {} at the start, {} at the end. \
          Busiest processes at the start: {}. The load generator (wrk) runs on the same cores.\n",
-        machine.cpus, machine.cpu_model, machine.kernel, machine.rustc, machine.loadavg_start, machine.loadavg_end, machine.busy_at_start
+        machine.cpus,
+        machine.cpu_model,
+        machine.kernel,
+        machine.rustc,
+        machine.loadavg_start,
+        machine.loadavg_end,
+        machine.busy_at_start
     )?;
 
     // End to end.
@@ -82,7 +88,10 @@ pub fn render(out: &Path) -> Result<String> {
                 mine.iter().map(|r| r.errors).sum::<u64>()
             )?;
         }
-        writeln!(md, "| (d) a Python or JavaScript plugin in reuse mode | — | — | — | — | — | not measured: reuse mode has not landed |")?;
+        writeln!(
+            md,
+            "| (d) a Python or JavaScript plugin in reuse mode | — | — | — | — | — | not measured: reuse mode has not landed |"
+        )?;
         let ratio = |a: &str, b: &str| -> Option<(f64, Vec<f64>)> {
             let per_round: Vec<f64> = (1..=rounds)
                 .filter_map(|round| {
@@ -95,10 +104,20 @@ pub fn render(out: &Path) -> Result<String> {
         writeln!(md)?;
         writeln!(md, "Throughput ratios, per round (same round = minutes apart), median of rounds:\n")?;
         if let Some((r, all)) = ratio("tollgate", "ceiling") {
-            writeln!(md, "- (a)/(b) tollgate / ceiling = **{r:.2}** (rounds: {}) — target ≥ 0.80: **{}**", fmt_list(&all, 2), met(r >= 0.8))?;
+            writeln!(
+                md,
+                "- (a)/(b) tollgate / ceiling = **{r:.2}** (rounds: {}) — target ≥ 0.80: **{}**",
+                fmt_list(&all, 2),
+                met(r >= 0.8)
+            )?;
         }
         if let Some((r, all)) = ratio("tollgate", "flask") {
-            writeln!(md, "- (a)/(c) tollgate / Flask = **{r:.0}×** (rounds: {}) — target ≥ 100×: **{}**", fmt_list(&all, 0), met(r >= 100.0))?;
+            writeln!(
+                md,
+                "- (a)/(c) tollgate / Flask = **{r:.0}×** (rounds: {}) — target ≥ 100×: **{}**",
+                fmt_list(&all, 0),
+                met(r >= 100.0)
+            )?;
         }
         if let Some((r, all)) = ratio("tollgate-audit-file", "tollgate") {
             writeln!(md, "- audit log to a file / off = {r:.2} (rounds: {})", fmt_list(&all, 2))?;
@@ -158,8 +177,17 @@ pub fn render(out: &Path) -> Result<String> {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let p50 = v["cases"]["chain_static_tokens_wasm"]["p50_us"].as_f64().unwrap_or(f64::NAN);
         writeln!(md)?;
-        writeln!(md, "- Wasm / native, static-tokens: **{:.1}×**; the two-plugin chain: **{:.1}×** (p50 over p50)", f("static_tokens_wasm_over_native"), f("both_wasm_over_native"))?;
-        writeln!(md, "- per-review cost of the Rust chain (static-tokens) ≤ 15 µs median: **{p50:.1} µs — {}**", met(p50 <= 15.0))?;
+        writeln!(
+            md,
+            "- Wasm / native, static-tokens: **{:.1}×**; the two-plugin chain: **{:.1}×** (p50 over p50)",
+            f("static_tokens_wasm_over_native"),
+            f("both_wasm_over_native")
+        )?;
+        writeln!(
+            md,
+            "- per-review cost of the Rust chain (static-tokens) ≤ 15 µs median: **{p50:.1} µs — {}**",
+            met(p50 <= 15.0)
+        )?;
         writeln!(
             md,
             "- tuning, p50 ratios side by side (< 1 is faster): lazy WASI (the default now) / seed = {:.2} for the chain of two, {:.2} for a fresh instance alone; memory_init_cow(false) / default = {:.2} (not adopted)\n",
@@ -172,7 +200,10 @@ pub fn render(out: &Path) -> Result<String> {
     // Reload.
     if let Some(all) = read::<Vec<Swaps>>(out, "reload.json") {
         writeln!(md, "### Hot reload: from the first write to the first review answered by the new version\n")?;
-        writeln!(md, "| swap (static-tokens, 87 KB, recompiled each time) | swaps | median ms | p90 ms | worst ms | stale answers meanwhile | non-200 |")?;
+        writeln!(
+            md,
+            "| swap (static-tokens, 87 KB, recompiled each time) | swaps | median ms | p90 ms | worst ms | stale answers meanwhile | non-200 |"
+        )?;
         writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
         for s in all {
             let mut sorted = s.ms.clone();
@@ -198,10 +229,16 @@ pub fn render(out: &Path) -> Result<String> {
     // Restart.
     if let Some(all) = read::<Vec<Restarts>>(out, "restart.json") {
         writeln!(md, "### Restart: process start to the \"listening\" line and to `/readyz` 200 (`--cache-dir`)\n")?;
-        writeln!(md, "| plugin directory | cache | starts | to listening, median ms | to /readyz, median ms | worst ms |")?;
+        writeln!(
+            md,
+            "| plugin directory | cache | starts | to listening, median ms | to /readyz, median ms | worst ms |"
+        )?;
         writeln!(md, "|---|---|---:|---:|---:|---:|")?;
         for r in all {
-            for (cache, l, ready) in [("cold (empty)", &r.cold_listening_ms, &r.cold_ready_ms), ("warm", &r.warm_listening_ms, &r.warm_ready_ms)] {
+            for (cache, l, ready) in [
+                ("cold (empty)", &r.cold_listening_ms, &r.cold_ready_ms),
+                ("warm", &r.warm_listening_ms, &r.warm_ready_ms),
+            ] {
                 writeln!(
                     md,
                     "| {} ({:.1} MB) | {cache} | {} | {:.0} | {:.0} | {:.0} |",

@@ -50,7 +50,12 @@ impl Setup {
         let source = |name: &str, guest: &str, manifest: String| -> Result<PluginSource> {
             let wasm_path = fixtures::guest_in(guests, guest)?;
             let wasm = std::fs::read(&wasm_path)?.into();
-            Ok(PluginSource { name: name.into(), wasm_path, wasm, manifest: Some((PathBuf::from(format!("{name}.toml")), manifest)) })
+            Ok(PluginSource {
+                name: name.into(),
+                wasm_path,
+                wasm,
+                manifest: Some((PathBuf::from(format!("{name}.toml")), manifest)),
+            })
         };
         let st = source("10-static-tokens", "static_tokens", fixtures::static_tokens_manifest()?)?;
         let gm = source("50-group-mapper", "group_mapper", fixtures::group_mapper_manifest()?)?;
@@ -163,7 +168,7 @@ fn main() -> Result<()> {
     }
 
     // Profiling aid: `TOLLGATE_BENCH_PROFILE=KEY` runs one case for 10 s and nothing else.
-    if let Some(key) = std::env::var("TOLLGATE_BENCH_PROFILE").ok() {
+    if let Ok(key) = std::env::var("TOLLGATE_BENCH_PROFILE") {
         let case = cases.iter_mut().find(|c| c.key == key).context("no such case")?;
         let started = Instant::now();
         let mut n = 0u64;
@@ -240,19 +245,23 @@ fn main() -> Result<()> {
     println!("ratios (p50): {ratios:#}");
     let out = out_dir();
     std::fs::create_dir_all(&out)?;
-    let summary = json!({"rounds": rounds, "batch": batch, "seconds": interleaved_secs, "cases": results, "ratios": ratios});
+    let summary =
+        json!({"rounds": rounds, "batch": batch, "seconds": interleaved_secs, "cases": results, "ratios": ratios});
     std::fs::write(out.join("inprocess.json"), serde_json::to_vec_pretty(&summary)?)?;
     println!("wrote {}", out.join("inprocess.json").display());
     Ok(())
 }
 
 fn out_dir() -> PathBuf {
-    std::env::var_os("TOLLGATE_BENCH_OUT").map(PathBuf::from).unwrap_or_else(|| fixtures::repo_root().join("target/bench"))
+    std::env::var_os("TOLLGATE_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| fixtures::repo_root().join("target/bench"))
 }
 
 /// criterion's median estimate (µs) of each case, from `$CRITERION_HOME/review/KEY/new/estimates.json`.
 fn read_criterion_medians<'a>(keys: impl Iterator<Item = &'a str>) -> std::collections::HashMap<String, f64> {
-    let home = std::env::var_os("CRITERION_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/criterion"));
+    let home =
+        std::env::var_os("CRITERION_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/criterion"));
     keys.filter_map(|k| {
         let text = std::fs::read_to_string(home.join("review").join(k).join("new/estimates.json")).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;

@@ -76,7 +76,8 @@ pub struct Tuning {
 
 impl Tuning {
     /// The settings tollgate shipped with before issue 6 (kept to measure against).
-    pub const SEED: Tuning = Tuning { keep_resident: 2 << 20, pagemap_scan: true, memory_init_cow: true, lazy_wasi: false };
+    pub const SEED: Tuning =
+        Tuning { keep_resident: 2 << 20, pagemap_scan: true, memory_init_cow: true, lazy_wasi: false };
     /// The measured best (BENCHMARKS.md): the seed's pool settings, and WASI built lazily.
     pub const DEFAULT: Tuning = Tuning { lazy_wasi: true, ..Tuning::SEED };
 }

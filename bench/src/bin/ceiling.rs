@@ -75,13 +75,17 @@ async fn authenticate(State(chain): State<Arc<NativeChain>>, body: Bytes) -> Res
             username: u.username,
             uid: u.uid,
             groups: u.groups,
-            extra: u.extra.into_iter().fold(Default::default(), |mut m: std::collections::BTreeMap<_, Vec<_>>, (k, v)| {
-                m.entry(k).or_default().extend(v);
-                m
-            }),
+            extra: u.extra.into_iter().fold(
+                Default::default(),
+                |mut m: std::collections::BTreeMap<_, Vec<_>>, (k, v)| {
+                    m.entry(k).or_default().extend(v);
+                    m
+                },
+            ),
         }),
     };
-    let body = serde_json::to_vec(&Answer { api_version: &api_version, kind: "TokenReview", status }).unwrap_or_default();
+    let body =
+        serde_json::to_vec(&Answer { api_version: &api_version, kind: "TokenReview", status }).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
