@@ -8,7 +8,7 @@ PLUGINS_DIR := target/plugins
 TOLLGATE := target/release/tollgate
 LANGUAGES := python js c go
 
-.PHONY: run plugins languages test build toolchain clean
+.PHONY: run plugins languages test build toolchain clean bench
 
 ## Installs the guest target when missing (rust-toolchain.toml does not install targets).
 toolchain:
@@ -54,3 +54,35 @@ test: toolchain languages
 
 clean:
 	$(CARGO) clean
+
+## Benchmarks (issues 6 and 3): in-process figures (criterion), end to end over loopback HTTP
+## (wrk; tollgate vs a bare axum ceiling vs the seed's Flask server), hot reload and restart.
+## Prints one table and writes it into BENCHMARKS.md. Installs what it needs first: wrk (apt),
+## Flask and componentize-py (pip, into target/bench/venv). 5-6 minutes once built.
+BENCH_OUT := $(CURDIR)/target/bench
+BENCH_BIN := $(BENCH_OUT)/bin
+BENCH_PY := $(BENCH_OUT)/venv/bin/python3
+BENCH_TARGET := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+BENCH_ARGS ?=
+bench: toolchain
+	@mkdir -p $(BENCH_OUT) && date +%s.%N > $(BENCH_OUT)/make-started
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@test -x $(BENCH_PY) || python3 -m venv $(BENCH_OUT)/venv
+	@$(BENCH_PY) -c 'import flask' 2>/dev/null || $(BENCH_PY) -m pip install -q flask
+	@test -x $(BENCH_OUT)/venv/bin/componentize-py || $(BENCH_PY) -m pip install -q componentize-py==0.25.1 \
+		|| echo "componentize-py unavailable: the restart benchmark skips the large component"
+	cd plugins && env -u CARGO_TARGET_DIR $(CARGO) build --release
+	$(CARGO) build --release -p tollgate -p tollgate-bench
+	@# Private copies: the shared target dir may be rebuilt from another branch meanwhile.
+	mkdir -p $(BENCH_BIN) && cp $(BENCH_TARGET)/release/tollgate $(BENCH_TARGET)/release/ceiling \
+		$(BENCH_TARGET)/release/tollgate-bench $(BENCH_BIN)/
+	@test -s $(BENCH_OUT)/large-python.wasm || ! test -x $(BENCH_OUT)/venv/bin/componentize-py \
+		|| (cd bench/fixtures/python-abstain && PYTHONDONTWRITEBYTECODE=1 $(BENCH_OUT)/venv/bin/componentize-py \
+			-d $(CURDIR)/wit -w policy componentize app -o $(BENCH_OUT)/large-python.wasm)
+	$(BENCH_BIN)/tollgate-bench start --out $(BENCH_OUT) --command "make bench" --since $(BENCH_OUT)/make-started
+	CRITERION_HOME=$(BENCH_OUT)/criterion TOLLGATE_BENCH_OUT=$(BENCH_OUT) \
+		$(CARGO) bench -p tollgate --bench review
+	$(BENCH_BIN)/tollgate-bench run --out $(BENCH_OUT) --tollgate $(BENCH_BIN)/tollgate \
+		--ceiling $(BENCH_BIN)/ceiling --python $(BENCH_PY) \
+		$$(test -s $(BENCH_OUT)/large-python.wasm && echo --large $(BENCH_OUT)/large-python.wasm) $(BENCH_ARGS)
+	$(BENCH_BIN)/tollgate-bench report --out $(BENCH_OUT) --markdown BENCHMARKS.md

@@ -49,6 +49,43 @@ pub struct SandboxConfig {
     pub max_memory_bytes: u64,
     /// Pooling-allocator slots: the most component instances alive at once.
     pub pool_instances: u32,
+    /// How fresh instances are made fast (see [`Tuning`]).
+    pub tuning: Tuning,
+}
+
+/// Host settings that make a fresh instance per review cheap without giving up anything of
+/// the sandbox: every instance still starts from pristine memory, under its own deadline and
+/// memory cap. Each knob was measured side by side (`make bench`, BENCHMARKS.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Bytes at the start of each linear-memory slot that stay resident between instances and
+    /// are reset in place (memset of the dirty pages) instead of being given back to the kernel
+    /// and faulted in again. 2 MiB covers what a Rust guest with a 64 KiB stack dirties.
+    pub keep_resident: usize,
+    /// Find the dirty pages of a slot with one `PAGEMAP_SCAN` ioctl (Linux >= 6.7; `Auto`
+    /// falls back on older kernels), so a reset touches only what the guest wrote.
+    pub pagemap_scan: bool,
+    /// Map a component's data segments copy-on-write into each instance (`true`, wasmtime's
+    /// default) or copy them in (`false`). Measured: no difference for the Rust examples
+    /// (ratio 0.98-1.04 in three interleaved runs), so the default stays.
+    pub memory_init_cow: bool,
+    /// Build a call's WASI context (and its stdout/stderr capture) only when the guest first
+    /// calls WASI: a policy that never prints never pays for it.
+    pub lazy_wasi: bool,
+}
+
+impl Tuning {
+    /// The settings tollgate shipped with before issue 6 (kept to measure against).
+    pub const SEED: Tuning =
+        Tuning { keep_resident: 2 << 20, pagemap_scan: true, memory_init_cow: true, lazy_wasi: false };
+    /// The measured best (BENCHMARKS.md): the seed's pool settings, and WASI built lazily.
+    pub const DEFAULT: Tuning = Tuning { lazy_wasi: true, ..Tuning::SEED };
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl Default for SandboxConfig {
@@ -59,6 +96,7 @@ impl Default for SandboxConfig {
             // Each slot reserves address space, not memory; 1000 is wasmtime's default and far
             // above the review concurrency bound.
             pool_instances: 1000,
+            tuning: Tuning::DEFAULT,
         }
     }
 }
@@ -68,6 +106,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     pooling: bool,
+    lazy_wasi: bool,
 }
 
 /// A compiled component that fits the world, ready to instantiate.
@@ -153,7 +192,7 @@ impl Sandbox {
         bindings::Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("linking tollgate:policy/host")?;
-        Ok(Self { engine, linker, pooling })
+        Ok(Self { engine, linker, pooling, lazy_wasi: cfg.tuning.lazy_wasi })
     }
 
     pub fn pooling(&self) -> bool {
@@ -227,26 +266,7 @@ impl Sandbox {
             return Err(Failure::Deadline);
         }
         let scrubber = Scrubber::new(scrub_token);
-        let stdout = Capture::new(scrub_token.len());
-        let stderr = Capture::new(scrub_token.len());
-        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
-        let state = HostState {
-            wasi,
-            table: ResourceTable::new(),
-            limits: GuestLimits { cap: env.memory_bytes as usize, used: 0, exceeded: false },
-            env: env.clone(),
-            request_id: request_id.to_owned(),
-            token: scrub_token.to_owned(),
-            log_lines: 0,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        // A deadline is counted in whole ticks from the current epoch, and the next tick may come
-        // at any moment: one more tick than the budget holds means a call is never cut short
-        // (it may run up to one tick over). Never 0: that traps at once.
-        let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-
+        let mut store = self.store(env, request_id, scrub_token, budget);
         let result =
             code.pre.instantiate(&mut store).map_err(|e| classify(e, &store, &scrubber, true)).and_then(|instance| {
                 instance
@@ -254,8 +274,10 @@ impl Sandbox {
                     .call_authenticate(&mut store, review)
                     .map_err(|e| classify(e, &store, &scrubber, false))
             });
-        emit_output(&store, "stdout", &stdout, &scrubber);
-        emit_output(&store, "stderr", &stderr, &scrubber);
+        if let Some(wasi) = &store.data().wasi {
+            emit_output(&store, "stdout", &wasi.stdout, &scrubber);
+            emit_output(&store, "stderr", &wasi.stderr, &scrubber);
+        }
         let decision = result?;
         crate::guardrails::GrantLimits::DEFAULT.check_decision(&decision).map_err(Failure::Oversized)?;
         Ok(match decision {
@@ -263,6 +285,39 @@ impl Sandbox {
             Decision::Unavailable(r) => Decision::Unavailable(scrubber.clean(&r, REASON_BYTES)),
             other => other,
         })
+    }
+
+    /// A fresh store for one call: limits, deadline and (unless lazy) WASI.
+    fn store(&self, env: &Arc<PluginEnv>, request_id: &str, scrub_token: &str, budget: Duration) -> Store<HostState> {
+        let mut state = HostState {
+            wasi: None,
+            table: ResourceTable::new(),
+            limits: GuestLimits { cap: env.memory_bytes as usize, used: 0, exceeded: false },
+            env: env.clone(),
+            request_id: request_id.to_owned(),
+            token: scrub_token.to_owned(),
+            log_lines: 0,
+        };
+        if !self.lazy_wasi {
+            state.wasi = Some(Box::new(GuestWasi::new(scrub_token.len())));
+        }
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // A deadline is counted in whole ticks from the current epoch, and the next tick may come
+        // at any moment: one more tick than the budget holds means a call is never cut short
+        // (it may run up to one tick over). Never 0: that traps at once.
+        let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store
+    }
+
+    /// Makes a fresh store and instance of `code` and drops them without calling the guest: the
+    /// fixed cost of the fresh-instance-per-review strategy. For benchmarks.
+    #[doc(hidden)]
+    pub fn instantiate_only(&self, code: &Code, env: &Arc<PluginEnv>) -> Result<(), Failure> {
+        let scrubber = Scrubber::new("");
+        let mut store = self.store(env, "bench", "", env.timeout);
+        code.pre.instantiate(&mut store).map(drop).map_err(|e| classify(e, &store, &scrubber, true))
     }
 }
 
@@ -288,10 +343,12 @@ fn engine_config(cfg: &SandboxConfig, pooling: bool) -> Config {
         // ioctl + memset of the dirty pages) instead of madvise + page faults on the next
         // instance: measured 26 µs -> 7 µs per fresh instance of a Rust guest (TOOLCHAINS.md).
         // `Auto` because the ioctl needs Linux 6.7.
-        pool.pagemap_scan(Enabled::Auto);
-        pool.linear_memory_keep_resident(2 << 20);
+        let t = &cfg.tuning;
+        pool.pagemap_scan(if t.pagemap_scan { Enabled::Auto } else { Enabled::No });
+        pool.linear_memory_keep_resident(t.keep_resident);
         pool.table_keep_resident(4096);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.memory_init_cow(t.memory_init_cow);
     }
     config
 }
@@ -320,7 +377,8 @@ fn start_ticker(engine: &Engine) {
 
 /// The store's data: WASI with nothing granted, the memory limiter, and what `host.*` needs.
 struct HostState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call (see [`Tuning::lazy_wasi`]).
+    wasi: Option<Box<GuestWasi>>,
     table: ResourceTable,
     limits: GuestLimits,
     env: Arc<PluginEnv>,
@@ -329,9 +387,29 @@ struct HostState {
     log_lines: usize,
 }
 
+/// A call's WASI p2 with nothing granted: no files, environment, arguments or sockets; stdout
+/// and stderr captured for the log.
+struct GuestWasi {
+    ctx: WasiCtx,
+    stdout: Capture,
+    stderr: Capture,
+}
+
+impl GuestWasi {
+    /// `token_len`: the capture keeps that much slack so the scrubber sees a token cut by the cap.
+    fn new(token_len: usize) -> Self {
+        let stdout = Capture::new(token_len);
+        let stderr = Capture::new(token_len);
+        let ctx = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        Self { ctx, stdout, stderr }
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let token_len = self.token.len();
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new(token_len)));
+        WasiCtxView { ctx: &mut wasi.ctx, table: &mut self.table }
     }
 }
 

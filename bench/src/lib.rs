@@ -1,0 +1,21 @@
+//! Benchmarks of tollgate (`make bench`; see BENCHMARKS.md).
+//!
+//! - [`fixtures`]: the plugin directory, token and TokenReview every benchmark uses, so the
+//!   in-process, end-to-end and ceiling figures all answer the same review with the same policy.
+//! - [`native`]: the example policies' own Rust sources compiled for the machine itself — the
+//!   "same logic as a native function" the Wasm chain is compared with, and what the ceiling
+//!   server runs.
+//! - [`stats`]: percentiles and medians.
+//!
+//! The binaries: `ceiling` (a bare axum server, the end-to-end ceiling) and `tollgate-bench`
+//! (runs the load, reload and restart benchmarks against the real `tollgate` binary and writes
+//! the report).
+
+pub mod e2e;
+pub mod fixtures;
+pub mod native;
+pub mod procs;
+pub mod reload;
+pub mod report;
+pub mod restart;
+pub mod stats;
