@@ -46,13 +46,62 @@ pub struct Evaluator {
     permits: Arc<Semaphore>,
     review_timeout: Duration,
     metrics: Arc<Metrics>,
+    pool: EvalPool,
+}
+
+/// The threads guests run on: off the async runtime, so a slow plugin never stalls it. One per
+/// evaluation slot, fed by a shared queue whose workers spin briefly before they sleep: under
+/// load the next review is taken without a futex wake-up and a context switch. tokio's blocking
+/// pool (`spawn_blocking`) spent a third of the server's CPU per review on exactly that
+/// hand-off (BENCHMARKS.md).
+struct EvalPool {
+    jobs: crossbeam_channel::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl EvalPool {
+    fn new(threads: usize) -> Self {
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new().name(format!("tollgate-eval-{i}")).spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    job();
+                }
+            });
+            if let Err(e) = spawned {
+                // Fewer threads only lowers concurrency; none at all is caught below.
+                tracing::error!(error = %e, "cannot start an evaluation thread");
+            }
+        }
+        Self { jobs }
+    }
+
+    /// Runs `f` on a pool thread. `None` if it panicked (the thread survives).
+    async fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            if let Ok(r) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let _ = tx.send(r);
+            }
+        });
+        self.jobs.send(job).ok()?;
+        rx.await.ok()
+    }
 }
 
 impl Evaluator {
     /// `concurrency` reviews are evaluated at once, server-wide; the rest wait, within their
     /// deadline.
     pub fn new(sandbox: Arc<Sandbox>, concurrency: usize, review_timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        Self { sandbox, permits: Arc::new(Semaphore::new(concurrency)), review_timeout, metrics }
+        Self {
+            sandbox,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            review_timeout,
+            metrics,
+            pool: EvalPool::new(concurrency),
+        }
     }
 
     pub async fn evaluate(&self, slots: &TenantSlots, generation: Arc<Generation>, input: ReviewInput) -> Verdict {
@@ -76,7 +125,7 @@ impl Evaluator {
 
         let sandbox = self.sandbox.clone();
         let metrics = self.metrics.clone();
-        let task = tokio::task::spawn_blocking(move || {
+        let task = self.pool.run(move || {
             // The slots are held until the guest is done, even if the answer went out already.
             let _held = (admitted, permits);
             let _in_flight = InFlight::new(&metrics);
@@ -85,9 +134,9 @@ impl Evaluator {
         // The chain stops itself at the deadline (epoch interruption); this is the backstop
         // for anything that does not, with two epoch ticks of grace.
         match tokio::time::timeout_at((deadline + crate::sandbox::EPOCH_TICK * 2).into(), task).await {
-            Ok(Ok(verdict)) => verdict,
-            Ok(Err(join_error)) => {
-                tracing::error!(panicked = join_error.is_panic(), "a review evaluation did not finish");
+            Ok(Some(verdict)) => verdict,
+            Ok(None) => {
+                tracing::error!("a review evaluation panicked");
                 verdict(Outcome::Internal)
             }
             Err(_) => verdict(Outcome::Deadline),
