@@ -553,3 +553,9 @@ pub fn tls_client(ca_pem: &str, identity: Option<&Leaf>, alpn: &[&str]) -> reqwe
         .build()
         .unwrap()
 }
+
+/// A compile cache shared by the test servers of one checkout (`target/e2e-compile-cache`), so
+/// that an 18 MB Python component compiles once per run, not once per server.
+pub fn shared_compile_cache() -> String {
+    Path::new(built::ROOT).join("target/e2e-compile-cache").to_str().unwrap().to_owned()
+}

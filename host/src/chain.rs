@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::guardrails::{self, Violation};
 use crate::manifest::Role;
 use crate::plugin::{Plugin, unverified_issuer};
-use crate::sandbox::{Decision, Failure, Grant, Prior, Review, Sandbox, UserInfo};
+use crate::sandbox::{CallStats, Decision, Failure, Grant, Prior, Review, Sandbox, UserInfo};
 use crate::scrub::Scrubber;
 use crate::tenant::Generation;
 
@@ -60,6 +60,8 @@ pub struct Step {
     pub role: Role,
     pub result: StepResult,
     pub duration: Duration,
+    /// How the call got its instance (fresh or warm) and what a fresh one cost.
+    pub stats: CallStats,
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +136,7 @@ impl Run<'_> {
             if let Some(m) = &plugin.matcher {
                 let iss = issuer.get_or_init(|| unverified_issuer(&self.input.token));
                 if !m.matches(&self.input.token, iss.as_deref()) {
-                    self.record(plugin, StepResult::Skipped, Duration::ZERO);
+                    self.record(plugin, StepResult::Skipped, Duration::ZERO, CallStats::default());
                     continue;
                 }
             }
@@ -214,7 +216,7 @@ impl Run<'_> {
     #[allow(clippy::result_large_err, reason = "one per plugin call, never stored")]
     fn call(&mut self, plugin: &Plugin, review: &Review) -> Result<Decision, Outcome> {
         let started = Instant::now();
-        let result = self.sandbox.call(
+        let (result, stats) = self.sandbox.call(
             &plugin.code,
             &plugin.env,
             &self.input.request_id,
@@ -225,11 +227,11 @@ impl Run<'_> {
         let elapsed = started.elapsed();
         match result {
             Ok(decision) => {
-                self.record(plugin, StepResult::Decided(decision.clone()), elapsed);
+                self.record(plugin, StepResult::Decided(decision.clone()), elapsed, stats);
                 Ok(decision)
             }
             Err(failure) => {
-                self.record(plugin, StepResult::Failed(failure.clone()), elapsed);
+                self.record(plugin, StepResult::Failed(failure.clone()), elapsed, stats);
                 self.decided_by = Some((plugin.name.clone(), plugin.digest().to_owned()));
                 // Stopped by the review's deadline rather than its own budget: 503, not the
                 // plugin's fault.
@@ -242,8 +244,8 @@ impl Run<'_> {
         }
     }
 
-    fn record(&mut self, plugin: &Plugin, result: StepResult, duration: Duration) {
-        self.steps.push(Step { plugin: plugin.name.clone(), role: plugin.role, result, duration });
+    fn record(&mut self, plugin: &Plugin, result: StepResult, duration: Duration, stats: CallStats) {
+        self.steps.push(Step { plugin: plugin.name.clone(), role: plugin.role, result, duration, stats });
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Manifest {
     pub matcher: Option<MatchSpec>,
     #[serde(default)]
     pub limits: LimitsSpec,
+    #[serde(default)]
+    pub instances: InstancesSpec,
     /// String values only: what `host.config` returns.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -57,6 +59,20 @@ pub struct MatchSpec {
 pub struct LimitsSpec {
     pub timeout_ms: Option<u64>,
     pub memory_mib: Option<u64>,
+}
+
+/// `[instances]`: how a plugin gets its instances. A fresh one per review is the default; a heavy
+/// runtime (Python, JavaScript) may opt into warm instances, accepting that its state persists
+/// between the reviews of this one plugin.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesSpec {
+    #[serde(default)]
+    pub reuse: bool,
+    /// Reviews one warm instance serves before it is discarded (default 1000).
+    pub max_uses: Option<u32>,
+    /// Warm instances kept between reviews (default 4, at most 64).
+    pub max_idle: Option<usize>,
 }
 
 /// What a vector expects the plugin to decide.
@@ -166,6 +182,13 @@ impl Manifest {
         if self.limits.timeout_ms == Some(0) || self.limits.memory_mib == Some(0) {
             bail!("[limits] values must be positive");
         }
+        let i = &self.instances;
+        if !i.reuse && (i.max_uses.is_some() || i.max_idle.is_some()) {
+            bail!("[instances] max_uses and max_idle apply with reuse = true");
+        }
+        if i.max_uses == Some(0) || i.max_idle.is_some_and(|n| n == 0 || n > 64) {
+            bail!("[instances] max_uses must be positive and max_idle between 1 and 64");
+        }
         for (i, t) in self.tests.iter().enumerate() {
             let label = t.label(i);
             match self.role {
@@ -240,5 +263,8 @@ mod tests {
         assert!(Manifest::parse("[[test]]\nexpect = \"deny\"\nusername = \"x\"").is_err());
         assert!(Manifest::parse("role = \"mapper\"\n[[test]]\nexpect = \"abstain\"").is_err());
         assert!(Manifest::parse("[[test]]\nexpect = \"abstain\"\ncurrent = { username = \"x\" }").is_err());
+        assert!(Manifest::parse("[instances]\nmax_uses = 5").is_err(), "max_uses without reuse");
+        assert!(Manifest::parse("[instances]\nreuse = true\nmax_idle = 0").is_err());
+        assert!(Manifest::parse("[instances]\nreuse = true\nmax_idle = 4\nmax_uses = 100").is_ok());
     }
 }

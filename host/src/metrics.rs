@@ -71,6 +71,8 @@ pub struct Metrics {
     /// Requests refused before they reached a tenant (bad body, unknown path...), by HTTP code.
     pub rejected: Family<CodeLabel, Counter>,
     pub queue_wait: Histogram,
+    pub instantiation: Histogram,
+    pub warm_calls: Family<PluginLabel, Counter>,
     pub tls_handshake_failures: Counter,
     pub decision_cache: Family<LookupLabel, Counter>,
     pub decision_cache_entries: Gauge,
@@ -97,6 +99,8 @@ impl Metrics {
             generation: Family::default(),
             rejected: Family::default(),
             queue_wait: latency_histogram(),
+            instantiation: latency_histogram(),
+            warm_calls: Family::default(),
             tls_handshake_failures: Counter::default(),
             decision_cache: Family::default(),
             decision_cache_entries: Gauge::default(),
@@ -127,6 +131,16 @@ impl Metrics {
             "tollgate_rejected_requests",
             "Requests refused before evaluation, by HTTP code",
             m.rejected.clone(),
+        );
+        registry.register(
+            "tollgate_instantiation_seconds",
+            "Time to make a fresh plugin instance (Store + instantiate)",
+            m.instantiation.clone(),
+        );
+        registry.register(
+            "tollgate_warm_calls",
+            "Plugin calls served by a warm instance (reuse mode)",
+            m.warm_calls.clone(),
         );
         registry.register(
             "tollgate_queue_wait_seconds",
@@ -165,6 +179,11 @@ impl Metrics {
                     outcome: step.result.class().into(),
                 })
                 .inc();
+            if step.stats.warm {
+                self.warm_calls.get_or_create(&PluginLabel { tenant: t(), plugin: step.plugin.clone() }).inc();
+            } else if !step.stats.instantiate.is_zero() {
+                self.instantiation.observe(step.stats.instantiate.as_secs_f64());
+            }
             if !step.duration.is_zero() {
                 self.plugin_duration
                     .get_or_create(&PluginLabel { tenant: t(), plugin: step.plugin.clone() })

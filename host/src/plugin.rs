@@ -14,7 +14,7 @@ use base64::Engine as _;
 
 use crate::compile_cache::DiskCache;
 use crate::manifest::{Manifest, Role, TestVector};
-use crate::sandbox::{Code, PluginEnv, Sandbox};
+use crate::sandbox::{Code, PluginEnv, Sandbox, WarmPool};
 use crate::vectors;
 
 /// Server-wide defaults and maxima for plugins (SPEC §7).
@@ -165,6 +165,11 @@ impl Loader {
                 config: manifest.config,
                 timeout,
                 memory_bytes,
+                // Each load makes its own pool: a reload never hands a new generation an old
+                // generation's instances, and no pool is shared across tenants.
+                warm: manifest.instances.reuse.then(|| {
+                    WarmPool::new(manifest.instances.max_idle.unwrap_or(4), manifest.instances.max_uses.unwrap_or(1000))
+                }),
             }),
             code,
             tests: manifest.tests,

@@ -8,7 +8,7 @@
 mod output;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -126,6 +126,66 @@ pub struct PluginEnv {
     pub config: BTreeMap<String, String>,
     pub timeout: Duration,
     pub memory_bytes: u64,
+    /// Warm instances of this plugin (manifest `[instances] reuse = true`); `None`: a fresh
+    /// instance per call, the default.
+    pub warm: Option<Arc<WarmPool>>,
+}
+
+/// Warm instances of one plugin in one tenant and generation (never shared by digest across
+/// tenants), for heavy runtimes whose fresh instance costs a millisecond (Python, JavaScript).
+/// The trade-off, which the manifest opts into: a guest's state (globals, caches — and whatever
+/// it kept of an earlier review) persists from one review of this plugin to the next. An
+/// instance is discarded after any trap, after `max_uses` reviews, and with its generation.
+pub struct WarmPool {
+    idle: Mutex<Vec<Warm>>,
+    max_idle: usize,
+    max_uses: u32,
+}
+
+impl std::fmt::Debug for WarmPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmPool").field("max_idle", &self.max_idle).field("max_uses", &self.max_uses).finish()
+    }
+}
+
+struct Warm {
+    store: Store<HostState>,
+    instance: bindings::Policy,
+    uses: u32,
+}
+
+impl WarmPool {
+    pub fn new(max_idle: usize, max_uses: u32) -> Arc<Self> {
+        Arc::new(Self { idle: Mutex::new(Vec::new()), max_idle, max_uses })
+    }
+
+    fn take(&self) -> Option<Warm> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn give_back(&self, warm: Warm) {
+        if warm.uses >= self.max_uses {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(warm);
+        }
+    }
+
+    /// Instances waiting for a review.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// How a call got its instance, for metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallStats {
+    /// Time to make a fresh instance (zero for a warm one).
+    pub instantiate: Duration,
+    /// A warm instance served the call.
+    pub warm: bool,
 }
 
 /// Why a call produced no decision. Every case fails the review closed.
@@ -249,8 +309,9 @@ impl Sandbox {
         Ok(Code { pre, digest, size, compile_time })
     }
 
-    /// Runs one plugin on one review in a fresh instance. `deadline` is the review's: the call's
-    /// budget is the plugin's timeout or what remains of the review, whichever ends first.
+    /// Runs one plugin on one review in a fresh instance (or a warm one, if the plugin reuses
+    /// them). `deadline` is the review's: the call's budget is the plugin's timeout or what
+    /// remains of the review, whichever ends first.
     pub fn call(
         &self,
         code: &Code,
@@ -259,32 +320,55 @@ impl Sandbox {
         review: &Review,
         scrub_token: &str,
         deadline: Instant,
-    ) -> Result<Decision, Failure> {
+    ) -> (Result<Decision, Failure>, CallStats) {
+        let mut stats = CallStats::default();
         let now = Instant::now();
         let budget = env.timeout.min(deadline.saturating_duration_since(now));
         if budget.is_zero() {
-            return Err(Failure::Deadline);
+            return (Err(Failure::Deadline), stats);
         }
         let scrubber = Scrubber::new(scrub_token);
-        let mut store = self.store(env, request_id, scrub_token, budget);
-        let result =
-            code.pre.instantiate(&mut store).map_err(|e| classify(e, &store, &scrubber, true)).and_then(|instance| {
-                instance
-                    .tollgate_policy_authenticator()
-                    .call_authenticate(&mut store, review)
-                    .map_err(|e| classify(e, &store, &scrubber, false))
-            });
+        let (mut store, instance, uses) = match env.warm.as_ref().and_then(|w| w.take()) {
+            Some(Warm { mut store, instance, uses }) => {
+                store.data_mut().begin(request_id, scrub_token);
+                store.set_epoch_deadline(deadline_ticks(budget));
+                stats.warm = true;
+                (store, instance, uses)
+            }
+            None => {
+                let mut store = self.store(env, request_id, scrub_token, budget);
+                let started = Instant::now();
+                let instance = code.pre.instantiate(&mut store);
+                stats.instantiate = started.elapsed();
+                match instance {
+                    Ok(instance) => (store, instance, 0),
+                    Err(e) => return (Err(classify(e, &store, &scrubber, true)), stats),
+                }
+            }
+        };
+        let result = instance
+            .tollgate_policy_authenticator()
+            .call_authenticate(&mut store, review)
+            .map_err(|e| classify(e, &store, &scrubber, false));
         if let Some(wasi) = &store.data().wasi {
             emit_output(&store, "stdout", &wasi.stdout, &scrubber);
             emit_output(&store, "stderr", &wasi.stderr, &scrubber);
         }
-        let decision = result?;
-        crate::guardrails::GrantLimits::DEFAULT.check_decision(&decision).map_err(Failure::Oversized)?;
-        Ok(match decision {
+        let decision = match result {
+            Ok(decision) => decision,
+            // A trapped instance is poisoned: it is dropped here, never reused.
+            Err(failure) => return (Err(failure), stats),
+        };
+        if let Some(warm) = &env.warm {
+            warm.give_back(Warm { store, instance, uses: uses + 1 });
+        }
+        let checked = crate::guardrails::GrantLimits::DEFAULT.check_decision(&decision).map_err(Failure::Oversized);
+        let decision = checked.map(|()| match decision {
             Decision::Deny(r) => Decision::Deny(scrubber.clean(&r, REASON_BYTES)),
             Decision::Unavailable(r) => Decision::Unavailable(scrubber.clean(&r, REASON_BYTES)),
             other => other,
-        })
+        });
+        (decision, stats)
     }
 
     /// A fresh store for one call: limits, deadline and (unless lazy) WASI.
@@ -299,15 +383,11 @@ impl Sandbox {
             log_lines: 0,
         };
         if !self.lazy_wasi {
-            state.wasi = Some(Box::new(GuestWasi::new(scrub_token.len())));
+            state.wasi = Some(Box::new(GuestWasi::new()));
         }
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        // A deadline is counted in whole ticks from the current epoch, and the next tick may come
-        // at any moment: one more tick than the budget holds means a call is never cut short
-        // (it may run up to one tick over). Never 0: that traps at once.
-        let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(deadline_ticks(budget));
         store
     }
 
@@ -319,6 +399,13 @@ impl Sandbox {
         let mut store = self.store(env, "bench", "", env.timeout);
         code.pre.instantiate(&mut store).map(drop).map_err(|e| classify(e, &store, &scrubber, true))
     }
+}
+
+/// A deadline is counted in whole ticks from the current epoch, and the next tick may come at any
+/// moment: one more tick than the budget holds means a call is never cut short (it may run up
+/// to one tick over). Never 0: that traps at once.
+fn deadline_ticks(budget: Duration) -> u64 {
+    budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
 }
 
 /// `sha256:<hex>` of a component's bytes: its identity in caches, `/status` and audit lines.
@@ -396,10 +483,9 @@ struct GuestWasi {
 }
 
 impl GuestWasi {
-    /// `token_len`: the capture keeps that much slack so the scrubber sees a token cut by the cap.
-    fn new(token_len: usize) -> Self {
-        let stdout = Capture::new(token_len);
-        let stderr = Capture::new(token_len);
+    fn new() -> Self {
+        let stdout = Capture::new();
+        let stderr = Capture::new();
         let ctx = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
         Self { ctx, stdout, stderr }
     }
@@ -407,9 +493,18 @@ impl GuestWasi {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let token_len = self.token.len();
-        let wasi = self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new(token_len)));
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new()));
         WasiCtxView { ctx: &mut wasi.ctx, table: &mut self.table }
+    }
+}
+
+impl HostState {
+    /// A warm instance's next call: its own request id and token, a fresh log budget.
+    fn begin(&mut self, request_id: &str, token: &str) {
+        request_id.clone_into(&mut self.request_id);
+        token.clone_into(&mut self.token);
+        self.log_lines = 0;
+        self.limits.exceeded = false;
     }
 }
 
@@ -472,12 +567,22 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, scrubber: &Scrubber,
         Some(wasmtime::Trap::StackOverflow) => return Failure::StackOverflow,
         _ => {}
     }
-    let message = scrubber.clean(&format!("{err:#}"), REASON_BYTES);
+    let message = scrubber.clean(&trap_message(&err), REASON_BYTES);
     if instantiating && err.downcast_ref::<wasmtime::Trap>().is_none() {
         Failure::Instantiate(message)
     } else {
         Failure::Trap(message)
     }
+}
+
+/// The cause first, then where: a long backtrace must not push the cause past the length cap.
+fn trap_message(err: &wasmtime::Error) -> String {
+    let cause = err.root_cause().to_string();
+    let frames: Vec<&str> = err
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| bt.frames().iter().filter_map(|f| f.func_name()).take(6).collect())
+        .unwrap_or_default();
+    if frames.is_empty() { cause } else { format!("{cause} (in {})", frames.join(" <- ")) }
 }
 
 fn emit_output(store: &Store<HostState>, stream: &'static str, capture: &Capture, scrubber: &Scrubber) {

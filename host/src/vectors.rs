@@ -62,9 +62,10 @@ fn decide(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, over
     let env = if overlay && !t.config.is_empty() {
         let mut config = plugin.env.config.clone();
         config.extend(t.config.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Arc::new(PluginEnv { config, ..PluginEnv::clone(&plugin.env) })
+        Arc::new(PluginEnv { config, warm: None, ..PluginEnv::clone(&plugin.env) })
     } else {
-        plugin.env.clone()
+        // Vectors always run in fresh instances, never in (or into) a warm pool.
+        Arc::new(PluginEnv { warm: None, ..PluginEnv::clone(&plugin.env) })
     };
     let review = Review {
         token: t.token.clone(),
@@ -76,9 +77,8 @@ fn decide(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, over
         attributes: vec![],
     };
     let deadline = Instant::now() + env.timeout;
-    sandbox
-        .call(&plugin.code, &env, &review.request_id.clone(), &review, &t.token, deadline)
-        .map_err(|f| format!("the plugin {f}"))
+    let (decision, _) = sandbox.call(&plugin.code, &env, &review.request_id, &review, &t.token, deadline);
+    decision.map_err(|f| format!("the plugin {f}"))
 }
 
 fn prior(spec: &GrantSpec) -> Prior {

@@ -48,6 +48,11 @@ fn limits(lang: &str, name: &str) -> String {
 /// The chain of chain.rs: static-tokens knowing ALICE and BOB, then the group mapper with the
 /// manifest shipped beside it. `lang` None is the Rust pair.
 fn chain_dir(lang: Option<&str>) -> PluginDir {
+    chain_dir_in(lang, "")
+}
+
+/// As [`chain_dir`], with `instances` (an `[instances]` table, or "") appended to both manifests.
+fn chain_dir_in(lang: Option<&str>, instances: &str) -> PluginDir {
     let dir = PluginDir::new();
     match lang {
         None => {
@@ -61,12 +66,12 @@ fn chain_dir(lang: Option<&str>) -> PluginDir {
             dir.add(
                 "10-static-tokens",
                 &component(lang, "static-tokens"),
-                &static_tokens_manifest(&limits(lang, "static-tokens")),
+                &(static_tokens_manifest(&limits(lang, "static-tokens")) + instances),
             )
-            .example(
+            .add(
                 "50-group-mapper",
                 &component(lang, "group-mapper"),
-                &shipped_manifest(lang, "group-mapper"),
+                &(std::fs::read_to_string(shipped_manifest(lang, "group-mapper")).unwrap() + instances),
             );
         }
     }
@@ -75,10 +80,23 @@ fn chain_dir(lang: Option<&str>) -> PluginDir {
 
 const UNKNOWN: &str = "e2e-token-nobody-3c9d0e1f2a4b";
 
+/// Warm instances (`[instances] reuse = true`), the mode heavy runtimes are meant to run in.
+const REUSE: &str = "\n[instances]\nreuse = true\n";
+
 fn answers_like_the_rust_pair(lang: &str) {
-    let (rust_dir, dir) = (chain_dir(None), chain_dir(Some(lang)));
+    let rust_dir = chain_dir(None);
     let rust = Server::start(rust_dir.path(), &[]);
-    let server = Server::start(dir.path(), &[]);
+    for instances in ["", REUSE] {
+        let dir = chain_dir_in(Some(lang), instances);
+        // A compile cache shared by the test servers: each language compiles once per run.
+        let server = Server::start(dir.path(), &["--cache-dir", &shared_compile_cache()]);
+        answers_like(lang, &rust, &server);
+        let warm = server.get("/metrics").body.lines().any(|l| l.starts_with("tollgate_warm_calls_total"));
+        assert_eq!(warm, instances == REUSE, "{lang}: warm instances used iff reuse is on");
+    }
+}
+
+fn answers_like(lang: &str, rust: &Server, server: &Server) {
     let alice = json!({"authenticated": true, "user": {
         "username": "alice", "uid": "1001",
         "groups": ["demo:admins", "demo:dev-web", "demo:authenticated"],
@@ -94,7 +112,7 @@ fn answers_like_the_rust_pair(lang: &str) {
         }
     }
 
-    // Several reviews in a row and side by side, each on fresh instances: always the same answers.
+    // Several reviews in a row and side by side (fresh or warm instances): always the same answers.
     for round in 0..20 {
         let (token, want) = [(ALICE, &alice), (BOB, &bob), (UNKNOWN, &nobody)][round % 3];
         let version = VERSIONS[round % 2];

@@ -16,6 +16,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// and some debugging output; the rest is counted and dropped.
 pub const CAPTURE_BYTES: usize = 8 * 1024;
 
+/// Longer than any token a review can carry (the body limit's default is 64 KiB).
+const TOKEN_SLACK: usize = 64 * 1024;
+
 /// What a write may hand over at once (a WASI "permit").
 const WRITE_PERMIT: usize = 64 * 1024;
 
@@ -34,10 +37,10 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// `slack` is the token's length: the buffer keeps that much more, so the scrubber sees any
-    /// token that starts before the cap, and only then is the text capped.
-    pub fn new(slack: usize) -> Self {
-        Self { inner: Arc::default(), limit: CAPTURE_BYTES + slack }
+    /// The buffer keeps [`TOKEN_SLACK`] more than it logs, so the scrubber sees whole any token
+    /// that starts before the cap, and only then is the text capped.
+    pub fn new() -> Self {
+        Self { inner: Arc::default(), limit: CAPTURE_BYTES + TOKEN_SLACK }
     }
 
     /// Takes what was written, and how many bytes were dropped.
@@ -107,11 +110,17 @@ mod tests {
 
     #[test]
     fn keeps_a_bounded_prefix_and_counts_the_rest() {
-        let c = Capture::new(0);
+        let c = Capture::new();
         let mut s = c.clone();
         OutputStream::write(&mut s, Bytes::from(vec![b'a'; CAPTURE_BYTES + 10])).unwrap();
         let (bytes, dropped) = c.take();
-        assert_eq!(bytes.len(), CAPTURE_BYTES);
-        assert_eq!(dropped, 10);
+        assert_eq!(bytes.len(), CAPTURE_BYTES + 10);
+        assert_eq!(dropped, 0);
+        OutputStream::write(&mut s, Bytes::from(vec![b'a'; TOKEN_SLACK])).unwrap();
+        let (bytes, dropped) = c.take();
+        assert_eq!(bytes.len(), CAPTURE_BYTES + TOKEN_SLACK);
+        assert_eq!(dropped, 0);
+        OutputStream::write(&mut s, Bytes::from(vec![b'a'; CAPTURE_BYTES + TOKEN_SLACK + 10])).unwrap();
+        assert_eq!(c.take().1, 10);
     }
 }

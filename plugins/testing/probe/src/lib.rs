@@ -11,6 +11,9 @@ use tollgate_sdk::{Decision, Grant, Level, Policy, Review, config, log};
 
 pub struct Probe;
 
+/// Calls served by this instance (state that only a warm instance keeps).
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn cfg(key: &str) -> String {
     config(key).unwrap_or_default()
 }
@@ -45,6 +48,15 @@ impl Policy for Probe {
         let token = review.token.clone();
         match cfg("action").as_str() {
             "allow" | "map" => Decision::Allow(configured_grant(&review)),
+            // Counts the calls this instance served: 1 in a fresh instance, growing in a warm one;
+            // traps on call `trap_at` (if set), to show a trapped instance is never reused.
+            "count" => {
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if cfg("trap_at").parse() == Ok(n) {
+                    panic!("probe trapped on call {n} on purpose");
+                }
+                Decision::Allow(Grant::user(format!("call-{n}")))
+            }
             "deny" => Decision::deny(cfg("reason")),
             "abstain" => Decision::Abstain,
             "unavailable" => Decision::unavailable(cfg("reason")),
