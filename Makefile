@@ -72,6 +72,7 @@ bench: toolchain
 	@test -x $(BENCH_OUT)/venv/bin/componentize-py || $(BENCH_PY) -m pip install -q componentize-py==0.25.1 \
 		|| echo "componentize-py unavailable: the restart benchmark skips the large component"
 	cd plugins && env -u CARGO_TARGET_DIR $(CARGO) build --release
+	plugins/languages.sh python
 	$(CARGO) build --release -p tollgate -p tollgate-bench
 	@# Private copies: the shared target dir may be rebuilt from another branch meanwhile.
 	mkdir -p $(BENCH_BIN) && cp $(BENCH_TARGET)/release/tollgate $(BENCH_TARGET)/release/ceiling \

@@ -32,7 +32,7 @@ pub struct Settings {
 }
 
 /// The configurations, in the order of a round.
-pub const CONFIGS: [(&str, &str); 5] = [
+pub const CONFIGS: [(&str, &str); 8] = [
     (
         "tollgate",
         "(a) tollgate, Rust chain (static-tokens + group-mapper), fresh instance per call, decision cache off, --audit-log off",
@@ -40,6 +40,12 @@ pub const CONFIGS: [(&str, &str); 5] = [
     ("ceiling", "(b) ceiling: bare axum, same TokenReview JSON, same policy code compiled natively"),
     ("flask", "(c) seed Flask server: python3 webhook.py (Werkzeug dev server, debug=True as written)"),
     ("tollgate-audit-file", "(a) with --audit-log FILE (one JSON line per review, appended to a file)"),
+    ("tollgate-cache", "(a) with the decision cache on (--cache-ttl 60s): every review after the first is a hit"),
+    (
+        "python-reuse",
+        "(d) tollgate, the same chain in Python (componentize-py), warm instances ([instances] reuse = true)",
+    ),
+    ("python-fresh", "(d) the Python chain with a fresh instance per call (the default)"),
     ("tollgate-compare", "(experiment) (a) with another tollgate build (--compare), --audit-log off"),
 ];
 
@@ -101,6 +107,11 @@ pub fn run(settings: &Settings, out: &Path) -> Result<Vec<Run>> {
     let work = procs::work_dir(out, "e2e")?;
     let plugins = work.join("plugins");
     fixtures::write_plugin_dir(&plugins)?;
+    let wants = |k: &str| settings.only.is_empty() || settings.only.iter().any(|o| o == k);
+    if wants("python-reuse") || wants("python-fresh") {
+        fixtures::write_python_dir(&work.join("plugins-python-reuse"), "\n[instances]\nreuse = true\n")?;
+        fixtures::write_python_dir(&work.join("plugins-python-fresh"), "")?;
+    }
     let body_path = work.join("review.json");
     std::fs::write(&body_path, fixtures::review_body())?;
     let lua = work.join("review.lua");
@@ -149,16 +160,30 @@ fn start(config: &str, settings: &Settings, work: &Path, plugins: &Path, webhook
     let port = procs::free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let (proc, url, audit_file) = match config {
-        "tollgate" | "tollgate-audit-file" | "tollgate-compare" => {
+        "tollgate"
+        | "tollgate-audit-file"
+        | "tollgate-compare"
+        | "tollgate-cache"
+        | "python-reuse"
+        | "python-fresh" => {
             let audit_file = (config == "tollgate-audit-file").then(|| work.join("audit.log"));
             let bin =
                 if config == "tollgate-compare" { settings.compare.as_ref().unwrap() } else { &settings.tollgate };
+            let dir = match config {
+                "python-reuse" | "python-fresh" => work.join(format!("plugins-{config}")),
+                _ => plugins.to_path_buf(),
+            };
             let mut cmd = Command::new(bin);
-            cmd.args(["serve", "--plugins"]).arg(plugins).args(["--listen", &addr, "--audit-log"]);
+            cmd.args(["serve", "--plugins"]).arg(&dir).args(["--listen", &addr, "--audit-log"]);
             match &audit_file {
                 Some(f) => cmd.arg(f),
                 None => cmd.arg("off"),
             };
+            if config == "tollgate-cache" {
+                cmd.args(["--cache-ttl", "60s"]);
+            }
+            // 18 MB of CPython compiles once, then loads from the cache in later rounds.
+            cmd.arg("--cache-dir").arg(work.join("compile-cache"));
             let p = Proc::spawn(config, cmd, None)?;
             p.wait_line("listening on", Duration::from_secs(120))?;
             (p, format!("http://{addr}/authenticate"), audit_file)

@@ -85,6 +85,28 @@ pub fn write_plugin_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The Python pair (`plugins/python`, built by `plugins/languages.sh python` into
+/// `target/guests/python`) with the bench user, and `instances` appended to both manifests.
+pub fn write_python_dir(dir: &Path, instances: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let guests = repo_root().join("target/guests/python");
+    for (name, file) in [("static-tokens", "10-static-tokens"), ("group-mapper", "50-group-mapper")] {
+        let wasm = guests.join(format!("{name}.wasm"));
+        anyhow::ensure!(wasm.exists(), "{} is missing: run `plugins/languages.sh python`", wasm.display());
+        std::fs::copy(&wasm, dir.join(format!("{file}.wasm")))?;
+        let shipped = repo_root().join(format!("plugins/python/{name}.toml"));
+        let mut manifest =
+            std::fs::read_to_string(&shipped).with_context(|| format!("reading {}", shipped.display()))?;
+        if name == "static-tokens" {
+            let line =
+                format!("{}  {BENCH_USER}  2001  idp:admins,idp:dev-web  team=platform\n", sha256_hex(BENCH_TOKEN));
+            manifest = manifest.replacen("tokens = \"\"\"\n", &format!("tokens = \"\"\"\n{line}"), 1);
+        }
+        std::fs::write(dir.join(format!("{file}.toml")), manifest + instances)?;
+    }
+    Ok(())
+}
+
 /// The audiences a real kube-apiserver sends (from `--service-account-issuer`).
 pub const AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 

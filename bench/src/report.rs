@@ -88,10 +88,6 @@ pub fn render(out: &Path) -> Result<String> {
                 mine.iter().map(|r| r.errors).sum::<u64>()
             )?;
         }
-        writeln!(
-            md,
-            "| (d) a Python or JavaScript plugin in reuse mode | — | — | — | — | — | not measured: reuse mode has not landed |"
-        )?;
         let ratio = |a: &str, b: &str| -> Option<(f64, Vec<f64>)> {
             let per_round: Vec<f64> = (1..=rounds)
                 .filter_map(|round| {
@@ -121,6 +117,19 @@ pub fn render(out: &Path) -> Result<String> {
         }
         if let Some((r, all)) = ratio("tollgate-audit-file", "tollgate") {
             writeln!(md, "- audit log to a file / off = {r:.2} (rounds: {})", fmt_list(&all, 2))?;
+        }
+        if let Some((r, all)) = ratio("tollgate-cache", "tollgate") {
+            writeln!(md, "- decision cache hits / no cache = {r:.2} (rounds: {})", fmt_list(&all, 2))?;
+        }
+        if let Some((r, all)) = ratio("python-reuse", "python-fresh") {
+            writeln!(md, "- (d) Python: warm instances / fresh = {r:.1}× (rounds: {})", fmt_list(&all, 1))?;
+        }
+        if let Some((r, all)) = ratio("python-reuse", "tollgate") {
+            writeln!(
+                md,
+                "- (d) Python with warm instances / (a) the Rust chain = {r:.2} (rounds: {})",
+                fmt_list(&all, 2)
+            )?;
         }
         if let Some((r, all)) = ratio("tollgate-compare", "tollgate") {
             writeln!(md, "- (experiment) --compare build / this build = {r:.2} (rounds: {})", fmt_list(&all, 2))?;
