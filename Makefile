@@ -72,7 +72,7 @@ bench: toolchain
 	@test -x $(BENCH_OUT)/venv/bin/componentize-py || $(BENCH_PY) -m pip install -q componentize-py==0.25.1 \
 		|| echo "componentize-py unavailable: the restart benchmark skips the large component"
 	cd plugins && env -u CARGO_TARGET_DIR $(CARGO) build --release
-	plugins/languages.sh python
+	plugins/languages.sh
 	$(CARGO) build --release -p tollgate -p tollgate-bench
 	@# Private copies: the shared target dir may be rebuilt from another branch meanwhile.
 	mkdir -p $(BENCH_BIN) && cp $(BENCH_TARGET)/release/tollgate $(BENCH_TARGET)/release/ceiling \
@@ -83,6 +83,7 @@ bench: toolchain
 	$(BENCH_BIN)/tollgate-bench start --out $(BENCH_OUT) --command "make bench" --since $(BENCH_OUT)/make-started
 	CRITERION_HOME=$(BENCH_OUT)/criterion TOLLGATE_BENCH_OUT=$(BENCH_OUT) \
 		$(CARGO) bench -p tollgate --bench review
+	TOLLGATE_BENCH_OUT=$(BENCH_OUT) $(CARGO) bench -p tollgate --bench languages
 	$(BENCH_BIN)/tollgate-bench run --out $(BENCH_OUT) --tollgate $(BENCH_BIN)/tollgate \
 		--ceiling $(BENCH_BIN)/ceiling --python $(BENCH_PY) \
 		$$(test -s $(BENCH_OUT)/large-python.wasm && echo --large $(BENCH_OUT)/large-python.wasm) $(BENCH_ARGS)

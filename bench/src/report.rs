@@ -206,6 +206,38 @@ pub fn render(out: &Path) -> Result<String> {
         )?;
     }
 
+    // Languages.
+    if let Some(v) = read::<Value>(out, "languages.json") {
+        writeln!(
+            md,
+            "### Per language: the static-tokens + group-mapper chain (`cargo bench -p tollgate --bench languages`, {} interleaved rounds)\n",
+            v["rounds"]
+        )?;
+        writeln!(
+            md,
+            "| language | size KB (static-tokens, group-mapper) | compile ms | cached load ms | per review, fresh p50 µs | per review, warm p50 µs | fresh / warm |"
+        )?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
+        let pair = |x: &Value| format!("{:.0}, {:.0}", x[0].as_f64().unwrap_or(0.0), x[1].as_f64().unwrap_or(0.0));
+        let pair1 = |x: &Value| format!("{:.1}, {:.1}", x[0].as_f64().unwrap_or(0.0), x[1].as_f64().unwrap_or(0.0));
+        for r in v["rows"].as_array().into_iter().flatten() {
+            let (fresh, warm) = (r["fresh_p50_us"].as_f64().unwrap_or(0.0), r["warm_p50_us"].as_f64().unwrap_or(0.0));
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {fresh:.1} | {warm:.1} | {:.1}× |",
+                r["language"].as_str().unwrap_or("?"),
+                pair(&r["size_kb"]),
+                pair(&r["compile_ms"]),
+                pair1(&r["cached_load_ms"]),
+                fresh / warm.max(f64::MIN_POSITIVE)
+            )?;
+        }
+        writeln!(
+            md,
+            "\nCompile: once per content digest, off the request path; cached load: the same code from `--cache-dir` (deserialize + world check). Fresh: a new instance per plugin call (the default); warm: `[instances] reuse = true`.\n"
+        )?;
+    }
+
     // Reload.
     if let Some(all) = read::<Vec<Swaps>>(out, "reload.json") {
         writeln!(md, "### Hot reload: from the first write to the first review answered by the new version\n")?;
