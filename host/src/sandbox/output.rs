@@ -116,10 +116,13 @@ mod tests {
         let (bytes, dropped) = c.take();
         assert_eq!(bytes.len(), CAPTURE_BYTES + 10);
         assert_eq!(dropped, 0);
+        // Without a take in between, writes accumulate up to the limit and the rest is counted.
         OutputStream::write(&mut s, Bytes::from(vec![b'a'; TOKEN_SLACK])).unwrap();
+        OutputStream::write(&mut s, Bytes::from(vec![b'a'; CAPTURE_BYTES + 10])).unwrap();
         let (bytes, dropped) = c.take();
         assert_eq!(bytes.len(), CAPTURE_BYTES + TOKEN_SLACK);
-        assert_eq!(dropped, 0);
+        assert_eq!(dropped, 10);
+        // One oversized write keeps the limit and counts the excess.
         OutputStream::write(&mut s, Bytes::from(vec![b'a'; CAPTURE_BYTES + TOKEN_SLACK + 10])).unwrap();
         assert_eq!(c.take().1, 10);
     }
