@@ -84,6 +84,7 @@ bench: toolchain
 	CRITERION_HOME=$(BENCH_OUT)/criterion TOLLGATE_BENCH_OUT=$(BENCH_OUT) \
 		$(CARGO) bench -p tollgate --bench review
 	TOLLGATE_BENCH_OUT=$(BENCH_OUT) $(CARGO) bench -p tollgate --bench languages
+	TOLLGATE_BENCH_OUT=$(BENCH_OUT) $(CARGO) bench -p tollgate --bench oidc
 	$(BENCH_BIN)/tollgate-bench run --out $(BENCH_OUT) --tollgate $(BENCH_BIN)/tollgate \
 		--ceiling $(BENCH_BIN)/ceiling --python $(BENCH_PY) \
 		$$(test -s $(BENCH_OUT)/large-python.wasm && echo --large $(BENCH_OUT)/large-python.wasm) $(BENCH_ARGS)

@@ -54,7 +54,7 @@ fn main() {
     std::fs::write(out_dir.join("plugins.rs"), generated).unwrap();
 }
 
-/// The members of the guest workspace that build a component (not the SDK).
+/// The members of the guest workspace that build a component (not the SDK, not shared libraries).
 fn guest_crates(plugins: &Path) -> Vec<(String, PathBuf)> {
     let workspace = std::fs::read_to_string(plugins.join("Cargo.toml")).unwrap();
     let members = workspace.split("members = [").nth(1).and_then(|s| s.split(']').next()).unwrap();
@@ -62,6 +62,8 @@ fn guest_crates(plugins: &Path) -> Vec<(String, PathBuf)> {
         .split(',')
         .map(|m| m.trim().trim_matches('"'))
         .filter(|m| !m.is_empty() && *m != "sdk")
+        // Libraries the policies share (no cdylib) build no component of their own.
+        .filter(|m| std::fs::read_to_string(plugins.join(m).join("Cargo.toml")).is_ok_and(|t| t.contains("cdylib")))
         .map(|m| {
             let dir = plugins.join(m);
             let name = dir.file_name().unwrap().to_string_lossy().into_owned();

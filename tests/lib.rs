@@ -559,3 +559,212 @@ pub fn tls_client(ca_pem: &str, identity: Option<&Leaf>, alpn: &[&str]) -> reqwe
 pub fn shared_compile_cache() -> String {
     Path::new(built::ROOT).join("target/e2e-compile-cache").to_str().unwrap().to_owned()
 }
+
+/// Client credentials the test OpenID provider knows (tests/oidc/provider.mjs): client id
+/// (the `sub` of its tokens) and secret.
+pub const IDP_CLIENTS: [(&str, &str); 4] = [
+    ("tollgate", "tollgate-introspection-secret-0001"),
+    ("alice", "alice-client-secret-000001"),
+    ("bob-es256", "bob-client-secret-0000001"),
+    ("carol-short", "carol-client-secret-00001"),
+];
+
+/// Installs the provider (npm `oidc-provider`, pinned by tests/oidc/package-lock.json) into
+/// `target/oidc-provider` once per checkout: checked first, installed only when missing.
+fn openid_provider_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = Path::new(built::ROOT).join("tests/oidc");
+        let dir = Path::new(built::ROOT).join("target/oidc-provider");
+        std::fs::create_dir_all(&dir).unwrap();
+        let lock = std::fs::read(src.join("package-lock.json")).unwrap();
+        let installed = dir.join("node_modules/oidc-provider/package.json").exists()
+            && std::fs::read(dir.join("package-lock.json")).is_ok_and(|l| l == lock);
+        if !installed {
+            for f in ["package.json", "package-lock.json"] {
+                std::fs::copy(src.join(f), dir.join(f)).unwrap();
+            }
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status()
+                .expect("running npm (Node.js 20+ is needed for the OpenID provider tests)");
+            assert!(status.success(), "npm ci of the test OpenID provider failed");
+        }
+        std::fs::copy(src.join("provider.mjs"), dir.join("provider.mjs")).unwrap();
+        dir
+    })
+    .clone()
+}
+
+/// A real OpenID provider on 127.0.0.1 over HTTPS (certificate from its own test CA), issuing
+/// real tokens from its real token endpoint.
+pub struct OpenIdProvider {
+    child: Child,
+    /// `https://127.0.0.1:PORT`
+    pub issuer: String,
+    pub pki: Pki,
+    client: reqwest::blocking::Client,
+    pub logs: Collected,
+}
+
+impl OpenIdProvider {
+    pub fn start() -> Self {
+        let dir = openid_provider_dir();
+        let pki = Pki::new("idp");
+        let leaf = pki.server("idp");
+        let mut child = Command::new("node")
+            .arg("provider.mjs")
+            .arg(&leaf.cert_path)
+            .arg(&leaf.key_path)
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting node");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = Collected::follow(child.stdout.take().unwrap(), Some(tx));
+        let _err = Collected::follow(child.stderr.take().unwrap(), None);
+        let issuer = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("listening on ") {
+                        break url.trim().to_owned();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("the OpenID provider did not start:\n{}\n{}", out.text(), _err.text());
+                }
+            }
+        };
+        let client = tls_client(&pki.ca_pem, None, &["http/1.1"]);
+        OpenIdProvider { child, issuer, pki, client, logs: out }
+    }
+
+    /// The secret of a known client.
+    pub fn secret(client: &str) -> &'static str {
+        IDP_CLIENTS.iter().find(|(c, _)| *c == client).map(|(_, s)| *s).expect("a known client")
+    }
+
+    /// An access token from the token endpoint (client credentials) for `resource`: a JWT
+    /// signed by the provider's keys, or an opaque token for `https://opaque.test`.
+    pub fn token(&self, client: &str, resource: &str) -> String {
+        let answer = self
+            .client
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client, Some(Self::secret(client)))
+            .form(&[("grant_type", "client_credentials"), ("scope", "api"), ("resource", resource)])
+            .send()
+            .expect("token request");
+        let status = answer.status();
+        let body: Value = answer.json().expect("token answer");
+        assert!(status.is_success(), "token endpoint: {status} {body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    fn control(&self, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/__control/{path}", self.issuer);
+        let req = match body {
+            Some(b) => self.client.post(url).json(&b),
+            None => self.client.post(url),
+        };
+        req.send().unwrap().json().unwrap()
+    }
+
+    /// Requests it served so far: `{"discovery": n, "jwks": n, "token": n, "introspection": n}`.
+    pub fn hits(&self) -> Value {
+        self.control("hits", None)
+    }
+
+    /// New signing keys replace the old ones in its JWKS.
+    pub fn rotate(&self) {
+        self.control("rotate", None);
+    }
+
+    /// Every answer but the token endpoint's waits `ms` first.
+    pub fn delay(&self, ms: u64) {
+        self.control(&format!("delay?ms={ms}"), None);
+    }
+
+    /// A token with `claims` signed RS256 under `kid` by its published key, or by a key it
+    /// never published (a forger's).
+    pub fn forge(&self, claims: Value, kid: &str, published: bool) -> String {
+        let body = json!({"claims": claims, "kid": kid, "key": if published { "published" } else { "unpublished" }});
+        self.control("forge", Some(body))["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Stops it (the issuer goes down).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OpenIdProvider {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plain HTTP/1.1 server on 127.0.0.1 answering by path (`/ok`, `/big`, `/slow`,
+/// `/redirect`), counting the requests it received, for the outbound HTTP tests.
+pub struct LocalHttp {
+    pub addr: SocketAddr,
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LocalHttp {
+    pub fn start() -> Self {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let answer = |stream: &mut std::net::TcpStream, head: &str, body: &[u8]| {
+                        let _ = write!(stream, "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                        let _ = stream.write_all(body);
+                    };
+                    match path.as_str() {
+                        "/ok" => answer(&mut stream, "HTTP/1.1 200 OK", b"hello"),
+                        "/big" => answer(&mut stream, "HTTP/1.1 200 OK", &vec![b'x'; 2 << 20]),
+                        "/slow" => {
+                            std::thread::sleep(Duration::from_secs(10));
+                            answer(&mut stream, "HTTP/1.1 200 OK", b"late");
+                        }
+                        "/redirect" => answer(&mut stream, "HTTP/1.1 302 Found\r\nlocation: http://evil.test/", b""),
+                        _ => answer(&mut stream, "HTTP/1.1 404 Not Found", b""),
+                    }
+                });
+            }
+        });
+        LocalHttp { addr, hits }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -238,6 +238,38 @@ pub fn render(out: &Path) -> Result<String> {
         )?;
     }
 
+    // Verifying JWTs in the sandbox (issue 8).
+    if let Some(v) = read::<Value>(out, "oidc.json") {
+        writeln!(
+            md,
+            "### oidc-jwt with a warm key cache: in the sandbox vs the same code natively (`cargo bench -p tollgate --bench oidc`, {} interleaved rounds of {})
+",
+            v["rounds"], v["batch"]
+        )?;
+        writeln!(
+            md,
+            "| algorithm | native p50 µs | component, fresh instance p50 µs | component, warm instance p50 µs | fresh / native | warm / native |"
+        )?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+        for r in v["rows"].as_array().into_iter().flatten() {
+            let g = |k: &str| r[k].as_f64().unwrap_or(0.0);
+            writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1}× | {:.1}× |",
+                r["alg"].as_str().unwrap_or("?"),
+                g("native_p50_us"),
+                g("fresh_p50_us"),
+                g("warm_p50_us"),
+                g("fresh_over_native"),
+                g("warm_over_native")
+            )?;
+        }
+        writeln!(
+            md,
+            "\nPer review: the JWKS read from the plugin's cache (`tollgate:policy/kv`) and parsed, the signature verified, `iss`/`aud`/`exp`/`nbf` checked, user and groups named; natively the same `jwt-verify` crate, compiled for the host. The whole chain call in the sandbox includes the instance and the host's grant checks.\n"
+        )?;
+    }
+
     // Reload.
     if let Some(all) = read::<Vec<Swaps>>(out, "reload.json") {
         writeln!(md, "### Hot reload: from the first write to the first review answered by the new version\n")?;

@@ -104,6 +104,7 @@ fn measure(sandbox: &Arc<Sandbox>, cache: &Path, lang: &Lang) -> Result<Measured
             Ok(PluginSource {
                 name: name.into(),
                 wasm_path: lang.wasm[i].clone(),
+                dir: PathBuf::from("."),
                 wasm: std::fs::read(&lang.wasm[i])?.into(),
                 manifest: Some((PathBuf::from(format!("{name}.toml")), format!("{manifest}{suffix}"))),
             })

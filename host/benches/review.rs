@@ -53,6 +53,7 @@ impl Setup {
             Ok(PluginSource {
                 name: name.into(),
                 wasm_path,
+                dir: PathBuf::from("."),
                 wasm,
                 manifest: Some((PathBuf::from(format!("{name}.toml")), manifest)),
             })

@@ -134,6 +134,12 @@ pub struct Guardrails {
     pub allow_system: BTreeSet<String>,
     /// Verified mTLS subjects allowed to call this tenant; `None` = any caller.
     pub clients: Option<Vec<String>>,
+    /// Directories (besides the tenant's own folder) where its manifests' `secret_files` and
+    /// `[outbound] ca_file` may point: e.g. a Kubernetes Secret mounted for this tenant.
+    pub secret_dirs: Vec<std::path::PathBuf>,
+    /// When set, the only `allowed_outbound_hosts` this tenant's manifests may name (exact
+    /// entries, compared as scheme, host and port); `None`: whatever the manifest says.
+    pub outbound_hosts: Option<Vec<String>>,
 }
 
 /// One tenant's entry in the tenants file.
@@ -145,6 +151,9 @@ pub struct GuardrailSpec {
     #[serde(default)]
     pub allow_system: Vec<String>,
     pub clients: Option<Vec<String>>,
+    #[serde(default)]
+    pub secret_dirs: Vec<std::path::PathBuf>,
+    pub outbound_hosts: Option<Vec<String>>,
 }
 
 impl Guardrails {
@@ -166,6 +175,8 @@ impl Guardrails {
             allowed_groups: spec.allowed_groups.clone().or(groups),
             allow_system: spec.allow_system.iter().cloned().collect(),
             clients: spec.clients.clone(),
+            secret_dirs: spec.secret_dirs.clone(),
+            outbound_hosts: spec.outbound_hosts.clone(),
         }
     }
 

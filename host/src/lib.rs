@@ -20,6 +20,7 @@ pub mod reload;
 pub mod review;
 pub mod sandbox;
 pub mod scrub;
+pub mod secrets;
 pub mod server;
 pub mod tenant;
 pub mod tls;

@@ -39,8 +39,43 @@ pub struct Manifest {
     /// String values only: what `host.config` returns.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Secrets read from files at load (a mounted Kubernetes Secret), `host.config` key -> path
+    /// relative to the tenant's folder (or absolute, inside a `secret_dirs` entry of the
+    /// tenants file). Never in the manifest text, never logged, scrubbed from plugin output.
+    #[serde(default)]
+    pub secret_files: BTreeMap<String, String>,
+    /// Where the plugin may send HTTP requests: `scheme://host[:port]`, exact. None: nowhere.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    pub outbound: OutboundSpec,
+    #[serde(default)]
+    pub kv: KvSpec,
     #[serde(default, rename = "test")]
     pub tests: Vec<TestVector>,
+}
+
+/// `[outbound]`: how the plugin's requests are made (with `allowed_outbound_hosts`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundSpec {
+    /// A PEM file of CA certificates, then the only trust anchors for https (else the webpki
+    /// roots). Resolved like `secret_files`.
+    pub ca_file: Option<String>,
+    /// Cap on one response body (default 1024 KiB, at most 16 MiB).
+    pub max_response_kib: Option<u64>,
+    /// Requests of this plugin in flight at once, across its reviews (default 8).
+    pub max_concurrent_requests: Option<usize>,
+}
+
+/// `[kv]`: bounds of the plugin's cache (`tollgate:policy/kv`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvSpec {
+    /// Default 1024, at most 65536.
+    pub max_entries: Option<usize>,
+    /// Keys and values together; default 1024 KiB, at most 16 MiB.
+    pub max_kib: Option<usize>,
 }
 
 /// Which tokens an authenticator is shown. A routing hint, never a verification.
@@ -112,6 +147,9 @@ pub struct TestVector {
     #[serde(default)]
     pub config: BTreeMap<String, String>,
     pub client: Option<String>,
+    /// The wall clock the plugin sees (unix seconds), so that a vector with a real JWT never
+    /// expires. Vectors never make outbound requests, whatever the manifest grants.
+    pub now: Option<u64>,
     // --- the expectation ---
     pub expect: Expect,
     pub username: Option<String>,
@@ -181,6 +219,33 @@ impl Manifest {
         }
         if self.limits.timeout_ms == Some(0) || self.limits.memory_mib == Some(0) {
             bail!("[limits] values must be positive");
+        }
+        if let Some(key) = self.secret_files.keys().find(|k| self.config.contains_key(*k)) {
+            bail!("{key:?} is both in [config] and in secret_files");
+        }
+        if self.secret_files.values().any(String::is_empty) {
+            bail!("secret_files: a path is empty");
+        }
+        for entry in &self.allowed_outbound_hosts {
+            crate::sandbox::outbound::Destination::parse_allowed(entry)?;
+        }
+        let o = &self.outbound;
+        if self.allowed_outbound_hosts.is_empty()
+            && (o.ca_file.is_some() || o.max_response_kib.is_some() || o.max_concurrent_requests.is_some())
+        {
+            bail!("[outbound] applies with allowed_outbound_hosts");
+        }
+        if o.max_response_kib == Some(0) || o.max_concurrent_requests.is_some_and(|n| n == 0 || n > 256) {
+            bail!("[outbound] max_response_kib must be positive and max_concurrent_requests between 1 and 256");
+        }
+        if o.max_response_kib.is_some_and(|k| k > crate::sandbox::outbound::MAX_RESPONSE_BYTES >> 10) {
+            bail!("[outbound] max_response_kib is at most {}", crate::sandbox::outbound::MAX_RESPONSE_BYTES >> 10);
+        }
+        let max = crate::sandbox::kv::KvLimits::MAX;
+        if self.kv.max_entries.is_some_and(|n| n == 0 || n > max.max_entries)
+            || self.kv.max_kib.is_some_and(|k| k == 0 || k > max.max_bytes >> 10)
+        {
+            bail!("[kv] max_entries must be 1 to {} and max_kib 1 to {}", max.max_entries, max.max_bytes >> 10);
         }
         let i = &self.instances;
         if !i.reuse && (i.max_uses.is_some() || i.max_idle.is_some()) {
@@ -266,5 +331,17 @@ mod tests {
         assert!(Manifest::parse("[instances]\nmax_uses = 5").is_err(), "max_uses without reuse");
         assert!(Manifest::parse("[instances]\nreuse = true\nmax_idle = 0").is_err());
         assert!(Manifest::parse("[instances]\nreuse = true\nmax_idle = 4\nmax_uses = 100").is_ok());
+        assert!(Manifest::parse("allowed_outbound_hosts = [\"idp.example.com\"]").is_err(), "no scheme");
+        assert!(Manifest::parse("allowed_outbound_hosts = [\"https://idp/x\"]").is_err(), "a path");
+        assert!(Manifest::parse("[outbound]\nca_file = \"ca.pem\"").is_err(), "no host to trust it for");
+        assert!(Manifest::parse("secret_files = { a = \"s\" }\n[config]\na = \"x\"").is_err());
+        assert!(Manifest::parse("[kv]\nmax_entries = 0").is_err());
+        let m = Manifest::parse(
+            "allowed_outbound_hosts = [\"https://idp.example.com\", \"http://127.0.0.1:8080\"]\n\
+             secret_files = { client_secret = \".secrets/client\" }\n[outbound]\nca_file = \"ca.pem\"\n\
+             [[test]]\ntoken = \"t\"\nnow = 1700000000\nexpect = \"abstain\"",
+        )
+        .unwrap();
+        assert_eq!(m.tests[0].now, Some(1_700_000_000));
     }
 }

@@ -13,8 +13,12 @@ use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 
 use crate::compile_cache::DiskCache;
+use crate::guardrails::Guardrails;
 use crate::manifest::{Manifest, Role, TestVector};
+use crate::sandbox::kv::{KvLimits, KvStore};
+use crate::sandbox::outbound::{self, Destination, OutboundGrant};
 use crate::sandbox::{Code, PluginEnv, Sandbox, WarmPool};
+use crate::secrets::{self, Scope};
 use crate::vectors;
 
 /// Server-wide defaults and maxima for plugins (SPEC §7).
@@ -54,6 +58,8 @@ pub struct PluginSource {
     pub name: String,
     /// Where it was read (for messages).
     pub wasm_path: PathBuf,
+    /// The tenant's folder, where the manifest's relative file references resolve.
+    pub dir: PathBuf,
     pub wasm: Arc<[u8]>,
     /// `NAME.toml`, if there is one: its path and text.
     pub manifest: Option<(PathBuf, String)>,
@@ -72,7 +78,8 @@ impl PluginSource {
             }
         };
         let wasm = read_bounded(wasm_path, max_bytes)?.into();
-        Ok(Self { name, wasm_path: wasm_path.to_path_buf(), wasm, manifest })
+        let dir = wasm_path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        Ok(Self { name, wasm_path: wasm_path.to_path_buf(), dir, wasm, manifest })
     }
 }
 
@@ -96,6 +103,8 @@ pub struct Plugin {
     pub tests: Vec<TestVector>,
     /// Manifest limits above the server's maxima, which were capped.
     pub warnings: Vec<String>,
+    /// The files it read at load (`secret_files`, `ca_file`): a change reloads the tenant.
+    pub files: Vec<PathBuf>,
 }
 
 impl Plugin {
@@ -110,11 +119,19 @@ pub struct Loader {
     defaults: PluginDefaults,
     codes: Mutex<HashMap<String, Weak<Code>>>,
     disk: Option<DiskCache>,
+    /// The server's own key material, which no manifest may name (canonical paths).
+    protected: Vec<PathBuf>,
 }
 
 impl Loader {
     pub fn new(sandbox: Arc<Sandbox>, defaults: PluginDefaults, disk: Option<DiskCache>) -> Self {
-        Self { sandbox, defaults, codes: Mutex::default(), disk }
+        Self { sandbox, defaults, codes: Mutex::default(), disk, protected: Vec::new() }
+    }
+
+    /// Files no manifest may read through `secret_files` or `ca_file` (TLS key, fingerprint
+    /// key...), whatever folder they are in.
+    pub fn protect(&mut self, paths: impl IntoIterator<Item = PathBuf>) {
+        self.protected.extend(paths.into_iter().filter_map(|p| std::fs::canonicalize(p).ok()));
     }
 
     pub fn sandbox(&self) -> &Arc<Sandbox> {
@@ -126,11 +143,57 @@ impl Loader {
     }
 
     /// Loads one plugin for `tenant` and runs its vectors. The error says which file and why.
-    pub fn load(&self, tenant: &str, src: &PluginSource) -> Result<Plugin> {
+    /// `rules` are the operator's for this tenant (its `secret_dirs` and `outbound_hosts`).
+    pub fn load(&self, tenant: &str, src: &PluginSource, rules: &Guardrails) -> Result<Plugin> {
         check_name(&src.name)?;
         let manifest = match &src.manifest {
             Some((path, text)) => Manifest::parse(text).with_context(|| format!("manifest {}", path.display()))?,
             None => Manifest::default(),
+        };
+        let scope = Scope { tenant, dir: &src.dir, secret_dirs: &rules.secret_dirs, protected: &self.protected };
+        let mut files = Vec::new();
+        let mut config = manifest.config;
+        let mut secret_values = Vec::new();
+        for (key, reference) in &manifest.secret_files {
+            let path = scope.resolve(reference).with_context(|| format!("{}: secret_files.{key}", src.name))?;
+            let value = secrets::read_secret(&path).with_context(|| format!("{}: secret_files.{key}", src.name))?;
+            config.insert(key.clone(), value.clone());
+            secret_values.push(value);
+            files.push(path);
+        }
+        let outbound = if manifest.allowed_outbound_hosts.is_empty() {
+            None
+        } else {
+            if let Some(ceiling) = &rules.outbound_hosts {
+                let ceiling: Vec<Destination> =
+                    ceiling.iter().filter_map(|e| Destination::parse_allowed(e).ok()).collect();
+                for entry in &manifest.allowed_outbound_hosts {
+                    if !ceiling.contains(&Destination::parse_allowed(entry)?) {
+                        bail!("{}: {entry} is not among this tenant's outbound_hosts (tenants file)", src.name);
+                    }
+                }
+            }
+            let ca = match &manifest.outbound.ca_file {
+                Some(reference) => {
+                    let path = scope.resolve(reference).with_context(|| format!("{}: [outbound] ca_file", src.name))?;
+                    let pem = secrets::read_file(&path, secrets::MAX_CA_BYTES)?;
+                    files.push(path);
+                    Some((reference.clone(), pem))
+                }
+                None => None,
+            };
+            let grant = OutboundGrant::new(
+                &manifest.allowed_outbound_hosts,
+                ca.as_ref().map(|(name, pem)| (name.as_str(), pem.as_slice())),
+                manifest.outbound.max_response_kib.map_or(outbound::DEFAULT_RESPONSE_BYTES, |k| k << 10),
+                manifest.outbound.max_concurrent_requests.unwrap_or(outbound::DEFAULT_CONCURRENCY),
+            )
+            .with_context(|| format!("{}: allowed_outbound_hosts", src.name))?;
+            Some(Arc::new(grant))
+        };
+        let kv_limits = KvLimits {
+            max_entries: manifest.kv.max_entries.unwrap_or(KvLimits::DEFAULT.max_entries),
+            max_bytes: manifest.kv.max_kib.map_or(KvLimits::DEFAULT.max_bytes, |k| k << 10),
         };
         let code = self.code(&src.wasm).with_context(|| format!("{}", src.wasm_path.display()))?;
 
@@ -162,7 +225,7 @@ impl Loader {
             env: Arc::new(PluginEnv {
                 tenant: tenant.to_owned(),
                 name: src.name.clone(),
-                config: manifest.config,
+                config,
                 timeout,
                 memory_bytes,
                 // Each load makes its own pool: a reload never hands a new generation an old
@@ -170,10 +233,17 @@ impl Loader {
                 warm: manifest.instances.reuse.then(|| {
                     WarmPool::new(manifest.instances.max_idle.unwrap_or(4), manifest.instances.max_uses.unwrap_or(1000))
                 }),
+                outbound,
+                // A new store per load: a reload empties the plugin's cache.
+                kv: Arc::new(KvStore::new(kv_limits)),
+                secrets: secret_values.into(),
+                vector: false,
+                clock: None,
             }),
             code,
             tests: manifest.tests,
             warnings,
+            files,
         };
         let failures = vectors::run_all(&self.sandbox, &plugin);
         if !failures.is_empty() {

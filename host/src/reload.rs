@@ -115,8 +115,12 @@ impl Reloader {
         let guardrails = self.tenants_file.guardrails(name);
         let previous = self.registry.get(name);
         let snapshot = tenant::read_tenant(dir, self.loader.defaults().max_plugin_bytes);
+        // The files the live generation's manifests read (secrets, CA files) count as content:
+        // kubelet rotating a mounted Secret reloads the tenant (on the watcher's event when it
+        // is inside the plugin directory, else at the next periodic rescan).
+        let files = previous.as_ref().and_then(|p| p.live.as_ref()).map(|g| files_digest(g)).unwrap_or_default();
         let seen = match &snapshot {
-            Ok(s) => format!("{}|{guardrails:?}", s.content),
+            Ok(s) => format!("{}|{files}|{guardrails:?}", s.content),
             Err(e) => format!("error: {e:#}"),
         };
         if previous.is_some() && self.seen.get(name) == Some(&seen) {
@@ -308,4 +312,18 @@ impl Reloader {
         }
         (tenants, tenants_file)
     }
+}
+
+/// A digest of the files a generation's manifests read (a missing file counts as a change).
+fn files_digest(generation: &crate::tenant::Generation) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    for path in generation.plugins.iter().flat_map(|p| &p.files) {
+        h.update(path.as_os_str().as_encoded_bytes());
+        match crate::secrets::read_file(path, crate::secrets::MAX_CA_BYTES) {
+            Ok(bytes) => h.update(Sha256::digest(&bytes)),
+            Err(_) => h.update(b"\0missing"),
+        }
+    }
+    hex::encode(h.finalize())
 }

@@ -3,8 +3,11 @@
 //! One [`Engine`] for the process, one pre-instantiated component ([`Code`]) per unique content
 //! digest, and a fresh [`Store`] + instance for every plugin call, so no state survives from one
 //! review to the next. Every store carries an epoch deadline and a memory cap; guests get WASI p2
-//! with nothing granted (no files, environment, arguments or network).
+//! with nothing granted (no files, environment, arguments or sockets), `wasi:http` limited to what
+//! their manifest grants ([`outbound`]), and a cache of their own ([`kv`]).
 
+pub mod kv;
+pub mod outbound;
 mod output;
 
 use std::collections::BTreeMap;
@@ -14,10 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow};
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut};
+use wasmtime_wasi::p2::Pollable;
+use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::scrub::Scrubber;
+use kv::KvStore;
+use outbound::{OutboundGrant, OutboundHooks};
 use output::Capture;
 
 mod bindings {
@@ -27,8 +34,12 @@ mod bindings {
 pub use bindings::tollgate::policy::host::Level;
 pub use bindings::tollgate::policy::types::{Decision, Grant, Prior, Review, UserInfo};
 
-/// The name a component must export (any 0.1.x).
-pub const EXPORT: &str = "tollgate:policy/authenticator@0.1.0";
+/// The name a component must export (any 0.1.x: a 0.1.0 export matches by semver).
+pub const EXPORT: &str = "tollgate:policy/authenticator@0.1.1";
+
+/// The WASI version whose clock functions the host wraps (wasmtime-wasi 48 provides 0.2.12;
+/// a guest's 0.2.x import matches it by semver).
+const WASI_CLOCKS: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
 /// How often the epoch advances. A deadline is a whole number of ticks, so a call runs at most
 /// one tick past its budget; 10 ms (as Spin) keeps that slack small at negligible cost.
@@ -129,6 +140,16 @@ pub struct PluginEnv {
     /// Warm instances of this plugin (manifest `[instances] reuse = true`); `None`: a fresh
     /// instance per call, the default.
     pub warm: Option<Arc<WarmPool>>,
+    /// What `allowed_outbound_hosts` grants; `None`: every request is refused.
+    pub outbound: Option<Arc<OutboundGrant>>,
+    /// The plugin's `tollgate:policy/kv` store (one per tenant, plugin and generation).
+    pub kv: Arc<KvStore>,
+    /// Values of the plugin's `secret_files` (also in `config`): scrubbed from all its output.
+    pub secrets: Arc<[String]>,
+    /// A test vector's run: no outbound HTTP, and the wall clock fixed at `clock` if set.
+    pub vector: bool,
+    /// The wall clock the guest sees (unix seconds), when a vector fixes it (`now`).
+    pub clock: Option<u64>,
 }
 
 /// Warm instances of one plugin in one tenant and generation (never shared by digest across
@@ -249,9 +270,15 @@ impl Sandbox {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI p2")?;
+        // wasi:http/outgoing-handler and its types, with every request checked by
+        // `OutboundHooks` (nothing is granted unless the manifest says so).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
+        clamp_sleeps(&mut linker).context("wrapping the monotonic clock")?;
         bindings::Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
-            .context("linking tollgate:policy/host")?;
+            .context("linking tollgate:policy/host and kv")?;
         Ok(Self { engine, linker, pooling, lazy_wasi: cfg.tuning.lazy_wasi })
     }
 
@@ -303,9 +330,9 @@ impl Sandbox {
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| anyhow!("does not fit the world tollgate:policy/policy@0.1.0: {}", fit_message(&e.into())))?;
+            .map_err(|e| anyhow!("does not fit the world tollgate:policy/policy@0.1.x: {}", fit_message(&e.into())))?;
         let pre = bindings::PolicyPre::new(instance_pre)
-            .map_err(|e| anyhow!("does not fit the world tollgate:policy/policy@0.1.0: {}", fit_message(&e.into())))?;
+            .map_err(|e| anyhow!("does not fit the world tollgate:policy/policy@0.1.x: {}", fit_message(&e.into())))?;
         Ok(Code { pre, digest, size, compile_time })
     }
 
@@ -327,10 +354,10 @@ impl Sandbox {
         if budget.is_zero() {
             return (Err(Failure::Deadline), stats);
         }
-        let scrubber = Scrubber::new(scrub_token);
+        let scrubber = Scrubber::new(scrub_token).with_secrets(&env.secrets);
         let (mut store, instance, uses) = match env.warm.as_ref().and_then(|w| w.take()) {
             Some(Warm { mut store, instance, uses }) => {
-                store.data_mut().begin(request_id, scrub_token);
+                store.data_mut().begin(request_id, scrub_token, now + budget, budget);
                 store.set_epoch_deadline(deadline_ticks(budget));
                 stats.warm = true;
                 (store, instance, uses)
@@ -355,6 +382,10 @@ impl Sandbox {
             emit_output(&store, "stderr", &wasi.stderr, &scrubber);
         }
         let decision = match result {
+            // Woken at its deadline from a longer sleep: whatever it says now is too late.
+            Ok(_) if store.data().overslept && Instant::now() >= store.data().deadline => {
+                return (Err(Failure::Deadline), stats);
+            }
             Ok(decision) => decision,
             // A trapped instance is poisoned: it is dropped here, never reused.
             Err(failure) => return (Err(failure), stats),
@@ -373,6 +404,7 @@ impl Sandbox {
 
     /// A fresh store for one call: limits, deadline and (unless lazy) WASI.
     fn store(&self, env: &Arc<PluginEnv>, request_id: &str, scrub_token: &str, budget: Duration) -> Store<HostState> {
+        let deadline = Instant::now() + budget;
         let mut state = HostState {
             wasi: None,
             table: ResourceTable::new(),
@@ -381,9 +413,24 @@ impl Sandbox {
             request_id: request_id.to_owned(),
             token: scrub_token.to_owned(),
             log_lines: 0,
+            deadline,
+            overslept: false,
+            http: WasiHttpCtx::new(),
+            hooks: OutboundHooks {
+                grant: if env.vector { None } else { env.outbound.clone() },
+                no_grant: if env.vector {
+                    "test vectors run without outbound HTTP"
+                } else {
+                    "the manifest grants no outbound host (allowed_outbound_hosts)"
+                },
+                deadline: OutboundHooks::http_deadline(deadline, budget),
+                tenant: env.tenant.clone(),
+                plugin: env.name.clone(),
+                request_id: request_id.to_owned(),
+            },
         };
         if !self.lazy_wasi {
-            state.wasi = Some(Box::new(GuestWasi::new()));
+            state.wasi = Some(Box::new(GuestWasi::new(env.clock)));
         }
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -472,6 +519,13 @@ struct HostState {
     request_id: String,
     token: String,
     log_lines: usize,
+    /// When this call's budget ends: no host call may block past it.
+    deadline: Instant,
+    /// The guest asked to sleep past `deadline` and was woken at it instead: an answer it gives
+    /// after that is too late (the epoch deadline alone could not stop it in the host call).
+    overslept: bool,
+    http: WasiHttpCtx,
+    hooks: OutboundHooks,
 }
 
 /// A call's WASI p2 with nothing granted: no files, environment, arguments or sockets; stdout
@@ -480,31 +534,170 @@ struct GuestWasi {
     ctx: WasiCtx,
     stdout: Capture,
     stderr: Capture,
+    /// Zero of the guest's monotonic clock (see [`GuestMonotonic`]).
+    monotonic_zero: Instant,
 }
 
 impl GuestWasi {
-    fn new() -> Self {
+    /// `clock`: a test vector's fixed wall clock (unix seconds).
+    fn new(clock: Option<u64>) -> Self {
         let stdout = Capture::new();
         let stderr = Capture::new();
-        let ctx = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
-        Self { ctx, stdout, stderr }
+        let mut builder = WasiCtx::builder();
+        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        if let Some(secs) = clock {
+            builder.wall_clock(FixedClock(Duration::from_secs(secs)));
+        }
+        let monotonic_zero = Instant::now();
+        builder.monotonic_clock(GuestMonotonic(monotonic_zero));
+        Self { ctx: builder.build(), stdout, stderr, monotonic_zero }
+    }
+}
+
+/// wasmtime-wasi's monotonic clock (nanoseconds since the context was made), with its zero
+/// known to the host, which needs it to clamp `subscribe-instant`.
+struct GuestMonotonic(Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for GuestMonotonic {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The wall clock a test vector sets (`now`): JWT vectors then never expire. Every language
+/// reads it through `wasi:clocks/wall-clock`, so no SDK support is needed.
+struct FixedClock(Duration);
+
+impl HostWallClock for FixedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        self.0
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let wasi = self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new()));
+        let clock = self.env.clock;
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new(clock)));
         WasiCtxView { ctx: &mut wasi.ctx, table: &mut self.table }
     }
 }
 
 impl HostState {
-    /// A warm instance's next call: its own request id and token, a fresh log budget.
-    fn begin(&mut self, request_id: &str, token: &str) {
+    /// Zero of the guest's monotonic clock (making the WASI context if it is not made yet).
+    fn monotonic_zero(&mut self) -> Instant {
+        let clock = self.env.clock;
+        self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new(clock))).monotonic_zero
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+impl HostState {
+    /// A warm instance's next call: its own request id, token and deadline, a fresh log budget.
+    fn begin(&mut self, request_id: &str, token: &str, deadline: Instant, budget: Duration) {
         request_id.clone_into(&mut self.request_id);
+        request_id.clone_into(&mut self.hooks.request_id);
         token.clone_into(&mut self.token);
         self.log_lines = 0;
         self.limits.exceeded = false;
+        self.deadline = deadline;
+        self.overslept = false;
+        self.hooks.deadline = OutboundHooks::http_deadline(deadline, budget);
+    }
+}
+
+/// A guest that sleeps (`wasi:clocks/monotonic-clock` subscribe + `pollable.block`) blocks in a
+/// host call, where the epoch deadline cannot reach it: it would hold an evaluation thread for
+/// as long as it asked. The host's own subscribe functions replace WASI's and end every sleep
+/// at the call's deadline; the guest then runs on into its epoch deadline and traps.
+fn clamp_sleeps(linker: &mut Linker<HostState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(WASI_CLOCKS).map_err(anyhow::Error::from)?;
+    clock
+        .func_wrap("subscribe-duration", |mut store: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
+            let state = store.data_mut();
+            let wanted = tokio::time::Instant::now().checked_add(Duration::from_nanos(nanos));
+            let nap = Nap::until(wanted, nanos == 0, state.deadline);
+            state.overslept |= matches!(nap, Nap::Clamped(_));
+            let nap = state.table.push(nap)?;
+            Ok((wasmtime_wasi::p2::subscribe(&mut state.table, nap)?,))
+        })
+        .map_err(anyhow::Error::from)?;
+    clock
+        .func_wrap("subscribe-instant", |mut store: StoreContextMut<'_, HostState>, (when,): (u64,)| {
+            let state = store.data_mut();
+            let now = u64::try_from(state.monotonic_zero().elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let wait = when.saturating_sub(now);
+            let wanted = tokio::time::Instant::now().checked_add(Duration::from_nanos(wait));
+            let nap = Nap::until(wanted, wait == 0, state.deadline);
+            state.overslept |= matches!(nap, Nap::Clamped(_));
+            let nap = state.table.push(nap)?;
+            Ok((wasmtime_wasi::p2::subscribe(&mut state.table, nap)?,))
+        })
+        .map_err(anyhow::Error::from)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// A sleep that never outlasts the call's deadline.
+enum Nap {
+    /// Ready now (after one yield, so that a busy poll loop lets tokio's I/O run).
+    Now {
+        yielded: bool,
+    },
+    Until(tokio::time::Instant),
+    /// Asked to last past the deadline: ends at the deadline.
+    Clamped(tokio::time::Instant),
+}
+
+impl Nap {
+    fn until(wanted: Option<tokio::time::Instant>, zero: bool, deadline: Instant) -> Self {
+        if zero {
+            return Nap::Now { yielded: false };
+        }
+        let deadline = tokio::time::Instant::from_std(deadline);
+        match wanted {
+            Some(w) if w < deadline => Nap::Until(w),
+            _ => Nap::Clamped(deadline),
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Nap {
+    async fn ready(&mut self) {
+        match self {
+            Nap::Now { yielded: true } => {}
+            Nap::Now { yielded } => {
+                *yielded = true;
+                tokio::task::yield_now().await
+            }
+            Nap::Until(t) | Nap::Clamped(t) => tokio::time::sleep_until(*t).await,
+        }
+    }
+}
+
+impl bindings::tollgate::policy::kv::Host for HostState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.env.kv.get(&key)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_seconds: u32) -> Result<(), String> {
+        self.env.kv.set(&key, value, ttl_seconds)
+    }
+
+    fn delete(&mut self, key: String) {
+        self.env.kv.delete(&key)
     }
 }
 
@@ -519,7 +712,7 @@ impl bindings::tollgate::policy::host::Host for HostState {
             }
             return;
         }
-        let message = Scrubber::new(&self.token).clean(&message, LOG_LINE_BYTES);
+        let message = Scrubber::new(&self.token).with_secrets(&self.env.secrets).clean(&message, LOG_LINE_BYTES);
         plugin_line(&self.env, &self.request_id, level, "log", &message);
     }
 
@@ -626,7 +819,7 @@ fn fit_message(err: &anyhow::Error) -> String {
     {
         return format!(
             "it imports `{name}`, which this host does not provide (a plugin may import only \
-             tollgate:policy/host and WASI p2)"
+             tollgate:policy/host and kv, WASI p2 and wasi:http/outgoing-handler)"
         );
     }
     if full.contains(EXPORT) || full.contains("tollgate:policy/authenticator") {

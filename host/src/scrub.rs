@@ -11,15 +11,24 @@ pub const MIN_SCRUB_LEN: usize = 8;
 /// What replaces each occurrence of the token.
 pub const REDACTED: &str = "[token]";
 
-/// Removes one review's token from text, and caps the text's length.
+/// What replaces each occurrence of a plugin's secret (a `secret_files` value).
+pub const REDACTED_SECRET: &str = "[secret]";
+
+/// Removes one review's token (and the plugin's secrets) from text, and caps the text's length.
 #[derive(Clone, Copy)]
 pub struct Scrubber<'a> {
     token: &'a str,
+    secrets: &'a [String],
 }
 
 impl<'a> Scrubber<'a> {
     pub fn new(token: &'a str) -> Self {
-        Self { token }
+        Self { token, secrets: &[] }
+    }
+
+    /// Also removes these secrets (those of [`MIN_SCRUB_LEN`] bytes or more).
+    pub fn with_secrets(self, secrets: &'a [String]) -> Self {
+        Self { secrets, ..self }
     }
 
     /// True when `text` holds the token (only for tokens of [`MIN_SCRUB_LEN`] bytes or more).
@@ -30,7 +39,12 @@ impl<'a> Scrubber<'a> {
     /// Replaces the token, then caps to `max` bytes (on a char boundary, marking the cut).
     /// Scrubbing comes first so that a cap can never leave a fragment of the token behind.
     pub fn clean(&self, text: &str, max: usize) -> String {
-        let scrubbed = if self.contains_token(text) { text.replace(self.token, REDACTED) } else { text.to_owned() };
+        let mut scrubbed = if self.contains_token(text) { text.replace(self.token, REDACTED) } else { text.to_owned() };
+        for secret in self.secrets.iter().filter(|s| s.len() >= MIN_SCRUB_LEN) {
+            if scrubbed.contains(secret.as_str()) {
+                scrubbed = scrubbed.replace(secret.as_str(), REDACTED_SECRET);
+            }
+        }
         cap(scrubbed, max)
     }
 
@@ -80,6 +94,13 @@ mod tests {
         let out = cap("ééééé".to_string(), 3);
         assert!(out.starts_with('é'));
         assert!(out.contains("bytes cut"));
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_too() {
+        let secrets = vec!["client-secret-value".to_string(), "short".to_string()];
+        let s = Scrubber::new("the-token-123").with_secrets(&secrets);
+        assert_eq!(s.clean("the-token-123 client-secret-value short", 100), "[token] [secret] short");
     }
 
     #[test]

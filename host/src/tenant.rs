@@ -55,6 +55,13 @@ impl TenantsFile {
         for (tenant, spec) in
             std::iter::once(("", &file.default)).chain(file.tenant.iter().map(|(k, v)| (k.as_str(), v)))
         {
+            if let Some(dir) = spec.secret_dirs.iter().find(|d| !d.is_absolute()) {
+                bail!("tenants file {}: secret_dirs entry {} is not an absolute path", path.display(), dir.display());
+            }
+            for entry in spec.outbound_hosts.iter().flatten() {
+                crate::sandbox::outbound::Destination::parse_allowed(entry)
+                    .with_context(|| format!("tenants file {}: outbound_hosts", path.display()))?;
+            }
             for name in &spec.allow_system {
                 if !name.starts_with("system:") {
                     bail!("tenants file {}: allow_system entry {name:?} is not a system: name", path.display());
@@ -107,8 +114,11 @@ pub struct Snapshot {
 pub fn read_tenant(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
     for _ in 0..DATA_RETRIES {
         let data = resolve_data(dir)?;
-        let snapshot = read_listing(data.as_deref().unwrap_or(dir), max_plugin_bytes)?;
+        let mut snapshot = read_listing(data.as_deref().unwrap_or(dir), max_plugin_bytes)?;
         if resolve_data(dir)? == data {
+            // File references in manifests are relative to the tenant's folder as the operator
+            // sees it, not to kubelet's timestamped directory.
+            snapshot.sources.iter_mut().for_each(|s| s.dir = dir.to_path_buf());
             return Ok(snapshot);
         }
         tracing::debug!(dir = %dir.display(), "..data moved during the scan: reading again");
@@ -170,7 +180,7 @@ fn read_listing(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
         content.update(Sha256::digest(&bytes));
         content.update(manifest.as_ref().map(|(_, t)| t.as_bytes()).unwrap_or(b"\0none"));
         content.update([0]);
-        sources.push(PluginSource { name, wasm_path: path, wasm: bytes, manifest });
+        sources.push(PluginSource { name, wasm_path: path, dir: dir.to_path_buf(), wasm: bytes, manifest });
     }
     Ok(Snapshot { sources, content: hex::encode(content.finalize()) })
 }
@@ -208,7 +218,7 @@ pub fn load_generation(
 ) -> Result<Generation> {
     let mut plugins = Vec::with_capacity(snapshot.sources.len());
     for src in &snapshot.sources {
-        let plugin = loader.load(tenant, src)?;
+        let plugin = loader.load(tenant, src, &guardrails)?;
         for w in &plugin.warnings {
             tracing::warn!(tenant, plugin = %plugin.name, "{w}");
         }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::manifest::{Expect, GrantSpec, TestVector};
 use crate::plugin::Plugin;
+use crate::sandbox::kv::{KvLimits, KvStore};
 use crate::sandbox::{Decision, Grant, PluginEnv, Prior, Review, Sandbox, UserInfo};
 
 /// Runs every vector; returns one line per failing vector.
@@ -59,14 +60,21 @@ fn run(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, overlay
 }
 
 fn decide(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, overlay: bool) -> Result<Decision, String> {
-    let env = if overlay && !t.config.is_empty() {
-        let mut config = plugin.env.config.clone();
+    let mut config = plugin.env.config.clone();
+    if overlay {
         config.extend(t.config.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Arc::new(PluginEnv { config, warm: None, ..PluginEnv::clone(&plugin.env) })
-    } else {
-        // Vectors always run in fresh instances, never in (or into) a warm pool.
-        Arc::new(PluginEnv { warm: None, ..PluginEnv::clone(&plugin.env) })
-    };
+    }
+    // Vectors always run in fresh instances, never in (or into) a warm pool; with no outbound
+    // HTTP (an issuer outage must not refuse a good plugin), a cache of their own (empty, so
+    // vectors neither see nor fill the live one) and the vector's wall clock.
+    let env = Arc::new(PluginEnv {
+        config,
+        warm: None,
+        vector: true,
+        clock: t.now,
+        kv: Arc::new(KvStore::new(KvLimits::DEFAULT)),
+        ..PluginEnv::clone(&plugin.env)
+    });
     let review = Review {
         token: t.token.clone(),
         audiences: t.audiences.clone(),

@@ -10,6 +10,8 @@ mod instances;
 mod kubernetes;
 mod languages;
 mod observability;
+mod oidc;
+mod outbound;
 mod overload;
 mod reload;
 mod sandbox;

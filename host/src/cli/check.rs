@@ -55,7 +55,7 @@ impl Checker {
     }
 
     fn one(&mut self, tenant: &str, src: &PluginSource) {
-        match self.loader.load(tenant, src) {
+        match self.loader.load(tenant, src, &crate::guardrails::Guardrails::from_spec(tenant, &Default::default())) {
             Ok(plugin) => {
                 println!(
                     "ok    {}  {} ({}, {} vectors passed)",

@@ -130,7 +130,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let audit = AuditLog::open(&args.audit_log, fingerprints)?;
     let cache = args.cache_dir.as_deref().map(|d| (d, args.cache_max_mib << 20));
-    let loader = Arc::new(args.plugin.loader(cache)?);
+    let mut loader = args.plugin.loader(cache)?;
+    // No manifest may read the server's own key material through secret_files or ca_file.
+    loader.protect(
+        [args.tls_key.clone(), args.tls_cert.clone(), args.fingerprint_key_file.clone()]
+            .into_iter()
+            .flatten()
+            .chain(args.cache_dir.as_ref().map(|d| d.join("key"))),
+    );
+    let loader = Arc::new(loader);
     if !loader.sandbox().pooling() {
         tracing::warn!("running without the pooling allocator: instantiation is slower");
     }

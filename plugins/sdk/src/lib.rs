@@ -167,6 +167,46 @@ pub mod testing {
     thread_local! {
         static CONFIG: RefCell<BTreeMap<String, String>> = RefCell::default();
         static LOGS: RefCell<Vec<(Level, String)>> = RefCell::default();
+        static KV: RefCell<BTreeMap<String, Vec<u8>>> = RefCell::default();
+        #[allow(clippy::type_complexity, reason = "a test stand-in")]
+        static HTTP: RefCell<Option<Box<dyn Fn(&str, &str) -> Result<super::http::Response, String>>>> = RefCell::default();
+    }
+
+    /// Answers this thread's `http` requests with `f(method, url)` (default: every request
+    /// fails, as in a test vector).
+    pub fn set_http(f: impl Fn(&str, &str) -> Result<super::http::Response, String> + 'static) {
+        HTTP.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(crate) fn http(
+        method: &str,
+        https: bool,
+        authority: &str,
+        path: &str,
+    ) -> Result<super::http::Response, String> {
+        let url = format!("{}://{authority}{path}", if https { "https" } else { "http" });
+        HTTP.with(|h| match &*h.borrow() {
+            Some(f) => f(method, &url),
+            None => Err("HttpRequestDenied".into()),
+        })
+    }
+
+    pub(crate) fn kv_get(key: &str) -> Option<Vec<u8>> {
+        KV.with(|k| k.borrow().get(key).cloned())
+    }
+
+    pub(crate) fn kv_set(key: &str, value: &[u8], _ttl: u32) -> Result<(), String> {
+        KV.with(|k| k.borrow_mut().insert(key.to_owned(), value.to_vec()));
+        Ok(())
+    }
+
+    pub(crate) fn kv_delete(key: &str) {
+        KV.with(|k| k.borrow_mut().remove(key));
+    }
+
+    /// Empties this thread's cache.
+    pub fn clear_kv() {
+        KV.with(|k| k.borrow_mut().clear());
     }
 
     /// Sets this thread's `[config]` table, as a manifest would.
@@ -207,5 +247,192 @@ pub mod testing {
 
     pub(crate) fn log(level: Level, message: &str) {
         LOGS.with(|l| l.borrow_mut().push((level, message.to_owned())));
+    }
+}
+
+/// The plugin's own cache (`tollgate:policy/kv`, contract 0.1.1): what it fetched from its
+/// issuer survives the fresh instance of each review. Bounded per plugin, private to it in its
+/// tenant, emptied when the tenant reloads; an entry may be evicted before its time.
+pub mod kv {
+    /// The value under `key`, unless it expired or was evicted.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::tollgate::policy::kv::get(key)
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            crate::testing::kv_get(key)
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl_seconds` (at least 1; the host caps it at a day).
+    pub fn set(key: &str, value: &[u8], ttl_seconds: u32) -> Result<(), String> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::tollgate::policy::kv::set(key, value, ttl_seconds)
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            crate::testing::kv_set(key, value, ttl_seconds)
+        }
+    }
+
+    pub fn delete(key: &str) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::tollgate::policy::kv::delete(key)
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            crate::testing::kv_delete(key)
+        }
+    }
+}
+
+/// Outbound HTTP through `wasi:http/outgoing-handler`: only to the destinations the plugin's
+/// manifest lists in `allowed_outbound_hosts` (anything else fails with `HttpRequestDenied`),
+/// never past the plugin's deadline, never in a test vector. Redirects are not followed.
+pub mod http {
+    /// An answer, read whole.
+    #[derive(Debug, Clone)]
+    pub struct Response {
+        pub status: u16,
+        pub headers: Vec<(String, Vec<u8>)>,
+        pub body: Vec<u8>,
+    }
+
+    impl Response {
+        /// The first value of header `name` (case-insensitive), as text.
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        }
+    }
+
+    /// `GET url`.
+    pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+        send("GET", url, headers, None)
+    }
+
+    /// `POST url` with an `application/x-www-form-urlencoded` body.
+    pub fn post_form(url: &str, headers: &[(&str, &str)], form: &str) -> Result<Response, String> {
+        let mut all = headers.to_vec();
+        all.push(("content-type", "application/x-www-form-urlencoded"));
+        send("POST", url, &all, Some(form.as_bytes()))
+    }
+
+    /// Percent-encodes a form value (`application/x-www-form-urlencoded`).
+    pub fn form_encode(value: &str) -> String {
+        let mut out = String::with_capacity(value.len());
+        for b in value.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => out.push(b as char),
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+
+    /// Sends one request; the error says why in one line (never the body).
+    pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<Response, String> {
+        let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!("not an http(s) URL: {url}"));
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
+            Some(i) => (&rest[..i], rest[i..].to_owned()),
+            None => (rest, "/".to_owned()),
+        };
+        imp::send(method, https, authority, &path, headers, body)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    mod imp {
+        use super::Response;
+        use wasip2::http::outgoing_handler;
+        use wasip2::http::types::{Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme};
+        use wasip2::io::streams::StreamError;
+
+        pub fn send(
+            method: &str,
+            https: bool,
+            authority: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: Option<&[u8]>,
+        ) -> Result<Response, String> {
+            let entries: Vec<(String, Vec<u8>)> =
+                headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())).collect();
+            let fields = Fields::from_list(&entries).map_err(|e| format!("bad header: {e:?}"))?;
+            let request = OutgoingRequest::new(fields);
+            let method = match method {
+                "GET" => Method::Get,
+                "POST" => Method::Post,
+                "HEAD" => Method::Head,
+                "PUT" => Method::Put,
+                "DELETE" => Method::Delete,
+                other => Method::Other(other.to_owned()),
+            };
+            request.set_method(&method).map_err(|()| "bad method".to_string())?;
+            request.set_scheme(Some(if https { &Scheme::Https } else { &Scheme::Http })).map_err(|()| "bad scheme")?;
+            request.set_authority(Some(authority)).map_err(|()| format!("bad host {authority:?}"))?;
+            request.set_path_with_query(Some(path)).map_err(|()| "bad path".to_string())?;
+            let outgoing = request.body().map_err(|()| "request body unavailable".to_string())?;
+            let future = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+            if let Some(bytes) = body {
+                let stream = outgoing.write().map_err(|()| "request body stream unavailable".to_string())?;
+                for chunk in bytes.chunks(4096) {
+                    stream.blocking_write_and_flush(chunk).map_err(|e| format!("writing the request: {e:?}"))?;
+                }
+                drop(stream);
+            }
+            OutgoingBody::finish(outgoing, None).map_err(|e| format!("{e:?}"))?;
+            let response = loop {
+                match future.get() {
+                    Some(result) => break result.map_err(|()| "response taken twice".to_string())?,
+                    None => future.subscribe().block(),
+                }
+            }
+            .map_err(|e| format!("{e:?}"))?;
+            let status = response.status();
+            let headers = response.headers().entries();
+            let incoming = response.consume().map_err(|()| "response body unavailable".to_string())?;
+            let stream = incoming.stream().map_err(|()| "response body stream unavailable".to_string())?;
+            let mut body = Vec::new();
+            loop {
+                match stream.blocking_read(64 * 1024) {
+                    Ok(chunk) => body.extend_from_slice(&chunk),
+                    Err(StreamError::Closed) => break,
+                    Err(StreamError::LastOperationFailed(e)) => {
+                        return Err(format!("reading the response: {}", e.to_debug_string()));
+                    }
+                }
+            }
+            drop(stream);
+            let _ = IncomingBody::finish(incoming);
+            Ok(Response { status, headers, body })
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod imp {
+        pub fn send(
+            method: &str,
+            https: bool,
+            authority: &str,
+            path: &str,
+            _headers: &[(&str, &str)],
+            _body: Option<&[u8]>,
+        ) -> Result<super::Response, String> {
+            crate::testing::http(method, https, authority, path)
+        }
     }
 }

@@ -79,6 +79,58 @@ impl Policy for Probe {
                 g = g.extra("seen/token-byte-sum", [sum.to_string()]);
                 Decision::Allow(g)
             }
+            // --- what the host offers since 0.1.1 ---
+            // GET `url` (from config): allow with the status and body size, or deny with why.
+            "http" => match tollgate_sdk::http::get(&cfg("url"), &[]) {
+                Ok(r) => Decision::Allow(
+                    Grant::user(cfg("username"))
+                        .extra("http/status", [r.status.to_string()])
+                        .extra("http/body-bytes", [r.body.len().to_string()])
+                        .extra("http/location", [r.header("location").unwrap_or("").to_owned()]),
+                ),
+                Err(e) => Decision::deny(format!("http failed: {e}")),
+            },
+            // Counts reviews in the plugin's cache: call-1, call-2... across fresh instances.
+            "kv-count" => {
+                let n = tollgate_sdk::kv::get("n")
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    + 1;
+                match tollgate_sdk::kv::set("n", n.to_string().as_bytes(), 3600) {
+                    Ok(()) => Decision::Allow(Grant::user(format!("kv-{n}"))),
+                    Err(e) => Decision::deny(format!("kv failed: {e}")),
+                }
+            }
+            // Stores `bytes` bytes (config): deny with the host's refusal if it does not fit.
+            "kv-big" => {
+                let size: usize = cfg("bytes").parse().unwrap_or(1 << 20);
+                match tollgate_sdk::kv::set("big", &vec![7u8; size], 60) {
+                    Ok(()) => Decision::Allow(Grant::user(cfg("username"))),
+                    Err(e) => Decision::deny(format!("kv refused: {e}")),
+                }
+            }
+            // Sleeps `ms` milliseconds (a blocking host call), then allows.
+            "sleep" => {
+                let ms: u64 = cfg("ms").parse().unwrap_or(10_000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Decision::Allow(configured_grant(&review))
+            }
+            // The wall clock the plugin sees, as its username ("t-<unix seconds>").
+            "clock" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                Decision::Allow(Grant::user(format!("t-{now}")))
+            }
+            // A secret (config key `secret_key`, from secret_files) everywhere a plugin can say it.
+            "leak-secret" => {
+                let secret = cfg(&cfg("secret_key"));
+                log(Level::Warn, &format!("secret {secret}"));
+                println!("stdout secret {secret}");
+                Decision::deny(format!("secret {secret}"))
+            }
             // --- the sandbox ---
             "loop" => loop {
                 black_box(&token);

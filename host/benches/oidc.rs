@@ -1,0 +1,155 @@
+//! Issue 8: what verifying a JWT in the sandbox costs. The `oidc-jwt` component with a warm key
+//! cache (the JWKS already in its `tollgate:policy/kv`, so a review is: read the cache, parse the
+//! JWKS, verify the signature, check the claims) next to the very same code (`jwt-verify`) run
+//! natively, RS256 and ES256, in fresh and in warm instances — side by side in one run, each
+//! round timing a batch of every variant in turn.
+//!
+//! `cargo bench -p tollgate --bench oidc` (part of `make bench`). Writes
+//! `$TOLLGATE_BENCH_OUT/oidc.json` for the report.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use jwt_verify::{Jwt, KeySet, Rules, check_claims, string_list};
+use serde_json::{Value, json};
+use tollgate::chain::{self, Outcome, ReviewInput};
+use tollgate::plugin::{Loader, PluginDefaults, PluginSource};
+use tollgate::sandbox::{PluginEnv, Sandbox, SandboxConfig};
+use tollgate::tenant::{Generation, Snapshot, TenantsFile, load_generation};
+use tollgate_bench::{fixtures, stats};
+
+/// The shipped manifest's vectors: real RS256 and ES256 tokens, their JWKS, and the fixed clock
+/// under which they are valid.
+struct Fixture {
+    tokens: [(String, &'static str); 2],
+    jwks: String,
+    issuer: String,
+    now: u64,
+}
+
+fn fixture() -> Result<Fixture> {
+    let path = fixtures::repo_root().join("plugins/oidc-jwt/oidc-jwt.toml");
+    let manifest: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?).context("oidc-jwt.toml")?;
+    let tests = manifest["test"].as_array().context("no vectors")?;
+    let vector = |name: &str| tests.iter().find(|t| t["name"].as_str().is_some_and(|n| n.starts_with(name)));
+    let rs = vector("RS256").context("the RS256 vector")?;
+    let es = vector("ES256").context("the ES256 vector")?;
+    let text = |v: &toml::Value| v.as_str().map(str::to_owned).context("a string");
+    Ok(Fixture {
+        tokens: [(text(&rs["token"])?, "RS256"), (text(&es["token"])?, "ES256")],
+        jwks: text(&rs["config"]["jwks"])?,
+        issuer: text(&rs["config"]["issuer"])?,
+        now: rs["now"].as_integer().context("now")? as u64,
+    })
+}
+
+/// A generation of just `oidc-jwt`, its cache holding the JWKS and its clock at the vectors'.
+fn generation(loader: &Loader, wasm: &Path, f: &Fixture, reuse: bool) -> Result<Generation> {
+    let manifest = format!(
+        "allowed_outbound_hosts = [\"{issuer}\"]\n[config]\nissuer = \"{issuer}\"\naudiences = \"kubernetes\"\n\
+         username_prefix = \"oidc:\"\ngroups_claim = \"groups\"\ngroups_prefix = \"oidc:\"\n{}",
+        if reuse { "[instances]\nreuse = true\n" } else { "" },
+        issuer = f.issuer,
+    );
+    let source = PluginSource {
+        name: "10-oidc".into(),
+        wasm_path: wasm.to_path_buf(),
+        dir: PathBuf::from("."),
+        wasm: std::fs::read(wasm)?.into(),
+        manifest: Some((PathBuf::from("10-oidc.toml"), manifest)),
+    };
+    let mut generation = load_generation(
+        loader,
+        "",
+        &Snapshot { sources: vec![source], content: String::new() },
+        TenantsFile::default().guardrails(""),
+        1,
+    )?;
+    let plugin = Arc::get_mut(&mut generation.plugins[0]).context("a fresh generation")?;
+    plugin.env.kv.set("jwks", f.jwks.as_bytes().to_vec(), 3600).map_err(anyhow::Error::msg)?;
+    plugin.env = Arc::new(PluginEnv { clock: Some(f.now), ..PluginEnv::clone(&plugin.env) });
+    Ok(generation)
+}
+
+fn in_sandbox(sandbox: &Sandbox, generation: &Generation, token: &str) -> Result<Duration> {
+    let input =
+        ReviewInput { token: token.into(), audiences: vec![], client: None, request_id: "0123456789abcdef".into() };
+    let started = Instant::now();
+    let verdict = chain::evaluate(sandbox, generation, &input, Instant::now() + Duration::from_secs(5));
+    let took = started.elapsed();
+    ensure!(matches!(verdict.outcome, Outcome::Authenticated { .. }), "not authenticated: {:?}", verdict.outcome);
+    Ok(took)
+}
+
+/// What the guest does per review, natively: the cached JWKS parsed, the signature verified,
+/// the claims checked, the user and groups named.
+fn native(f: &Fixture, token: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let jwt = Jwt::parse(token).context("a JWT")?;
+    let keys = KeySet::parse(std::hint::black_box(f.jwks.as_bytes())).map_err(anyhow::Error::msg)?;
+    let key = keys.find(jwt.kid.as_deref(), &jwt.alg).context("its key")?;
+    jwt.verify(key).map_err(anyhow::Error::msg)?;
+    let audiences = ["kubernetes".to_owned()];
+    let rules = Rules { issuer: &f.issuer, audiences: &audiences, skew: 60, now: f.now };
+    check_claims(&jwt.claims, &rules).map_err(anyhow::Error::msg)?;
+    let user = format!("oidc:{}", jwt.claims.get("sub").and_then(Value::as_str).context("sub")?);
+    let groups: Vec<String> = string_list(&jwt.claims, "groups")
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|g| format!("oidc:{g}"))
+        .collect();
+    std::hint::black_box((user, groups));
+    Ok(started.elapsed())
+}
+
+fn main() -> Result<()> {
+    let f = fixture()?;
+    let wasm = fixtures::guest("oidc_jwt")?;
+    let sandbox = Arc::new(Sandbox::new(&SandboxConfig::default())?);
+    let loader = Loader::new(sandbox.clone(), PluginDefaults::default(), None);
+    let fresh = generation(&loader, &wasm, &f, false)?;
+    let warm = generation(&loader, &wasm, &f, true)?;
+    let rounds: usize = std::env::var("TOLLGATE_BENCH_OIDC_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
+    let batch = 30;
+    // [alg][fresh, warm, native] samples in microseconds.
+    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]];
+    for round in 0..rounds {
+        for (i, (token, _)) in f.tokens.iter().enumerate() {
+            for _ in 0..batch {
+                samples[i][0].push(in_sandbox(&sandbox, &fresh, token)?.as_secs_f64() * 1e6);
+                samples[i][1].push(in_sandbox(&sandbox, &warm, token)?.as_secs_f64() * 1e6);
+                samples[i][2].push(native(&f, token)?.as_secs_f64() * 1e6);
+            }
+        }
+        eprintln!("oidc: round {}/{rounds}", round + 1);
+    }
+    let rows: Vec<Value> = f
+        .tokens
+        .iter()
+        .zip(&mut samples)
+        .map(|((_, alg), s)| {
+            let [fresh, warm, native] = s.each_mut().map(|v| stats::summarize(v));
+            json!({
+                "alg": alg,
+                "fresh_p50_us": fresh.0, "fresh_p99_us": fresh.1,
+                "warm_p50_us": warm.0, "warm_p99_us": warm.1,
+                "native_p50_us": native.0, "native_p99_us": native.1,
+                "fresh_over_native": fresh.0 / native.0,
+                "warm_over_native": warm.0 / native.0,
+                "reviews": s[0].len(),
+            })
+        })
+        .collect();
+    for r in &rows {
+        eprintln!("{r}");
+    }
+    if let Some(out) = std::env::var_os("TOLLGATE_BENCH_OUT") {
+        std::fs::write(
+            Path::new(&out).join("oidc.json"),
+            serde_json::to_vec_pretty(&json!({ "rounds": rounds, "batch": batch, "rows": rows }))?,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Verifies JWTs from one OpenID issuer, like kube-apiserver's `--oidc-*` flags, in a sandbox.
+//!
+//! Config (see `oidc-jwt.toml`):
+//! - `issuer` (required): the `iss` the tokens carry; tokens of other issuers get `abstain`.
+//! - `audiences` (required): comma-separated; the token's `aud` must name one (`--oidc-client-id`).
+//! - `username_claim` (default `sub`), `username_prefix` (default: `<issuer>#`, or none for
+//!   `email`; `-` for none), `groups_claim` (default: none), `groups_prefix` (default none),
+//!   `uid_claim` (default none).
+//! - `clock_skew_seconds` (default 60), `algorithms` (default `RS256,ES256`).
+//! - Keys: `jwks` (a JWKS document, inline: no fetching at all), or `jwks_uri`, or discovery at
+//!   `<issuer>/.well-known/openid-configuration` (the default). The fetched JWKS is kept in the
+//!   plugin's cache (`tollgate:policy/kv`) for `jwks_cache_seconds` (default 300): one fetch
+//!   serves every review until then. A token whose `kid` the cached set lacks (a key rotation)
+//!   fetches once more, at most every `jwks_refetch_seconds` (default 10) so that tokens with
+//!   made-up key ids cannot make the plugin hammer its issuer.
+//!
+//! The manifest must grant the issuer's host (`allowed_outbound_hosts`). Answers: `abstain` for
+//! tokens that are not JWTs or not this issuer's; `deny` for a bad signature, unknown key, wrong
+//! audience, expiry...; `unavailable` when the keys cannot be had (the issuer is down and
+//! nothing is cached): 503, so kube-apiserver neither caches nor retries it.
+
+use jwt_verify::{Jwt, KeySet, Rules, check_claims, string_list};
+use serde_json::Value;
+use tollgate_sdk::{Decision, Grant, Policy, Review, config, http, info, kv, warn};
+
+pub struct OidcJwt;
+
+/// kv keys.
+const JWKS: &str = "jwks";
+const JWKS_URI: &str = "jwks-uri";
+const REFETCHED: &str = "jwks-refetched";
+
+struct Settings {
+    issuer: String,
+    audiences: Vec<String>,
+    username_claim: String,
+    username_prefix: String,
+    groups_claim: Option<String>,
+    groups_prefix: String,
+    uid_claim: Option<String>,
+    skew: u64,
+    algorithms: Vec<String>,
+    jwks: Option<String>,
+    jwks_uri: Option<String>,
+    jwks_cache: u32,
+    refetch_every: u32,
+}
+
+fn setting(key: &str) -> Option<String> {
+    config(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn number<T: std::str::FromStr>(key: &str, default: T) -> Result<T, String> {
+    match setting(key) {
+        Some(v) => v.parse().map_err(|_| format!("{key} must be a number")),
+        None => Ok(default),
+    }
+}
+
+impl Settings {
+    fn load() -> Result<Self, String> {
+        let issuer = setting("issuer").ok_or("no issuer configured")?;
+        let audiences = list(&setting("audiences").ok_or("no audiences configured")?);
+        let username_claim = setting("username_claim").unwrap_or_else(|| "sub".into());
+        let username_prefix = match setting("username_prefix").as_deref() {
+            Some("-") => String::new(),
+            Some(p) => p.to_owned(),
+            None if username_claim == "email" => String::new(),
+            None => format!("{issuer}#"),
+        };
+        let algorithms = setting("algorithms").map_or_else(|| vec!["RS256".into(), "ES256".into()], |a| list(&a));
+        if let Some(a) = algorithms.iter().find(|a| !jwt_verify::ALGORITHMS.contains(&a.as_str())) {
+            return Err(format!("algorithm {a} is not supported (RS256, ES256)"));
+        }
+        Ok(Self {
+            audiences,
+            username_claim,
+            username_prefix,
+            groups_claim: setting("groups_claim"),
+            groups_prefix: setting("groups_prefix").unwrap_or_default(),
+            uid_claim: setting("uid_claim"),
+            skew: number("clock_skew_seconds", 60)?,
+            algorithms,
+            jwks: setting("jwks"),
+            jwks_uri: setting("jwks_uri"),
+            jwks_cache: number("jwks_cache_seconds", 300u32)?.max(1),
+            refetch_every: number("jwks_refetch_seconds", 10u32)?.max(1),
+            issuer,
+        })
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Policy for OidcJwt {
+    fn authenticate(review: Review) -> Decision {
+        let settings = match Settings::load() {
+            Ok(s) => s,
+            Err(e) => return Decision::unavailable(format!("oidc-jwt is misconfigured: {e}")),
+        };
+        let Some(jwt) = Jwt::parse(&review.token) else {
+            return Decision::Abstain;
+        };
+        if jwt.issuer() != Some(settings.issuer.as_str()) {
+            return Decision::Abstain;
+        }
+        match verify(&settings, &jwt) {
+            Ok(grant) => Decision::Allow(grant),
+            Err(d) => d,
+        }
+    }
+}
+
+fn verify(s: &Settings, jwt: &Jwt) -> Result<Grant, Decision> {
+    if !s.algorithms.contains(&jwt.alg) {
+        return Err(Decision::deny(format!("algorithm {:?} is not accepted", jwt.alg)));
+    }
+    let keys = key_set(s, jwt.kid.as_deref(), &jwt.alg)?;
+    let key = keys.find(jwt.kid.as_deref(), &jwt.alg).ok_or_else(|| Decision::deny("unknown key id"))?;
+    jwt.verify(key).map_err(Decision::deny)?;
+    let rules = Rules { issuer: &s.issuer, audiences: &s.audiences, skew: s.skew, now: now() };
+    let exp = check_claims(&jwt.claims, &rules).map_err(Decision::deny)?;
+    let claim = |name: &str| jwt.claims.get(name).and_then(Value::as_str).filter(|v| !v.is_empty());
+    let username = claim(&s.username_claim)
+        .ok_or_else(|| Decision::deny(format!("no {} claim to name the user", s.username_claim)))?;
+    if s.username_claim == "email" && jwt.claims.get("email_verified") == Some(&Value::Bool(false)) {
+        return Err(Decision::deny("the email is not verified"));
+    }
+    let mut grant = Grant::user(format!("{}{username}", s.username_prefix)).expires_at(exp);
+    if let Some(c) = &s.uid_claim {
+        grant = grant.uid(claim(c).unwrap_or_default());
+    }
+    if let Some(c) = &s.groups_claim {
+        let groups = string_list(&jwt.claims, c).map_err(Decision::deny)?;
+        grant = grant.groups(groups.into_iter().map(|g| format!("{}{g}", s.groups_prefix)));
+    }
+    Ok(grant)
+}
+
+/// The keys to verify with: inline, cached, or fetched (and cached).
+fn key_set(s: &Settings, kid: Option<&str>, alg: &str) -> Result<KeySet, Decision> {
+    if let Some(inline) = &s.jwks {
+        return KeySet::parse(inline.as_bytes()).map_err(|e| Decision::unavailable(format!("the jwks setting: {e}")));
+    }
+    let cached = kv::get(JWKS).and_then(|bytes| KeySet::parse(&bytes).ok());
+    if let Some(keys) = cached {
+        if keys.find(kid, alg).is_some() {
+            return Ok(keys);
+        }
+        // A key the cached set lacks: the issuer may have rotated. Ask again, but not often.
+        if kv::get(REFETCHED).is_some() {
+            return Ok(keys);
+        }
+        let _ = kv::set(REFETCHED, b"1", s.refetch_every);
+        return Ok(fetch(s).unwrap_or(keys));
+    }
+    fetch(s).ok_or_else(|| Decision::unavailable(format!("cannot get the signing keys of {}", s.issuer)))
+}
+
+/// Fetches the JWKS (through discovery unless `jwks_uri` is set) and caches it.
+fn fetch(s: &Settings) -> Option<KeySet> {
+    let result = jwks_uri(s).and_then(|uri| {
+        let r = http::get(&uri, &[("accept", "application/json")])?;
+        if r.status != 200 {
+            return Err(format!("{uri} answered {}", r.status));
+        }
+        let keys = KeySet::parse(&r.body)?;
+        info(&format!("fetched {} signing keys from {uri}", keys.keys.len()));
+        if let Err(e) = kv::set(JWKS, &r.body, s.jwks_cache) {
+            warn(&format!("cannot cache the JWKS: {e}"));
+        }
+        Ok(keys)
+    });
+    result.map_err(|e| warn(&format!("the issuer's keys are unavailable: {e}"))).ok()
+}
+
+fn jwks_uri(s: &Settings) -> Result<String, String> {
+    if let Some(uri) = &s.jwks_uri {
+        return Ok(uri.clone());
+    }
+    if let Some(uri) = kv::get(JWKS_URI).and_then(|b| String::from_utf8(b).ok()) {
+        return Ok(uri);
+    }
+    let url = format!("{}/.well-known/openid-configuration", s.issuer.trim_end_matches('/'));
+    let r = http::get(&url, &[("accept", "application/json")])?;
+    if r.status != 200 {
+        return Err(format!("discovery at {url} answered {}", r.status));
+    }
+    let doc: Value = serde_json::from_slice(&r.body).map_err(|e| format!("discovery document: {e}"))?;
+    // OpenID Connect Discovery §4.3: the document must name the issuer it was fetched for.
+    if doc.get("issuer").and_then(Value::as_str) != Some(s.issuer.as_str()) {
+        return Err("the discovery document names another issuer".into());
+    }
+    let uri = doc.get("jwks_uri").and_then(Value::as_str).ok_or("the discovery document has no jwks_uri")?.to_owned();
+    let _ = kv::set(JWKS_URI, uri.as_bytes(), s.jwks_cache);
+    Ok(uri)
+}
+
+tollgate_sdk::export_policy!(OidcJwt);

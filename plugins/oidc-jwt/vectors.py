@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Writes the [[test]] vectors of oidc-jwt.toml: fresh test keys (RSA 2048, P-256), tokens signed
+with them, and the public JWKS as a config overlay. The private keys are thrown away. Needs the
+`cryptography` package. Run: python3 vectors.py > vectors.toml, then paste below the marker."""
+import base64, json
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+ISS, AUD, NOW = "https://issuer.test", "kubernetes", 1_700_000_100
+
+def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+def n2b(n, size=None):
+    size = size or (n.bit_length() + 7) // 8
+    return n.to_bytes(size, "big")
+
+rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+ec_key = ec.generate_private_key(ec.SECP256R1())
+other = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # never published
+rn = rsa_key.public_key().public_numbers(); en = ec_key.public_key().public_numbers()
+jwks = {"keys": [
+    {"kty": "RSA", "kid": "rsa-1", "alg": "RS256", "use": "sig", "n": b64(n2b(rn.n)), "e": b64(n2b(rn.e))},
+    {"kty": "EC", "kid": "ec-1", "alg": "ES256", "use": "sig", "crv": "P-256", "x": b64(n2b(en.x, 32)), "y": b64(n2b(en.y, 32))},
+]}
+
+def token(claims, alg="RS256", kid="rsa-1", key=None):
+    header = {"alg": alg, "typ": "JWT", "kid": kid}
+    signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}".encode()
+    if alg == "RS256":
+        sig = (key or rsa_key).sign(signing, padding.PKCS1v15(), hashes.SHA256())
+    elif alg == "ES256":
+        r, s = decode_dss_signature(ec_key.sign(signing, ec.ECDSA(hashes.SHA256())))
+        sig = n2b(r, 32) + n2b(s, 32)
+    else:
+        sig = b"x"
+    return f"{signing.decode()}.{b64(sig)}"
+
+base = {"iss": ISS, "aud": AUD, "sub": "alice", "groups": ["dev", "ops"], "iat": NOW - 100, "exp": NOW + 3600}
+cfg = 'config = { issuer = "%s", audiences = "%s", jwks = \'%s\' }' % (ISS, AUD, json.dumps(jwks))
+def vec(name, tok, expect, extra="", now=NOW, config=cfg):
+    print(f'[[test]]\nname = "{name}"\ntoken = "{tok}"\nnow = {now}\n{config}\nexpect = "{expect}"\n{extra}')
+
+vec("RS256: the user and groups, prefixed", token(base), "allow",
+    'username = "oidc:alice"\ngroups = ["oidc:dev", "oidc:ops"]\nexpires_at = %d' % (NOW + 3600))
+vec("ES256", token(dict(base, sub="bob", groups="solo"), "ES256", "ec-1"), "allow",
+    'username = "oidc:bob"\ngroups = ["oidc:solo"]')
+vec("expired, beyond the clock skew", token(base), "deny", 'reason = "expired"', now=NOW + 3600 + 61)
+vec("within the clock skew", token(base), "allow", 'username = "oidc:alice"', now=NOW + 3600 + 59)
+vec("not yet valid", token(dict(base, nbf=NOW + 600)), "deny", 'reason = "not valid before"')
+vec("wrong audience", token(dict(base, aud=["other"])), "deny", 'reason = "wrong audience"')
+tampered = token(base); tampered = tampered[:-4] + ("AAAA" if not tampered.endswith("AAAA") else "BBBB")
+vec("bad signature", tampered, "deny", 'reason = "bad signature"')
+vec("unknown key id", token(base, kid="rsa-unknown", key=other), "deny", 'reason = "unknown key id"')
+vec("signed by another key under a published key id", token(base, key=other), "deny", 'reason = "bad signature"')
+vec("alg none is refused", token(base, alg="none"), "deny", 'reason = "not accepted"')
+vec("HS256 is refused", token(base, alg="HS256"), "deny", 'reason = "not accepted"')
+vec("another issuer's token is left to others", token(dict(base, iss="https://other.test")), "abstain")
+vec("not a JWT", "opaque-token-1234567890", "abstain")
+vec("no keys and no outbound HTTP in a vector: unavailable", token(base), "unavailable",
+    'reason = "cannot get the signing keys"',
+    config='config = { issuer = "%s", audiences = "%s" }' % (ISS, AUD))
