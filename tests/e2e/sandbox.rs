@@ -165,11 +165,22 @@ fn components_that_do_not_fit_the_world_are_refused() {
     )
     .unwrap();
 
+    // An import the host does not provide at all is named too.
+    let sockets = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        sockets.path(),
+        wat::parse_str("(component (import \"wasi:sockets/tcp@0.2.0\" (instance (export \"connect\" (func)))))")
+            .unwrap(),
+    )
+    .unwrap();
+
     let cases = [
         (not_wasm.path(), "not a WebAssembly component"),
         (core_module.path(), "not a WebAssembly component"),
-        (no_export.path(), "tollgate:policy/authenticator@0.1.0"),
+        (no_export.path(), "tollgate:policy/authenticator@0.1"),
+        // wasi:http is provided (0.1.1), but not with this shape.
         (http.path(), "wasi:http/outgoing-handler@0.2.0"),
+        (sockets.path(), "wasi:sockets/tcp@0.2.0"),
     ];
     for (file, why) in cases {
         let dir = PluginDir::new();
