@@ -34,7 +34,7 @@ impl Scope<'_> {
         let given = Path::new(reference);
         let joined = if given.is_absolute() { given.to_path_buf() } else { self.dir.join(given) };
         let path = std::fs::canonicalize(&joined).with_context(|| format!("{}", joined.display()))?;
-        if self.protected.iter().any(|p| *p == path) {
+        if self.protected.contains(&path) {
             bail!("{} is the server's own key material", path.display());
         }
         let dir = std::fs::canonicalize(self.dir).with_context(|| format!("{}", self.dir.display()))?;
