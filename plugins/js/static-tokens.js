@@ -9,7 +9,7 @@
 // An unlisted token gets `abstain`. A malformed line throws, which traps: the plugin fails closed
 // (and fails its vectors at load). The token is never logged.
 
-import { config } from "tollgate:policy/host@0.1.0";
+import { config } from "tollgate:policy/host@0.1.1";
 import { contentLines, fields, splitList } from "./text.js";
 import { sha256 } from "./sha256.js";
 

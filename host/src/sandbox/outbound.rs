@@ -486,7 +486,7 @@ impl RequestCtx {
         }
     }
 
-    /// A request that went out but failed: debug-level, the destination only.
+    /// A request that went out but failed: info level, the destination only.
     fn note(&self, dest: &str, what: &str) {
         tracing::info!(
             target: "tollgate::outbound",
