@@ -266,7 +266,7 @@ pub fn render(out: &Path) -> Result<String> {
         }
         writeln!(
             md,
-            "\nPer review: the JWKS read from the plugin's cache (`tollgate:policy/kv`) and parsed, the signature verified, `iss`/`aud`/`exp`/`nbf` checked, user and groups named; natively the same `jwt-verify` crate, compiled for the host. The whole chain call in the sandbox includes the instance and the host's grant checks.\n"
+            "\nPer review: the JWKS read from the plugin's cache (`tollgate:policy/kv`) and parsed, the signature verified, `iss`/`aud`/`exp`/`nbf` checked, user and groups named; natively the same `jwt-verify` crate, compiled for the host. In the sandbox: one plugin call — a fresh (or warm) instance, the call, the host's checks and scrubbing of its answer.\n"
         )?;
     }
 

@@ -123,8 +123,7 @@ fn output_is_bounded() {
     let logs = wait_for("the chatty plugin's lines", Duration::from_secs(5), || {
         let logs = server.logs.text();
         // 1000 log calls hit the line budget; ~15 KB of stdout is cut at the 8 KiB capture.
-        (logs.contains("further log lines of this call dropped") && logs.contains("bytes cut]"))
-            .then_some(logs)
+        (logs.contains("further log lines of this call dropped") && logs.contains("bytes cut]")).then_some(logs)
     });
     let logged = logs.matches("line ").count();
     assert!(logged < 600, "1000 log lines and 1000 stdout lines produced {logged} log lines");
