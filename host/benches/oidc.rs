@@ -124,6 +124,54 @@ fn native(f: &Fixture, token: &str) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// The signature check alone, keys parsed beforehand: what a host crypto import could speed up.
+fn native_verify_only(keys: &KeySet, token: &str) -> Result<Duration> {
+    let jwt = Jwt::parse(token).context("a JWT")?;
+    let key = keys.find(jwt.kid.as_deref(), &jwt.alg).context("its key")?;
+    let started = Instant::now();
+    jwt.verify(key).map_err(anyhow::Error::msg)?;
+    Ok(started.elapsed())
+}
+
+/// The same signature check with ring, the host's own crypto (rustls): what a host import
+/// `verify(alg, key, signing-input, signature)` would cost, keys decoded beforehand.
+struct RingKeys {
+    rsa: (Vec<u8>, Vec<u8>),
+    ec: Vec<u8>,
+}
+
+fn ring_keys(jwks: &str) -> Result<RingKeys> {
+    use base64::Engine as _;
+    let doc: Value = serde_json::from_str(jwks)?;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v.as_str().unwrap_or_default());
+    let keys = doc["keys"].as_array().context("keys")?;
+    let rsa = keys.iter().find(|k| k["kty"] == "RSA").context("an RSA key")?;
+    let ec = keys.iter().find(|k| k["kty"] == "EC").context("an EC key")?;
+    let mut point = vec![4u8];
+    point.extend(b64(&ec["x"])?);
+    point.extend(b64(&ec["y"])?);
+    Ok(RingKeys { rsa: (b64(&rsa["n"])?, b64(&rsa["e"])?), ec: point })
+}
+
+fn ring_verify_only(keys: &RingKeys, token: &str) -> Result<Duration> {
+    use base64::Engine as _;
+    let (input, signature) = token.rsplit_once('.').context("a JWS")?;
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature)?;
+    let alg = Jwt::parse(token).context("a JWT")?.alg;
+    let started = Instant::now();
+    let ok = match alg.as_str() {
+        "RS256" => ring::signature::RsaPublicKeyComponents { n: &keys.rsa.0, e: &keys.rsa.1 }
+            .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, input.as_bytes(), &signature)
+            .is_ok(),
+        _ => ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &keys.ec)
+            .verify(input.as_bytes(), &signature)
+            .is_ok(),
+    };
+    let took = started.elapsed();
+    ensure!(ok, "ring refused a good {alg} signature");
+    Ok(took)
+}
+
 fn main() -> Result<()> {
     let f = fixture()?;
     let wasm = fixtures::guest("oidc_jwt")?;
@@ -133,14 +181,18 @@ fn main() -> Result<()> {
     let warm = generation(&loader, &wasm, &f, true)?;
     let rounds: usize = std::env::var("TOLLGATE_BENCH_OIDC_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
     let batch = 30;
-    // [alg][fresh, warm, native] samples in microseconds.
-    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]];
+    let keys = KeySet::parse(f.jwks.as_bytes()).map_err(anyhow::Error::msg)?;
+    let ring = ring_keys(&f.jwks)?;
+    // [alg][fresh, warm, native, native verify only, ring verify only] samples in microseconds.
+    let mut samples: Vec<[Vec<f64>; 5]> = vec![Default::default(), Default::default()];
     for round in 0..rounds {
         for (i, (token, _)) in f.tokens.iter().enumerate() {
             for _ in 0..batch {
                 samples[i][0].push(in_sandbox(&sandbox, &fresh, token)?.as_secs_f64() * 1e6);
                 samples[i][1].push(in_sandbox(&sandbox, &warm, token)?.as_secs_f64() * 1e6);
                 samples[i][2].push(native(&f, token)?.as_secs_f64() * 1e6);
+                samples[i][3].push(native_verify_only(&keys, token)?.as_secs_f64() * 1e6);
+                samples[i][4].push(ring_verify_only(&ring, token)?.as_secs_f64() * 1e6);
             }
         }
         eprintln!("oidc: round {}/{rounds}", round + 1);
@@ -150,12 +202,14 @@ fn main() -> Result<()> {
         .iter()
         .zip(&mut samples)
         .map(|((_, alg), s)| {
-            let [fresh, warm, native] = s.each_mut().map(|v| stats::summarize(v));
+            let [fresh, warm, native, verify, ring] = s.each_mut().map(|v| stats::summarize(v));
             json!({
                 "alg": alg,
                 "fresh_p50_us": fresh.0, "fresh_p99_us": fresh.1,
                 "warm_p50_us": warm.0, "warm_p99_us": warm.1,
                 "native_p50_us": native.0, "native_p99_us": native.1,
+                "native_verify_p50_us": verify.0,
+                "ring_verify_p50_us": ring.0,
                 "fresh_over_native": fresh.0 / native.0,
                 "warm_over_native": warm.0 / native.0,
                 "reviews": s[0].len(),
