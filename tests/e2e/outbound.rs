@@ -101,6 +101,13 @@ fn the_operator_bounds_what_a_tenant_may_grant_itself() {
     let text = status.to_string();
     assert!(text.contains("not among this tenant's outbound_hosts"), "{text}");
     server.review_at("/authenticate/acme", V1, Some(TOKEN), &[]).assert_status_object(503, "ServiceUnavailable");
+    // `check` applies the same rules when given the same tenants file.
+    let plugins = dir.path().to_str().unwrap();
+    let (code, out, err) = run_cli(&["check", plugins], "");
+    assert_eq!(code, 0, "without the operator's rules the plugin is fine: {out}{err}");
+    let (code, out, _) = run_cli(&["check", "--tenants", tenants.path().to_str().unwrap(), plugins], "");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL") && out.contains("not among this tenant's outbound_hosts"), "{out}");
 }
 
 #[test]

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 
-use super::PluginArgs;
+use super::{PluginArgs, tenants_file};
 use crate::plugin::{Loader, Plugin, PluginSource};
-use crate::tenant;
+use crate::tenant::{self, TenantsFile};
 use crate::vectors;
 
 #[derive(Args, Debug)]
@@ -16,13 +16,18 @@ pub struct CheckArgs {
     /// tenant folders included).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// The operator's tenants file, so that each tenant's plugins are checked under its rules
+    /// (`secret_dirs`, `outbound_hosts`) as `serve` would load them.
+    #[arg(long)]
+    pub tenants: Option<PathBuf>,
     #[command(flatten)]
     pub plugin: PluginArgs,
 }
 
 /// Prints one line per plugin; exits 1 if anything failed.
 pub fn run(args: CheckArgs) -> Result<i32> {
-    let mut check = Checker { loader: args.plugin.loader(None)?, passed: Vec::new(), failed: 0 };
+    let tenants = tenants_file(args.tenants.as_deref())?;
+    let mut check = Checker { loader: args.plugin.loader(None)?, tenants, passed: Vec::new(), failed: 0 };
     for path in &args.paths {
         if path.is_dir() {
             check.dir("", path);
@@ -41,6 +46,7 @@ pub fn run(args: CheckArgs) -> Result<i32> {
 
 struct Checker {
     loader: Loader,
+    tenants: TenantsFile,
     /// Kept until the end: copies of one component (the same digest) then compile once.
     passed: Vec<Plugin>,
     failed: usize,
@@ -55,7 +61,7 @@ impl Checker {
     }
 
     fn one(&mut self, tenant: &str, src: &PluginSource) {
-        match self.loader.load(tenant, src, &crate::guardrails::Guardrails::from_spec(tenant, &Default::default())) {
+        match self.loader.load(tenant, src, &self.tenants.guardrails(tenant)) {
             Ok(plugin) => {
                 println!(
                     "ok    {}  {} ({}, {} vectors passed)",
