@@ -212,3 +212,83 @@ pub fn string_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<String
         Some(_) => Err(format!("claim {name} is neither a string nor a list of strings")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn rules(audiences: &[String], now: u64) -> Rules<'_> {
+        Rules { issuer: "https://issuer.test", audiences, skew: 60, now }
+    }
+
+    #[test]
+    fn claims_need_the_issuer_an_audience_and_a_live_window() {
+        let aud = ["k8s".to_owned(), "other".to_owned()];
+        let ok = claims(json!({"iss": "https://issuer.test", "aud": ["x", "k8s"], "exp": 1000, "nbf": 500}));
+        assert_eq!(check_claims(&ok, &rules(&aud, 900)), Ok(1000));
+        assert_eq!(check_claims(&ok, &rules(&aud, 1059)), Ok(1000), "within the skew");
+        assert!(check_claims(&ok, &rules(&aud, 1060)).unwrap_err().starts_with("expired"));
+        assert!(check_claims(&ok, &rules(&aud, 439)).unwrap_err().starts_with("not valid before"));
+        let one = claims(json!({"iss": "https://issuer.test", "aud": "other", "exp": 1000}));
+        assert!(check_claims(&one, &rules(&aud, 900)).is_ok(), "aud as one string");
+        for bad in [
+            json!({"iss": "https://issuer.test/", "aud": "k8s", "exp": 1000}),
+            json!({"iss": "https://issuer.test", "aud": "k8s-other", "exp": 1000}),
+            json!({"iss": "https://issuer.test", "aud": [], "exp": 1000}),
+            json!({"iss": "https://issuer.test", "aud": "k8s"}),
+            json!({"iss": "https://issuer.test", "aud": "k8s", "exp": "1000"}),
+            json!({"iss": "https://issuer.test", "aud": "k8s", "exp": -5.0}),
+        ] {
+            assert!(check_claims(&claims(bad.clone()), &rules(&aud, 900)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn groups_are_strings_or_lists_of_strings() {
+        let c = claims(json!({"a": "one", "b": ["x", "y"], "c": [1], "d": 7, "e": null}));
+        assert_eq!(string_list(&c, "a").unwrap(), ["one"]);
+        assert_eq!(string_list(&c, "b").unwrap(), ["x", "y"]);
+        assert!(string_list(&c, "c").is_err() && string_list(&c, "d").is_err());
+        assert!(string_list(&c, "e").unwrap().is_empty() && string_list(&c, "missing").unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_compact_jws_tokens_parse_and_crit_is_refused() {
+        let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let header = b64(json!({"alg": "RS256", "kid": "k1"}));
+        let payload = b64(json!({"iss": "https://issuer.test"}));
+        let token = format!("{header}.{payload}.c2ln");
+        let jwt = Jwt::parse(&token).unwrap();
+        assert_eq!(
+            (jwt.alg.as_str(), jwt.kid.as_deref(), jwt.issuer()),
+            ("RS256", Some("k1"), Some("https://issuer.test"))
+        );
+        assert!(Jwt::parse("opaque-token").is_none());
+        assert!(Jwt::parse(&format!("{header}.{payload}")).is_none(), "two parts");
+        assert!(Jwt::parse(&format!("{header}.{payload}.c2ln.x")).is_none(), "JWE-like");
+        assert!(Jwt::parse(&format!("{header}.bm90IGpzb24.c2ln")).is_none(), "payload not JSON");
+        let crit = b64(json!({"alg": "ES256", "crit": ["exp"]}));
+        let with_crit = format!("{crit}.{payload}.c2ln");
+        let jwt = Jwt::parse(&with_crit).unwrap();
+        let keys = KeySet::parse(
+            br#"{"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256",
+            "x": "YaUahW7KqTzB7MpF75viXxaFkF3jxglPXz5KoeoNCYM", "y": "sMRp8VjbIpBMuyFL0eZNW3wyNvoH12qpsvMb-eaaieE"},
+            {"kty": "RSA", "n": "AQAB", "e": "AQAB"}, {"kty": "oct", "k": "c2VjcmV0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(keys.keys.len(), 1, "a short RSA key and a symmetric key are skipped");
+        assert!(jwt.verify(&keys.keys[0]).unwrap_err().contains("crit"));
+        assert!(
+            Jwt::parse(&format!("{header}.{payload}.c2ln"))
+                .unwrap()
+                .verify(&keys.keys[0])
+                .unwrap_err()
+                .contains("not its key's")
+        );
+    }
+}
