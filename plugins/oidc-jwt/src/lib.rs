@@ -117,6 +117,7 @@ impl Policy for OidcJwt {
     }
 }
 
+#[allow(clippy::result_large_err, reason = "the error is the review's answer, made once per review")]
 fn verify(s: &Settings, jwt: &Jwt) -> Result<Grant, Decision> {
     if !s.algorithms.contains(&jwt.alg) {
         return Err(Decision::deny(format!("algorithm {:?} is not accepted", jwt.alg)));
@@ -144,6 +145,7 @@ fn verify(s: &Settings, jwt: &Jwt) -> Result<Grant, Decision> {
 }
 
 /// The keys to verify with: inline, cached, or fetched (and cached).
+#[allow(clippy::result_large_err, reason = "the error is the review's answer, made once per review")]
 fn key_set(s: &Settings, kid: Option<&str>, alg: &str) -> Result<KeySet, Decision> {
     if let Some(inline) = &s.jwks {
         return KeySet::parse(inline.as_bytes()).map_err(|e| Decision::unavailable(format!("the jwks setting: {e}")));
