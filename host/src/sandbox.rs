@@ -430,7 +430,7 @@ impl Sandbox {
             },
         };
         if !self.lazy_wasi {
-            state.wasi = Some(Box::new(GuestWasi::new(env.clock)));
+            GuestWasi::get_or_make(&mut state.wasi, env);
         }
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -580,10 +580,16 @@ impl HostWallClock for FixedClock {
     }
 }
 
+impl GuestWasi {
+    /// The call's WASI context, made on first use (lazy WASI) with the plugin's clock.
+    fn get_or_make<'a>(slot: &'a mut Option<Box<GuestWasi>>, env: &PluginEnv) -> &'a mut GuestWasi {
+        slot.get_or_insert_with(|| Box::new(GuestWasi::new(env.clock)))
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let clock = self.env.clock;
-        let wasi = self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new(clock)));
+        let wasi = GuestWasi::get_or_make(&mut self.wasi, &self.env);
         WasiCtxView { ctx: &mut wasi.ctx, table: &mut self.table }
     }
 }
@@ -591,8 +597,7 @@ impl WasiView for HostState {
 impl HostState {
     /// Zero of the guest's monotonic clock (making the WASI context if it is not made yet).
     fn monotonic_zero(&mut self) -> Instant {
-        let clock = self.env.clock;
-        self.wasi.get_or_insert_with(|| Box::new(GuestWasi::new(clock))).monotonic_zero
+        GuestWasi::get_or_make(&mut self.wasi, &self.env).monotonic_zero
     }
 }
 

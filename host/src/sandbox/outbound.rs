@@ -235,7 +235,8 @@ fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>> {
 }
 
 /// What one call's requests are checked against: the plugin's grant (None: nothing granted)
-/// and the call's deadline. Lives in the call's store.
+/// and the call's deadline. Lives in the call's store; each request's future owns a copy.
+#[derive(Clone)]
 pub struct OutboundHooks {
     pub grant: Option<Arc<OutboundGrant>>,
     /// Why there is no grant, for the log and the guest ("no allowed_outbound_hosts", or
@@ -245,29 +246,6 @@ pub struct OutboundHooks {
     pub tenant: String,
     pub plugin: String,
     pub request_id: String,
-}
-
-/// A refusal by policy (never sent): logged, and the guest gets `code`.
-fn refuse(hooks: &RequestCtx, dest: &str, why: &str, code: HttpError) -> HttpError {
-    tracing::warn!(
-        target: "tollgate::outbound",
-        tenant = %hooks.tenant,
-        plugin = %hooks.plugin,
-        request_id = %hooks.request_id,
-        destination = %dest,
-        "outbound request refused: {why}"
-    );
-    code
-}
-
-/// The part of [`OutboundHooks`] a request's future owns.
-struct RequestCtx {
-    grant: Option<Arc<OutboundGrant>>,
-    no_grant: &'static str,
-    deadline: Instant,
-    tenant: String,
-    plugin: String,
-    request_id: String,
 }
 
 type SendFuture = Box<
@@ -286,14 +264,7 @@ impl WasiHttpHooks for OutboundHooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
-        let ctx = RequestCtx {
-            grant: self.grant.clone(),
-            no_grant: self.no_grant,
-            deadline: self.deadline,
-            tenant: self.tenant.clone(),
-            plugin: self.plugin.clone(),
-            request_id: self.request_id.clone(),
-        };
+        let ctx = self.clone();
         Box::new(async move {
             let response = ctx.send(request, options).await?;
             Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
@@ -301,7 +272,15 @@ impl WasiHttpHooks for OutboundHooks {
     }
 }
 
-impl RequestCtx {
+impl OutboundHooks {
+    /// The time a guest keeps, after its last request gave up, to turn that into an answer
+    /// (`unavailable`) before the epoch deadline traps it.
+    pub fn http_deadline(call_deadline: Instant, budget: Duration) -> Instant {
+        let reserve = (budget / 5).min(Duration::from_millis(50));
+        call_deadline.checked_sub(reserve).unwrap_or(call_deadline)
+    }
+
+    /// Checks, sends and caps one request (its own copy of the hooks, owned by its future).
     async fn send(
         self,
         mut request: http::Request<WasiBody>,
@@ -313,17 +292,16 @@ impl RequestCtx {
             .map(|a| format!("{}://{a}", request.uri().scheme_str().unwrap_or("?")))
             .unwrap_or_else(|| "(no host)".into());
         let Some(grant) = self.grant.clone() else {
-            return Err(refuse(&self, &shown, self.no_grant, HttpError::HttpRequestDenied));
+            return Err(self.refuse(&shown, self.no_grant, HttpError::HttpRequestDenied));
         };
         let dest = match Destination::from_uri(request.uri()) {
             Ok(d) if grant.allowed.contains(&d) => d,
-            Ok(_) => return Err(refuse(&self, &shown, "not in allowed_outbound_hosts", HttpError::HttpRequestDenied)),
-            Err(_) => return Err(refuse(&self, &shown, "not an http(s) URL", HttpError::HttpRequestUriInvalid)),
+            Ok(_) => return Err(self.refuse(&shown, "not in allowed_outbound_hosts", HttpError::HttpRequestDenied)),
+            Err(_) => return Err(self.refuse(&shown, "not an http(s) URL", HttpError::HttpRequestUriInvalid)),
         };
         let shown = dest.to_string();
         if !grant.admit(&dest, Instant::now()) {
-            return Err(refuse(
-                &self,
+            return Err(self.refuse(
                 &shown,
                 "its circuit is open after repeated failures",
                 HttpError::DestinationUnavailable,
@@ -340,8 +318,7 @@ impl RequestCtx {
         let permit = match tokio::time::timeout_at(deadline, grant.in_flight.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
             _ => {
-                return Err(refuse(
-                    &self,
+                return Err(self.refuse(
                     &shown,
                     "too many requests of this plugin in flight",
                     HttpError::ConnectionLimitReached,
@@ -444,9 +421,7 @@ impl RequestCtx {
         let allowed: Vec<SocketAddr> =
             candidates.iter().copied().filter(|a| !is_internal(a.ip()) || literal == Some(a.ip())).collect();
         if allowed.is_empty() {
-            return Err(refuse(
-                self,
-                &shown,
+            return Err(self.refuse(&shown,
                 "it resolves only to internal addresses (loopback, private, link-local...) that the allow-list does not name literally",
                 HttpError::DestinationIpProhibited,
             ));
@@ -484,6 +459,19 @@ impl RequestCtx {
                 Err(HttpError::Tls(e))
             }
         }
+    }
+
+    /// A refusal by policy (never sent): logged, and the guest gets `code`.
+    fn refuse(&self, dest: &str, why: &str, code: HttpError) -> HttpError {
+        tracing::warn!(
+            target: "tollgate::outbound",
+            tenant = %self.tenant,
+            plugin = %self.plugin,
+            request_id = %self.request_id,
+            destination = %dest,
+            "outbound request refused: {why}"
+        );
+        code
     }
 
     /// A request that went out but failed: info level, the destination only.
@@ -548,15 +536,6 @@ impl http_body::Body for CappedBody {
 
     fn is_end_stream(&self) -> bool {
         http_body::Body::is_end_stream(&self.incoming)
-    }
-}
-
-impl OutboundHooks {
-    /// The time a guest keeps, after its last request gave up, to turn that into an answer
-    /// (`unavailable`) before the epoch deadline traps it.
-    pub fn http_deadline(call_deadline: Instant, budget: Duration) -> Instant {
-        let reserve = (budget / 5).min(Duration::from_millis(50));
-        call_deadline.checked_sub(reserve).unwrap_or(call_deadline)
     }
 }
 
