@@ -104,7 +104,7 @@ fn measure(sandbox: &Arc<Sandbox>, cache: &Path, lang: &Lang) -> Result<Measured
             Ok(PluginSource {
                 name: name.into(),
                 wasm_path: lang.wasm[i].clone(),
-                dir: PathBuf::from("."),
+                folder: std::sync::Arc::new(tollgate::confine::Folder::open(std::path::Path::new("."))?),
                 wasm: std::fs::read(&lang.wasm[i])?.into(),
                 manifest: Some((PathBuf::from(format!("{name}.toml")), format!("{manifest}{suffix}"))),
             })
@@ -138,7 +138,8 @@ fn review(sandbox: &Sandbox, generation: &Generation) -> Result<Duration> {
         request_id: "0123456789abcdef".into(),
     };
     let started = Instant::now();
-    let verdict = chain::evaluate(sandbox, generation, &input, Instant::now() + Duration::from_secs(5));
+    let verdict =
+        chain::evaluate(sandbox, generation, &generation.built_under, &input, Instant::now() + Duration::from_secs(5));
     let took = started.elapsed();
     anyhow::ensure!(
         matches!(verdict.outcome, Outcome::Authenticated { .. }),

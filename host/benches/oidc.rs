@@ -55,7 +55,7 @@ fn generation(loader: &Loader, wasm: &Path, f: &Fixture, reuse: bool) -> Result<
     let source = PluginSource {
         name: "10-oidc".into(),
         wasm_path: wasm.to_path_buf(),
-        dir: PathBuf::from("."),
+        folder: std::sync::Arc::new(tollgate::confine::Folder::open(std::path::Path::new("."))?),
         wasm: std::fs::read(wasm)?.into(),
         manifest: Some((PathBuf::from("10-oidc.toml"), manifest)),
     };

@@ -53,7 +53,7 @@ impl Setup {
             Ok(PluginSource {
                 name: name.into(),
                 wasm_path,
-                dir: PathBuf::from("."),
+                folder: std::sync::Arc::new(tollgate::confine::Folder::open(std::path::Path::new("."))?),
                 wasm,
                 manifest: Some((PathBuf::from(format!("{name}.toml")), manifest)),
             })
@@ -74,7 +74,14 @@ impl Setup {
             client: None,
             request_id: "0123456789abcdef".into(),
         };
-        chain::evaluate(&self.sandbox, generation, &input, Instant::now() + Duration::from_secs(1)).outcome
+        chain::evaluate(
+            &self.sandbox,
+            generation,
+            &generation.built_under,
+            &input,
+            Instant::now() + Duration::from_secs(1),
+        )
+        .outcome
     }
 
     fn instantiate(&self) {

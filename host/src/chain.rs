@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::guardrails::{self, Violation};
+use crate::guardrails::{self, Guardrails, Violation};
 use crate::manifest::Role;
 use crate::plugin::{Plugin, unverified_issuer};
 use crate::sandbox::{CallStats, Decision, Failure, Grant, Prior, Review, Sandbox, UserInfo};
@@ -97,15 +97,23 @@ pub struct Verdict {
     pub steps: Vec<Step>,
 }
 
-/// Runs `generation`'s chain on one review, under `deadline`.
-pub fn evaluate(sandbox: &Sandbox, generation: &Generation, input: &ReviewInput, deadline: Instant) -> Verdict {
-    let mut run = Run { sandbox, input, deadline, steps: Vec::new(), decided_by: None };
+/// Runs `generation`'s chain on one review, under `deadline`; the final grant is checked against
+/// `rules`, the operator's guardrails in force (which may be newer than the generation).
+pub fn evaluate(
+    sandbox: &Sandbox,
+    generation: &Generation,
+    rules: &Guardrails,
+    input: &ReviewInput,
+    deadline: Instant,
+) -> Verdict {
+    let mut run = Run { sandbox, rules, input, deadline, steps: Vec::new(), decided_by: None };
     let outcome = run.chain(generation);
     Verdict { outcome, decided_by: run.decided_by, steps: run.steps }
 }
 
 struct Run<'a> {
     sandbox: &'a Sandbox,
+    rules: &'a Guardrails,
     input: &'a ReviewInput,
     deadline: Instant,
     steps: Vec<Step>,
@@ -203,7 +211,7 @@ impl Run<'_> {
 
         // 3. The host's checks on the final grant.
         let checked = guardrails::identity_checks(&grant, &scrubber)
-            .and_then(|()| generation.guardrails.check(&grant))
+            .and_then(|()| self.rules.check(&grant))
             .and_then(|()| not_expired(&grant))
             .and_then(|()| guardrails::audiences(&self.input.audiences, &grant));
         match checked {

@@ -1,9 +1,11 @@
 //! The decision cache (`--cache-ttl`, off by default): kube-apiserver already caches answers for
 //! its own TTL, so this earns its keep with several apiservers or heavy plugins.
 //!
-//! Keyed by an HMAC — under a per-process random key — of tenant, generation, token and
-//! audiences: the token is never stored, and a reload (a new generation) misses everything the
-//! old chain decided. Only clean decisions are kept (authenticated, or a clean denial); failures,
+//! Keyed by an HMAC — under a per-process random key — of tenant, epoch (unique for the life of
+//! the process, new with every generation and every change of the operator's rules), verified
+//! mTLS caller, token and audiences: everything a plugin sees and everything its answer was
+//! checked against. The token is never stored, and a reload misses everything the old chain
+//! decided. Only clean decisions are kept (authenticated, or a clean denial); failures,
 //! unavailability, deadlines and overload never are. A grant is never kept past its
 //! `expires-at`. Identical reviews arriving together run the chain once (single flight).
 
@@ -65,7 +67,7 @@ impl DecisionCache {
 
     /// The cache key of one review: an HMAC, so neither the token nor a plain hash of it (which
     /// could be matched offline) is ever held.
-    pub fn key(&self, tenant: &str, generation: u64, token: &str, audiences: &[String]) -> Key {
+    pub fn key(&self, tenant: &str, epoch: u64, caller: Option<&str>, token: &str, audiences: &[String]) -> Key {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("any key length"));
         let mut field = |bytes: &[u8]| {
@@ -73,7 +75,11 @@ impl DecisionCache {
             mac.update(bytes);
         };
         field(tenant.as_bytes());
-        field(&generation.to_le_bytes());
+        field(&epoch.to_le_bytes());
+        match caller {
+            Some(c) => field(&[b"1", c.as_bytes()].concat()),
+            None => field(b"0"),
+        }
         field(token.as_bytes());
         for a in audiences {
             field(a.as_bytes());
@@ -232,14 +238,19 @@ mod tests {
     #[test]
     fn keys_separate_tenants_generations_tokens_and_audiences_and_hold_no_token() {
         let c = DecisionCache::new(settings(10));
-        let k = c.key("acme", 1, "tok", &["a".into()]);
-        assert_eq!(k, c.key("acme", 1, "tok", &["a".into()]));
-        assert_ne!(k, c.key("acme", 2, "tok", &["a".into()]), "a reload misses");
-        assert_ne!(k, c.key("", 1, "tok", &["a".into()]));
-        assert_ne!(k, c.key("acme", 1, "tok2", &["a".into()]));
-        assert_ne!(k, c.key("acme", 1, "tok", &["b".into()]));
-        assert_ne!(c.key("acme", 1, "tok", &["ab".into()]), c.key("acme", 1, "tok", &["a".into(), "b".into()]));
-        assert_ne!(k, DecisionCache::new(settings(10)).key("acme", 1, "tok", &["a".into()]), "a per-process key");
+        let k = c.key("acme", 1, None, "tok", &["a".into()]);
+        assert_ne!(k, c.key("acme", 1, Some("CN=a"), "tok", &["a".into()]), "the verified caller");
+        assert_ne!(c.key("acme", 1, Some("CN=a"), "tok", &[]), c.key("acme", 1, Some("CN=b"), "tok", &[]));
+        assert_eq!(k, c.key("acme", 1, None, "tok", &["a".into()]));
+        assert_ne!(k, c.key("acme", 2, None, "tok", &["a".into()]), "a reload misses");
+        assert_ne!(k, c.key("", 1, None, "tok", &["a".into()]));
+        assert_ne!(k, c.key("acme", 1, None, "tok2", &["a".into()]));
+        assert_ne!(k, c.key("acme", 1, None, "tok", &["b".into()]));
+        assert_ne!(
+            c.key("acme", 1, None, "tok", &["ab".into()]),
+            c.key("acme", 1, None, "tok", &["a".into(), "b".into()])
+        );
+        assert_ne!(k, DecisionCache::new(settings(10)).key("acme", 1, None, "tok", &["a".into()]), "a per-process key");
     }
 
     #[test]
@@ -259,7 +270,7 @@ mod tests {
             .into_iter()
             .enumerate()
             {
-                let key = c.key("", 1, &format!("token-{i}"), &[]);
+                let key = c.key("", 1, None, &format!("token-{i}"), &[]);
                 c.get_or_run(key, async { v }).await;
                 let (_, lookup) = c.get_or_run(key, async { failed() }).await;
                 assert_eq!(lookup == Lookup::Hit, cached, "case {i}");
@@ -272,7 +283,7 @@ mod tests {
         let c = DecisionCache::new(settings(10));
         let runs = std::sync::atomic::AtomicUsize::new(0);
         runtime().block_on(async {
-            let key = c.key("", 1, "tok", &[]);
+            let key = c.key("", 1, None, "tok", &[]);
             let run = || async {
                 runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -291,7 +302,7 @@ mod tests {
         let c = DecisionCache::new(settings(20));
         runtime().block_on(async {
             for i in 0..100 {
-                c.get_or_run(c.key("", 1, &format!("t{i}"), &[]), async { allowed(None) }).await;
+                c.get_or_run(c.key("", 1, None, &format!("t{i}"), &[]), async { allowed(None) }).await;
             }
         });
         assert!(c.len() <= 20, "{}", c.len());

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::chain::{self, Outcome, ReviewInput, Verdict};
+use crate::guardrails::Guardrails;
 use crate::metrics::Metrics;
 use crate::sandbox::Sandbox;
 use crate::tenant::Generation;
@@ -104,7 +105,14 @@ impl Evaluator {
         }
     }
 
-    pub async fn evaluate(&self, slots: &TenantSlots, generation: Arc<Generation>, input: ReviewInput) -> Verdict {
+    /// Runs `generation`'s chain, its grant checked against `rules` (the operator's, in force).
+    pub async fn evaluate(
+        &self,
+        slots: &TenantSlots,
+        generation: Arc<Generation>,
+        rules: Arc<Guardrails>,
+        input: ReviewInput,
+    ) -> Verdict {
         let started = Instant::now();
         let deadline = started + self.review_timeout;
         let verdict = |outcome| Verdict { outcome, decided_by: None, steps: Vec::new() };
@@ -129,7 +137,7 @@ impl Evaluator {
             // The slots are held until the guest is done, even if the answer went out already.
             let _held = (admitted, permits);
             let _in_flight = InFlight::new(&metrics);
-            chain::evaluate(&sandbox, &generation, &input, deadline)
+            chain::evaluate(&sandbox, &generation, &rules, &input, deadline)
         });
         // The chain stops itself at the deadline (epoch interruption); this is the backstop
         // for anything that does not, with two epoch ticks of grace.

@@ -137,9 +137,40 @@ pub struct Guardrails {
     /// Directories (besides the tenant's own folder) where its manifests' `secret_files` and
     /// `[outbound] ca_file` may point: e.g. a Kubernetes Secret mounted for this tenant.
     pub secret_dirs: Vec<std::path::PathBuf>,
-    /// When set, the only `allowed_outbound_hosts` this tenant's manifests may name (exact
-    /// entries, compared as scheme, host and port); `None`: whatever the manifest says.
+    /// The only `allowed_outbound_hosts` this tenant's manifests may name (exact entries,
+    /// compared as scheme, host and port). `None`: a named tenant may name none; the default
+    /// tenant (the operator's own folder) any public host. An internal literal (loopback,
+    /// private, link-local, metadata) is allowed only when this list names it.
     pub outbound_hosts: Option<Vec<String>>,
+    /// What one scan of the tenant's folder may hold.
+    pub folder: FolderLimits,
+}
+
+/// Bounds on a tenant's folder: a hostile folder cannot make a load take unbounded memory or
+/// time. Overridable per tenant in the tenants file (`max_plugins`, `max_total_mib`,
+/// `max_vectors`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FolderLimits {
+    /// Plugins in one generation.
+    pub plugins: usize,
+    /// Bytes of all its components and manifests together.
+    pub total_bytes: u64,
+    /// `[[test]]` vectors over all its manifests (each one is a sandbox call at every load).
+    pub vectors: usize,
+}
+
+impl FolderLimits {
+    /// A chain of 32 plugins is far longer than any policy needs (each one adds latency);
+    /// 256 MiB holds a dozen Python components (~18 MB each); 1,024 vectors run in a few
+    /// seconds even on the Python runtime.
+    pub const DEFAULT: FolderLimits = FolderLimits { plugins: 32, total_bytes: 256 << 20, vectors: 1024 };
+}
+
+/// The prefix a tenant's usernames and groups get when the tenants file names none. Derived
+/// from the folder's name, so it must never match a well-known name: kubeadm binds
+/// `kubeadm:cluster-admins` to cluster-admin, and `system:`, `oidc:`, `eks:` are taken too.
+pub fn default_prefix(tenant: &str) -> String {
+    format!("tollgate:{tenant}:")
 }
 
 /// One tenant's entry in the tenants file.
@@ -154,6 +185,9 @@ pub struct GuardrailSpec {
     #[serde(default)]
     pub secret_dirs: Vec<std::path::PathBuf>,
     pub outbound_hosts: Option<Vec<String>>,
+    pub max_plugins: Option<usize>,
+    pub max_total_mib: Option<u64>,
+    pub max_vectors: Option<usize>,
 }
 
 impl Guardrails {
@@ -163,13 +197,16 @@ impl Guardrails {
     }
 
     /// Rules for `tenant` ("" = the default tenant) from its spec, defaults filled in: a named
-    /// tenant's usernames start with `<tenant>:` and its groups match `<tenant>:*`.
+    /// tenant's usernames start with `tollgate:<tenant>:` and its groups match
+    /// `tollgate:<tenant>:*` ([`default_prefix`]).
     pub fn from_spec(tenant: &str, spec: &GuardrailSpec) -> Self {
         let (prefix, groups) = if tenant.is_empty() {
             (String::new(), None)
         } else {
-            (format!("{tenant}:"), Some(vec![format!("{tenant}:*")]))
+            let prefix = default_prefix(tenant);
+            (prefix.clone(), Some(vec![format!("{prefix}*")]))
         };
+        let d = FolderLimits::DEFAULT;
         Self {
             username_prefix: spec.username_prefix.clone().unwrap_or(prefix),
             allowed_groups: spec.allowed_groups.clone().or(groups),
@@ -177,7 +214,21 @@ impl Guardrails {
             clients: spec.clients.clone(),
             secret_dirs: spec.secret_dirs.clone(),
             outbound_hosts: spec.outbound_hosts.clone(),
+            folder: FolderLimits {
+                plugins: spec.max_plugins.unwrap_or(d.plugins),
+                total_bytes: spec.max_total_mib.map_or(d.total_bytes, |m| m.saturating_mul(1 << 20)),
+                vectors: spec.max_vectors.unwrap_or(d.vectors),
+            },
         }
+    }
+
+    /// Whether a generation loaded under `other` was loaded under these rules too: what a load
+    /// decides (secrets, egress, folder bounds) is the same. When it is not, the generation's
+    /// plugins hold grants the operator has since withdrawn, and must not run.
+    pub fn same_load_rules(&self, other: &Guardrails) -> bool {
+        self.secret_dirs == other.secret_dirs
+            && self.outbound_hosts == other.outbound_hosts
+            && self.folder == other.folder
     }
 
     pub fn check(&self, grant: &Grant) -> Result<(), Violation> {
@@ -300,11 +351,15 @@ mod tests {
     }
 
     #[test]
-    fn named_tenant_defaults() {
+    fn named_tenant_defaults_cannot_collide_with_well_known_names() {
         let g = Guardrails::from_spec("acme", &GuardrailSpec::default());
-        assert!(g.check(&grant("acme:alice", &["acme:dev"])).is_ok());
-        assert_eq!(g.check(&grant("alice", &["acme:dev"])).unwrap_err().rule, "username-prefix");
-        assert_eq!(g.check(&grant("acme:alice", &["dev"])).unwrap_err().rule, "group-not-allowed");
+        assert!(g.check(&grant("tollgate:acme:alice", &["tollgate:acme:dev"])).is_ok());
+        assert_eq!(g.check(&grant("acme:alice", &["tollgate:acme:dev"])).unwrap_err().rule, "username-prefix");
+        assert_eq!(g.check(&grant("tollgate:acme:alice", &["acme:dev"])).unwrap_err().rule, "group-not-allowed");
+        let kubeadm = Guardrails::from_spec("kubeadm", &GuardrailSpec::default());
+        let admin = grant("tollgate:kubeadm:x", &["kubeadm:cluster-admins"]);
+        assert_eq!(kubeadm.check(&admin).unwrap_err().rule, "group-not-allowed");
+        assert_eq!(kubeadm.check(&grant("kubeadm:x", &[])).unwrap_err().rule, "username-prefix");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod chain;
 pub mod cli;
 pub mod compile_cache;
+pub mod confine;
 pub mod decision_cache;
 pub mod evaluator;
 pub mod guardrails;

@@ -13,12 +13,13 @@ use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 
 use crate::compile_cache::DiskCache;
+use crate::confine::Folder;
 use crate::guardrails::Guardrails;
 use crate::manifest::{Manifest, Role, TestVector};
 use crate::sandbox::kv::{KvLimits, KvStore};
 use crate::sandbox::outbound::{self, Destination, OutboundGrant};
 use crate::sandbox::{Code, PluginEnv, Sandbox, WarmPool};
-use crate::secrets::{self, Scope};
+use crate::secrets::{self, FileRef, Scope};
 use crate::vectors;
 
 /// Server-wide defaults and maxima for plugins (SPEC §7).
@@ -59,27 +60,31 @@ pub struct PluginSource {
     /// Where it was read (for messages).
     pub wasm_path: PathBuf,
     /// The tenant's folder, where the manifest's relative file references resolve.
-    pub dir: PathBuf,
+    pub folder: Arc<Folder>,
     pub wasm: Arc<[u8]>,
     /// `NAME.toml`, if there is one: its path and text.
     pub manifest: Option<(PathBuf, String)>,
 }
 
 impl PluginSource {
-    /// Reads the plugin at `wasm_path`, with `NAME.toml` beside it if there is one.
+    /// Reads the plugin at `wasm_path`, with `NAME.toml` beside it if there is one, beneath
+    /// their folder and bounded as a scan reads them (`tollgate check FILE`).
     pub fn read(wasm_path: &Path, max_bytes: u64) -> Result<Self> {
         let name = plugin_name(wasm_path)?;
-        let manifest_path = wasm_path.with_file_name(format!("{name}.toml"));
-        let manifest = match std::fs::read_to_string(&manifest_path) {
-            Ok(text) => Some((manifest_path, text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading {}", manifest_path.display()));
-            }
+        let dir = wasm_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let folder = Arc::new(Folder::open(dir)?);
+        let toml = PathBuf::from(format!("{name}.toml"));
+        let manifest = if folder.lstat(&toml).is_some() {
+            let bytes = folder.read(&toml, crate::tenant::MAX_MANIFEST_BYTES, "the manifest size limit")?;
+            let path = dir.join(&toml);
+            let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+            Some((path, text))
+        } else {
+            None
         };
-        let wasm = read_bounded(wasm_path, max_bytes)?.into();
-        let dir = wasm_path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        Ok(Self { name, wasm_path: wasm_path.to_path_buf(), dir, wasm, manifest })
+        let wasm =
+            folder.read(Path::new(&format!("{name}.wasm")), max_bytes, "the plugin size limit (--max-plugin-bytes)")?;
+        Ok(Self { name, wasm_path: wasm_path.to_path_buf(), folder, wasm: wasm.into(), manifest })
     }
 }
 
@@ -104,7 +109,7 @@ pub struct Plugin {
     /// Manifest limits above the server's maxima, which were capped.
     pub warnings: Vec<String>,
     /// The files it read at load (`secret_files`, `ca_file`): a change reloads the tenant.
-    pub files: Vec<PathBuf>,
+    pub files: Vec<FileRef>,
 }
 
 impl Plugin {
@@ -119,7 +124,8 @@ pub struct Loader {
     defaults: PluginDefaults,
     codes: Mutex<HashMap<String, Weak<Code>>>,
     disk: Option<DiskCache>,
-    /// The server's own key material, which no manifest may name (canonical paths).
+    /// The server's own key material, which no manifest may name (as the operator named it:
+    /// each open compares what these resolve to then).
     protected: Vec<PathBuf>,
 }
 
@@ -131,7 +137,7 @@ impl Loader {
     /// Files no manifest may read through `secret_files` or `ca_file` (TLS key, fingerprint
     /// key...), whatever folder they are in.
     pub fn protect(&mut self, paths: impl IntoIterator<Item = PathBuf>) {
-        self.protected.extend(paths.into_iter().filter_map(|p| std::fs::canonicalize(p).ok()));
+        self.protected.extend(paths.into_iter().filter_map(|p| std::path::absolute(p).ok()));
     }
 
     pub fn sandbox(&self) -> &Arc<Sandbox> {
@@ -143,41 +149,51 @@ impl Loader {
     }
 
     /// Loads one plugin for `tenant` and runs its vectors. The error says which file and why.
-    /// `rules` are the operator's for this tenant (its `secret_dirs` and `outbound_hosts`).
-    pub fn load(&self, tenant: &str, src: &PluginSource, rules: &Guardrails) -> Result<Plugin> {
+    /// `rules` are the operator's for this tenant (its `secret_dirs`, `outbound_hosts` and folder
+    /// bounds); `vectors_left` is what remains of the tenant's vector budget.
+    pub fn load(
+        &self,
+        tenant: &str,
+        src: &PluginSource,
+        rules: &Guardrails,
+        vectors_left: &mut usize,
+    ) -> Result<Plugin> {
         check_name(&src.name)?;
         let manifest = match &src.manifest {
             Some((path, text)) => Manifest::parse(text).with_context(|| format!("manifest {}", path.display()))?,
             None => Manifest::default(),
         };
-        let scope = Scope { tenant, dir: &src.dir, secret_dirs: &rules.secret_dirs, protected: &self.protected };
+        if manifest.tests.len() > *vectors_left {
+            bail!(
+                "{}: its [[test]] vectors exceed this tenant's limit of {} (max_vectors in the tenants file)",
+                src.name,
+                rules.folder.vectors
+            );
+        }
+        *vectors_left -= manifest.tests.len();
+        let scope = Scope { tenant, folder: &src.folder, secret_dirs: &rules.secret_dirs, protected: &self.protected };
         let mut files = Vec::new();
         let mut config = manifest.config;
         let mut secret_values = Vec::new();
         for (key, reference) in &manifest.secret_files {
-            let path = scope.resolve(reference).with_context(|| format!("{}: secret_files.{key}", src.name))?;
-            let value = secrets::read_secret(&path).with_context(|| format!("{}: secret_files.{key}", src.name))?;
+            let context = || format!("{}: secret_files.{key}", src.name);
+            let (file, bytes) = scope.read(reference, secrets::MAX_SECRET_BYTES).with_context(context)?;
+            let value = secrets::secret_text(&file.shown(), bytes).with_context(context)?;
             config.insert(key.clone(), value.clone());
             secret_values.push(value);
-            files.push(path);
+            files.push(file);
         }
         let outbound = if manifest.allowed_outbound_hosts.is_empty() {
             None
         } else {
-            if let Some(ceiling) = &rules.outbound_hosts {
-                let ceiling: Vec<Destination> =
-                    ceiling.iter().filter_map(|e| Destination::parse_allowed(e).ok()).collect();
-                for entry in &manifest.allowed_outbound_hosts {
-                    if !ceiling.contains(&Destination::parse_allowed(entry)?) {
-                        bail!("{}: {entry} is not among this tenant's outbound_hosts (tenants file)", src.name);
-                    }
-                }
-            }
+            egress_allowed(tenant, &manifest.allowed_outbound_hosts, rules.outbound_hosts.as_deref())
+                .with_context(|| format!("{}: allowed_outbound_hosts", src.name))?;
             let ca = match &manifest.outbound.ca_file {
                 Some(reference) => {
-                    let path = scope.resolve(reference).with_context(|| format!("{}: [outbound] ca_file", src.name))?;
-                    let pem = secrets::read_file(&path, secrets::MAX_CA_BYTES)?;
-                    files.push(path);
+                    let (file, pem) = scope
+                        .read(reference, secrets::MAX_CA_BYTES)
+                        .with_context(|| format!("{}: [outbound] ca_file", src.name))?;
+                    files.push(file);
                     Some((reference.clone(), pem))
                 }
                 None => None,
@@ -196,6 +212,10 @@ impl Loader {
             max_bytes: manifest.kv.max_kib.map_or(KvLimits::DEFAULT.max_bytes, |k| k << 10),
         };
         let code = self.code(&src.wasm).with_context(|| format!("{}", src.wasm_path.display()))?;
+        // Without an outbound grant wasi:http is not linked at all: its functions trap.
+        if outbound.is_none() {
+            self.sandbox.seal(&code).with_context(|| format!("{}", src.wasm_path.display()))?;
+        }
 
         let mut warnings = Vec::new();
         let timeout = match manifest.limits.timeout_ms.map(Duration::from_millis) {
@@ -296,6 +316,35 @@ impl Loader {
     }
 }
 
+/// Whether a tenant's manifest may name these `allowed_outbound_hosts` under the operator's
+/// `outbound_hosts` (`ceiling`): egress is the operator's to grant. A named tenant reaches
+/// nothing the tenants file does not list; the default tenant (the operator's own folder) any
+/// public host unless its list narrows that. An internal literal (loopback, private,
+/// link-local, metadata) needs the operator's list to name it, whatever the manifest says.
+fn egress_allowed(tenant: &str, entries: &[String], ceiling: Option<&[String]>) -> Result<()> {
+    let ceiling: Option<Vec<Destination>> =
+        ceiling.map(|c| c.iter().filter_map(|e| Destination::parse_allowed(e).ok()).collect());
+    for entry in entries {
+        let dest = Destination::parse_allowed(entry)?;
+        let listed = ceiling.as_ref().is_some_and(|c| c.contains(&dest));
+        if listed {
+            continue;
+        }
+        if ceiling.is_some() {
+            bail!("{entry} is not among this tenant's outbound_hosts (tenants file)");
+        }
+        if !tenant.is_empty() {
+            bail!("{entry}: this tenant has no outbound_hosts in the tenants file, so its plugins may reach nothing");
+        }
+        if dest.literal_ip().is_some_and(outbound::is_internal) {
+            bail!(
+                "{entry} is an internal address: only the operator's outbound_hosts (tenants file, [default]) can grant it"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Plugin names appear in `status.error`, audit lines and metric labels: keep them plain.
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -305,18 +354,6 @@ fn check_name(name: &str) -> Result<()> {
         bail!("plugin name {name:?} must be 1-128 characters of [A-Za-z0-9._-]");
     }
     Ok(())
-}
-
-/// Reads a file, refusing it when it is larger than `max` (without reading more than that).
-pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes).with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() as u64 > max {
-        bail!("{} is larger than the plugin size limit of {max} bytes (--max-plugin-bytes)", path.display());
-    }
-    Ok(bytes)
 }
 
 /// `[match]`: which tokens an authenticator is shown.
@@ -373,6 +410,20 @@ mod tests {
         assert!(m.matches("tg_abc", None));
         assert!(m.matches("eyJ...", Some("https://idp")));
         assert!(!m.matches("xyz", Some("https://other")));
+    }
+
+    #[test]
+    fn egress_is_the_operators_to_grant() {
+        let public = ["https://idp.example".to_string()];
+        let internal = ["http://127.0.0.1:8080".to_string()];
+        let metadata = ["http://169.254.169.254".to_string()];
+        assert!(egress_allowed("", &public, None).is_ok(), "the operator's own folder");
+        assert!(egress_allowed("", &internal, None).is_err(), "an internal literal from a manifest alone");
+        assert!(egress_allowed("", &metadata, None).is_err());
+        assert!(egress_allowed("", &internal, Some(&internal)).is_ok(), "named by the operator");
+        assert!(egress_allowed("acme", &public, None).is_err(), "a named tenant without outbound_hosts");
+        assert!(egress_allowed("acme", &public, Some(&public)).is_ok());
+        assert!(egress_allowed("acme", &internal, Some(&public)).is_err());
     }
 
     #[test]

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
 use crate::evaluator::TenantSlots;
+use crate::guardrails::Guardrails;
 use crate::tenant::Generation;
 
 /// Why a tenant's newest files were not taken live.
@@ -30,6 +31,14 @@ pub struct TenantState {
     pub refused_now: bool,
     /// The tenant's evaluation slots (the same across its generations).
     pub slots: Arc<TenantSlots>,
+    /// The operator's rules in force for this tenant: the tenants file as last read, which may
+    /// be newer than the rules `live` was loaded under (SPEC §4: guardrails apply when the
+    /// operator changes them, not when the tenant's folder next builds).
+    pub rules: Arc<Guardrails>,
+    /// Unique for the life of the process, new with every change of generation or rules:
+    /// the decision cache keys on it, so nothing decided under earlier ones is served — not
+    /// even to a tenant folder deleted and created again.
+    pub epoch: u64,
 }
 
 #[derive(Default)]
@@ -38,6 +47,8 @@ pub struct Registry {
     ready: AtomicBool,
     /// Why the tenants file's latest version was refused (the previous guardrails stay).
     tenants_file_error: Mutex<Option<Refusal>>,
+    /// The last epoch handed out.
+    epochs: AtomicU64,
 }
 
 impl Registry {
@@ -49,8 +60,10 @@ impl Registry {
         self.tenants.load_full()
     }
 
-    /// Replaces one tenant's state atomically; reviews already running keep their generation.
-    pub fn put(&self, state: TenantState) {
+    /// Replaces one tenant's state atomically, under a new epoch; reviews already running keep
+    /// their generation.
+    pub fn put(&self, mut state: TenantState) {
+        state.epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
         let state = Arc::new(state);
         self.tenants.rcu(|map| {
             let mut map = BTreeMap::clone(map);
@@ -65,6 +78,17 @@ impl Registry {
             map.remove(tenant);
             map
         });
+    }
+
+    /// Puts the operator's new rules in force for every tenant at once, before any folder is
+    /// reloaded under them: the next review is checked against them.
+    pub fn apply_rules(&self, rules_for: impl Fn(&str) -> Guardrails) {
+        for state in self.snapshot().values() {
+            let rules = rules_for(&state.name);
+            if *state.rules != rules {
+                self.put(TenantState { rules: Arc::new(rules), ..TenantState::clone(state) });
+            }
+        }
     }
 
     pub fn set_tenants_file_error(&self, reason: Option<String>) {

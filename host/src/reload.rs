@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, Result};
 use notify::{EventKind, RecursiveMode, Watcher};
 
+use crate::confine::Folder;
 use crate::evaluator::TenantLimits;
 use crate::metrics::{Metrics, TenantLabel, TenantResult};
 use crate::plugin::Loader;
@@ -85,17 +86,18 @@ impl Reloader {
 
     /// Scans the tenant list, and the contents of `only` (all when None) and of new tenants.
     fn scan(&mut self, only: Option<&BTreeSet<String>>) {
-        let mut present = vec![(String::new(), self.root.clone())];
-        match tenant::scan_tenants(&self.root) {
-            Ok(found) => present.extend(found),
+        let listed = Folder::open(&self.root).and_then(|root| Ok((tenant::scan_tenants(&root)?, root)));
+        let (found, root) = match listed {
+            Ok(listed) => listed,
             Err(e) => {
                 // The root itself is unreadable: keep everything as it is.
                 tracing::error!(error = %format!("{e:#}"), "cannot list the plugin directory; keeping every tenant as it is");
                 return;
             }
-        }
+        };
+        let present: Vec<String> = std::iter::once(String::new()).chain(found).collect();
         for (name, _) in self.registry.snapshot().iter() {
-            if !present.iter().any(|(n, _)| n == name) {
+            if !present.contains(name) {
                 tracing::info!(tenant = %name, "tenant folder removed: no longer served");
                 self.registry.remove(name);
                 self.seen.remove(name);
@@ -103,25 +105,28 @@ impl Reloader {
                 self.metrics.plugins_loaded.remove(&TenantLabel { tenant: name.clone() });
             }
         }
-        for (name, dir) in present {
+        for name in present {
             let known = self.registry.get(&name).is_some();
             if !known || only.is_none_or(|o| o.contains(&name)) {
-                self.scan_tenant(&name, &dir);
+                self.scan_tenant(&root, &name);
             }
         }
     }
 
-    fn scan_tenant(&mut self, name: &str, dir: &Path) {
+    fn scan_tenant(&mut self, root: &Folder, name: &str) {
         let guardrails = self.tenants_file.guardrails(name);
         let previous = self.registry.get(name);
-        let snapshot = tenant::read_tenant(dir, self.loader.defaults().max_plugin_bytes);
+        let dir = if name.is_empty() { root.path().to_path_buf() } else { root.path().join(name) };
+        let snapshot = tenant::open_tenant(root, name).and_then(|folder| {
+            tenant::read_tenant(&folder, name, &guardrails.folder, self.loader.defaults().max_plugin_bytes)
+        });
         // The files the live generation's manifests read (secrets, CA files) count as content:
         // kubelet rotating a mounted Secret reloads the tenant (on the watcher's event when it
         // is inside the plugin directory, else at the next periodic rescan).
         let files = previous.as_ref().and_then(|p| p.live.as_ref()).map(|g| files_digest(g)).unwrap_or_default();
         let seen = match &snapshot {
             Ok(s) => format!("{}|{files}|{guardrails:?}", s.content),
-            Err(e) => format!("error: {e:#}"),
+            Err(e) => format!("error: {e:#}|{guardrails:?}"),
         };
         if previous.is_some() && self.seen.get(name) == Some(&seen) {
             return;
@@ -131,6 +136,7 @@ impl Reloader {
         let slots = previous.as_ref().map_or_else(|| self.limits.slots(), |p| p.slots.clone());
         let number = live.as_ref().map_or(1, |g| g.number + 1);
         let started = Instant::now();
+        let rules = Arc::new(guardrails.clone());
         let result = snapshot.and_then(|s| tenant::load_generation(&self.loader, name, &s, guardrails, number));
         let label = TenantLabel { tenant: name.to_owned() };
         let state = match result {
@@ -147,15 +153,20 @@ impl Reloader {
                 self.metrics.plugins_loaded.get_or_create(&label).set(generation.plugins.len() as i64);
                 TenantState {
                     name: name.to_owned(),
-                    dir: dir.to_path_buf(),
+                    dir,
                     live: Some(Arc::new(generation)),
                     refusal: previous.and_then(|p| p.refusal.clone()),
                     refused_now: false,
                     slots,
+                    rules,
+                    epoch: 0,
                 }
             }
             Err(e) => {
                 let reason = format!("{e:#}");
+                // A generation loaded under rules the operator has since changed (secrets,
+                // egress, bounds) holds what they withdrew: it is not served any longer.
+                let live = live.filter(|g| g.built_under.same_load_rules(&rules));
                 match &live {
                     Some(g) => {
                         tracing::error!(tenant = %name, generation = g.number, "refused; the previous generation stays live: {reason}")
@@ -167,11 +178,13 @@ impl Reloader {
                 self.count(name, "refused");
                 TenantState {
                     name: name.to_owned(),
-                    dir: dir.to_path_buf(),
+                    dir,
                     live,
                     refusal: Some(Refusal { at: SystemTime::now(), reason }),
                     refused_now: true,
                     slots,
+                    rules,
+                    epoch: 0,
                 }
             }
         };
@@ -183,6 +196,11 @@ impl Reloader {
             .reloads
             .get_or_create(&TenantResult { tenant: tenant.to_owned(), result: result.to_owned() })
             .inc();
+    }
+
+    /// Puts the tenants file's rules in force for every known tenant before any reload.
+    fn apply_rules(&self) {
+        self.registry.apply_rules(|tenant| self.tenants_file.guardrails(tenant));
     }
 
     /// Re-reads the tenants file; true when its guardrails changed. A broken file is refused
@@ -244,7 +262,9 @@ impl Reloader {
                     let first = match rx.recv_timeout(wait) {
                         Ok(event) => event,
                         Err(RecvTimeoutError::Timeout) => {
-                            self.reload_tenants_file();
+                            if self.reload_tenants_file() {
+                                self.apply_rules();
+                            }
                             self.scan_all();
                             next_rescan = Instant::now() + rescan_every;
                             continue;
@@ -262,6 +282,7 @@ impl Reloader {
                     }
                     let (tenants, tenants_file) = self.affected(&events, tenants_dir.as_deref());
                     if tenants_file && self.reload_tenants_file() {
+                        self.apply_rules();
                         self.scan_all();
                     } else if !tenants.is_empty() {
                         self.scan(Some(&tenants));
@@ -318,9 +339,9 @@ impl Reloader {
 fn files_digest(generation: &crate::tenant::Generation) -> String {
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
-    for path in generation.plugins.iter().flat_map(|p| &p.files) {
-        h.update(path.as_os_str().as_encoded_bytes());
-        match crate::secrets::read_file(path, crate::secrets::MAX_CA_BYTES) {
+    for file in generation.plugins.iter().flat_map(|p| &p.files) {
+        h.update(file.shown().as_os_str().as_encoded_bytes());
+        match file.read(crate::secrets::MAX_CA_BYTES) {
             Ok(bytes) => h.update(Sha256::digest(&bytes)),
             Err(_) => h.update(b"\0missing"),
         }

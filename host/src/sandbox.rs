@@ -115,14 +115,22 @@ impl Default for SandboxConfig {
 /// The engine, the linker with the host imports and WASI, and the epoch ticker.
 pub struct Sandbox {
     engine: Engine,
+    /// Everything a plugin may import, wasi:http included: the fit-the-world check, and the
+    /// instances of plugins with an outbound grant.
     linker: Linker<HostState>,
+    /// The same without wasi:http, for plugins without an outbound grant ([`Self::seal`]).
+    sealed: Linker<HostState>,
     pooling: bool,
     lazy_wasi: bool,
 }
 
 /// A compiled component that fits the world, ready to instantiate.
 pub struct Code {
+    component: Component,
+    /// With wasi:http linked (plugins with an outbound grant).
     pre: bindings::PolicyPre<HostState>,
+    /// Without it (every other plugin): made on the first load that needs it.
+    sealed: std::sync::OnceLock<bindings::PolicyPre<HostState>>,
     /// `sha256:<hex>` of the component bytes.
     pub digest: String,
     pub size: usize,
@@ -268,18 +276,25 @@ impl Sandbox {
         };
         start_ticker(&engine);
 
-        let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI p2")?;
-        // wasi:http/outgoing-handler and its types, with every request checked by
-        // `OutboundHooks` (nothing is granted unless the manifest says so).
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking wasi:http")?;
-        clamp_sleeps(&mut linker).context("wrapping the monotonic clock")?;
-        bindings::Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(anyhow::Error::from)
-            .context("linking tollgate:policy/host and kv")?;
-        Ok(Self { engine, linker, pooling, lazy_wasi: cfg.tuning.lazy_wasi })
+        let link = |http: bool| -> Result<Linker<HostState>> {
+            let mut linker = Linker::<HostState>::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+                .map_err(anyhow::Error::from)
+                .context("linking WASI p2")?;
+            if http {
+                // wasi:http/outgoing-handler and its types, with every request checked by
+                // `OutboundHooks` against the plugin's grant.
+                wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+                    .map_err(anyhow::Error::from)
+                    .context("linking wasi:http")?;
+            }
+            clamp_sleeps(&mut linker).context("wrapping the monotonic clock")?;
+            bindings::Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+                .map_err(anyhow::Error::from)
+                .context("linking tollgate:policy/host and kv")?;
+            Ok(linker)
+        };
+        Ok(Self { linker: link(true)?, sealed: link(false)?, engine, pooling, lazy_wasi: cfg.tuning.lazy_wasi })
     }
 
     pub fn pooling(&self) -> bool {
@@ -333,7 +348,29 @@ impl Sandbox {
             .map_err(|e| anyhow!("does not fit the world tollgate:policy/policy@0.1.x: {}", fit_message(&e.into())))?;
         let pre = bindings::PolicyPre::new(instance_pre)
             .map_err(|e| anyhow!("does not fit the world tollgate:policy/policy@0.1.x: {}", fit_message(&e.into())))?;
-        Ok(Code { pre, digest, size, compile_time })
+        Ok(Code { component, pre, sealed: Default::default(), digest, size, compile_time })
+    }
+
+    /// Prepares `code` for plugins without an outbound grant: wasi:http is not linked, and any
+    /// of its functions the component imports (componentize-py and jco import it whether the
+    /// policy uses it or not) trap when called. The component already fits the world, so
+    /// wasi:http is all the sealed linker lacks.
+    pub fn seal(&self, code: &Code) -> Result<()> {
+        if code.sealed.get().is_some() {
+            return Ok(());
+        }
+        let mut linker = self.sealed.clone();
+        stub_wasi_http(&mut linker, &self.engine, &code.component).context("stubbing wasi:http")?;
+        let pre =
+            linker.instantiate_pre(&code.component).map_err(anyhow::Error::from).context("preparing an instance")?;
+        let pre = bindings::PolicyPre::new(pre).map_err(anyhow::Error::from).context("preparing an instance")?;
+        let _ = code.sealed.set(pre);
+        Ok(())
+    }
+
+    /// The pre-instantiated component for this plugin: wasi:http linked only with a grant.
+    fn pre<'a>(code: &'a Code, env: &PluginEnv) -> Option<&'a bindings::PolicyPre<HostState>> {
+        if env.outbound.is_some() { Some(&code.pre) } else { code.sealed.get() }
     }
 
     /// Runs one plugin on one review in a fresh instance (or a warm one, if the plugin reuses
@@ -363,9 +400,12 @@ impl Sandbox {
                 (store, instance, uses)
             }
             None => {
+                let Some(pre) = Self::pre(code, env) else {
+                    return (Err(Failure::Trap("the plugin was not prepared without wasi:http".into())), stats);
+                };
                 let mut store = self.store(env, request_id, scrub_token, budget);
                 let started = Instant::now();
-                let instance = code.pre.instantiate(&mut store);
+                let instance = pre.instantiate(&mut store);
                 stats.instantiate = started.elapsed();
                 match instance {
                     Ok(instance) => (store, instance, 0),
@@ -443,9 +483,67 @@ impl Sandbox {
     #[doc(hidden)]
     pub fn instantiate_only(&self, code: &Code, env: &Arc<PluginEnv>) -> Result<(), Failure> {
         let scrubber = Scrubber::new("");
+        let Some(pre) = Self::pre(code, env) else {
+            return Err(Failure::Trap("the plugin was not prepared without wasi:http".into()));
+        };
         let mut store = self.store(env, "bench", "", env.timeout);
-        code.pre.instantiate(&mut store).map(drop).map_err(|e| classify(e, &store, &scrubber, true))
+        pre.instantiate(&mut store).map(drop).map_err(|e| classify(e, &store, &scrubber, true))
     }
+}
+
+/// What a sealed plugin's wasi:http resources are: nothing can make one (every function that
+/// would trap first).
+struct NotLinked;
+
+/// Defines every wasi:http function `component` imports as a trap that says why, and the
+/// resources wasi:http introduces as opaque ones; resources it only re-exports (wasi:io's
+/// streams and pollable) keep the linker's own types.
+fn stub_wasi_http(linker: &mut Linker<HostState>, engine: &Engine, component: &Component) -> Result<()> {
+    use wasmtime::component::ResourceType;
+    use wasmtime::component::types::ComponentItem;
+    let ty = component.component_type();
+    let mut known: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for (name, import) in ty.imports(engine) {
+        if let ComponentItem::ComponentInstance(instance) = &import.ty
+            && !name.starts_with("wasi:http/")
+        {
+            for (export, item) in instance.exports(engine) {
+                if matches!(item.ty, ComponentItem::Resource(_)) {
+                    known.insert(export.to_owned());
+                }
+            }
+        }
+    }
+    for (name, import) in ty.imports(engine) {
+        let ComponentItem::ComponentInstance(instance) = &import.ty else { continue };
+        if !name.starts_with("wasi:http/") {
+            continue;
+        }
+        let mut stubs = linker.instance(name).map_err(anyhow::Error::from)?;
+        for (export, item) in instance.exports(engine) {
+            match item.ty {
+                ComponentItem::ComponentFunc(_) => {
+                    let called = format!("{name}#{export}");
+                    stubs
+                        .func_new(export, move |_, _, _, _| {
+                            Err(wasmtime::format_err!(
+                                "it called `{called}`, but wasi:http is not linked for this plugin: it has no \
+                                 outbound grant (allowed_outbound_hosts in its manifest, within the tenants \
+                                 file's outbound_hosts)"
+                            ))
+                        })
+                        .map_err(anyhow::Error::from)?;
+                }
+                ComponentItem::Resource(_) if known.insert(export.to_owned()) => {
+                    stubs
+                        .resource(export, ResourceType::host::<NotLinked>(), |_, _| Ok(()))
+                        .map_err(anyhow::Error::from)?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A deadline is counted in whole ticks from the current epoch, and the next tick may come at any

@@ -58,19 +58,26 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/authenticate", post(authenticate_default))
         .route("/authenticate/{tenant}", post(authenticate_tenant))
+        .route("/status", get(status))
         .merge(probes())
         .fallback(|| async { AppError::NotFound("no such path".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)
 }
 
-/// The probe and observability routes, also served alone on `--probe-listen`.
+/// The probe and observability routes, also served alone on `--probe-listen`, which no client
+/// certificate guards: what they tell is for anyone who can reach the port.
 pub fn probes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/status", get(status))
+}
+
+/// `probes()` and the short `/status`: the probe listener's routes. The full `/status` (match
+/// prefixes, refusal reasons — text that may hold a tenant's data) is on the main listener only.
+pub fn probe_app() -> Router<Arc<AppState>> {
+    probes().route("/status", get(status_summary))
 }
 
 /// Everything that is not a decision, as Kubernetes answers it: a `Status` object.
@@ -161,8 +168,14 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
         .live
         .clone()
         .ok_or_else(|| AppError::Unavailable("this tenant's plugins could not be loaded".into()))?;
-    if !generation.guardrails.admits(identity.as_ref()) {
+    let rules = tenant_state.rules.clone();
+    if !rules.admits(identity.as_ref()) {
         return Err(AppError::Forbidden("this caller may not use this tenant".into()));
+    }
+    // The operator changed what this tenant's plugins may load (secrets, egress, bounds) and
+    // they have not been loaded again under the new rules yet: never serve the looser ones.
+    if !generation.built_under.same_load_rules(&rules) {
+        return Err(AppError::Unavailable("this tenant's plugins are being reloaded under new rules".into()));
     }
 
     let request_id = new_request_id();
@@ -174,10 +187,11 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
     };
     let audiences = input.audiences.clone();
     let token_for_scrub = input.token.clone();
-    let run = state.evaluator.evaluate(&tenant_state.slots, generation.clone(), input);
+    let run = state.evaluator.evaluate(&tenant_state.slots, generation.clone(), rules, input);
     let (verdict, lookup) = match &state.decisions {
         Some(cache) => {
-            let key = cache.key(tenant, generation.number, &token_for_scrub, &audiences);
+            // Everything a plugin sees, and everything its answer was checked against.
+            let key = cache.key(tenant, tenant_state.epoch, caller.as_deref(), &token_for_scrub, &audiences);
             let (verdict, lookup) = cache.get_or_run(key, run).await;
             state.metrics.decision_cache.get_or_create(&LookupLabel { result: lookup.as_str().into() }).inc();
             state.metrics.decision_cache_entries.set(cache.len() as i64);
@@ -323,6 +337,30 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
+}
+
+/// Per tenant: served or not, refused now or not, the live generation and its plugin digests
+/// (so an operator can see replicas converge), and when the last refusal was; never why.
+async fn status_summary(State(state): State<Arc<AppState>>) -> Response {
+    let tenants: Vec<_> = state
+        .registry
+        .snapshot()
+        .values()
+        .map(|t| {
+            json!({
+                "tenant": t.name,
+                "served": t.live.is_some(),
+                "refused_now": t.refused_now,
+                "generation": t.live.as_ref().map(|g| g.number),
+                "digests": t.live.as_ref().map(|g| g.plugins.iter().map(|p| p.digest()).collect::<Vec<_>>()),
+                "last_refusal_at": t.refusal.as_ref().map(|r| rfc3339(r.at)),
+            })
+        })
+        .collect();
+    let tenants_file_refused_at = state.registry.tenants_file_error().map(|r| rfc3339(r.at));
+    let body = json!({ "tenants": tenants, "tenants_file_refused_at": tenants_file_refused_at,
+        "full_view": "GET /status on the main listener" });
+    json_response(StatusCode::OK, serde_json::to_vec_pretty(&body).unwrap_or_default())
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> Response {

@@ -1,16 +1,17 @@
 //! Tenants: the plugin directory's root is the default tenant, each sub-folder a named one.
 //! A tenant's plugins and manifests are loaded together into one [`Generation`].
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
-use crate::guardrails::{GuardrailSpec, Guardrails};
-use crate::plugin::{Loader, Plugin, PluginSource, read_bounded};
+use crate::confine::{self, Folder};
+use crate::guardrails::{FolderLimits, GuardrailSpec, Guardrails};
+use crate::plugin::{Loader, Plugin, PluginSource};
 use sha2::{Digest as _, Sha256};
 
 /// One tenant's complete, checked set of plugins. Reviews run on one generation from start to
@@ -21,7 +22,9 @@ pub struct Generation {
     pub number: u64,
     /// In file-name order.
     pub plugins: Vec<Arc<Plugin>>,
-    pub guardrails: Guardrails,
+    /// The operator's rules it was loaded under (secrets, egress and folder bounds were decided
+    /// by them). Reviews are checked against the rules in force, which may be newer.
+    pub built_under: Guardrails,
     pub loaded_at: SystemTime,
 }
 
@@ -97,6 +100,14 @@ const K8S_DATA: &str = "..data";
 /// swaps it at most every sync period, so twice in one scan is already rare).
 const DATA_RETRIES: usize = 5;
 
+/// A manifest is a few hundred bytes of TOML; 64 KiB holds hundreds of vectors. Anything larger
+/// is refused before it is read whole (a sparse 50 GB file costs one bounded read).
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 10;
+
+/// Entries one listing of a folder may hold (plugins, manifests, dot-files, sub-folders): tens
+/// are normal, and a folder of millions must not cost a scan minutes or gigabytes.
+pub const MAX_ENTRIES: usize = 4096;
+
 /// What one scan of a tenant folder read: every plugin's bytes, from one consistent view.
 pub struct Snapshot {
     /// In file-name order.
@@ -105,106 +116,161 @@ pub struct Snapshot {
     pub content: String,
 }
 
-/// Reads a tenant folder's plugins and manifests. Dot-files are ignored and symlinks followed.
-/// When the folder is a Kubernetes volume, `..data` is resolved once and every file read through
-/// its target — listing the target, not the visible links, which kubelet updates only after the
-/// swap; if `..data` moved by the end of the scan, it starts again. So a snapshot never mixes two
-/// versions of a ConfigMap. A manifest without its plugin is refused: a typo in a file name must
-/// not silently run a plugin without its role and config.
-pub fn read_tenant(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
+/// Opens tenant `name`'s folder ("" = the plugin directory itself) beneath the plugin directory:
+/// a tenant folder that is a symlink is followed only while it stays inside (a projected
+/// volume's `acme -> ..data/acme`), never to `/etc` or elsewhere.
+pub fn open_tenant(root: &Folder, name: &str) -> Result<Arc<Folder>> {
+    Ok(Arc::new(if name.is_empty() { root.reopen()? } else { root.dir(Path::new(name))? }))
+}
+
+/// Reads a tenant folder's plugins and manifests, beneath the folder and within `limits`.
+/// Dot-files are ignored, symlinks followed while they stay inside, and anything but a regular
+/// file named `.wasm` or `.toml` refused (a FIFO is never read). When the folder is a Kubernetes
+/// volume, `..data` is resolved once and every file read through its target — listing the target,
+/// not the visible links, which kubelet updates only after the swap; if `..data` moved by the end
+/// of the scan, it starts again. So a snapshot never mixes two versions of a ConfigMap. A
+/// manifest without its plugin is refused: a typo in a file name must not silently run a plugin
+/// without its role and config. The default tenant (`tenant` "") may not read into another
+/// tenant's folder.
+pub fn read_tenant(
+    folder: &Arc<Folder>,
+    tenant: &str,
+    limits: &FolderLimits,
+    max_plugin_bytes: u64,
+) -> Result<Snapshot> {
     for _ in 0..DATA_RETRIES {
-        let data = resolve_data(dir)?;
-        let mut snapshot = read_listing(data.as_deref().unwrap_or(dir), max_plugin_bytes)?;
-        if resolve_data(dir)? == data {
-            // File references in manifests are relative to the tenant's folder as the operator
-            // sees it, not to kubelet's timestamped directory.
-            snapshot.sources.iter_mut().for_each(|s| s.dir = dir.to_path_buf());
+        let link = folder.read_link(K8S_DATA);
+        let data = if link.is_some() || folder.lstat(Path::new(K8S_DATA)).is_some() {
+            Some(folder.dir(Path::new(K8S_DATA))?)
+        } else {
+            None
+        };
+        let listing = data.as_ref().unwrap_or(folder);
+        let snapshot = read_listing(folder, listing, tenant, limits, max_plugin_bytes)?;
+        if folder.read_link(K8S_DATA) == link {
             return Ok(snapshot);
         }
-        tracing::debug!(dir = %dir.display(), "..data moved during the scan: reading again");
+        tracing::debug!(dir = %folder.path().display(), "..data moved during the scan: reading again");
     }
-    bail!("{}: ..data kept moving during {DATA_RETRIES} scans", dir.display())
+    bail!("{}: ..data kept moving during {DATA_RETRIES} scans", folder.path().display())
 }
 
-/// The directory `dir/..data` points to, if `dir` is a Kubernetes volume.
-fn resolve_data(dir: &Path) -> Result<Option<PathBuf>> {
-    let link = dir.join(K8S_DATA);
-    match std::fs::read_link(&link) {
-        Ok(target) => Ok(Some(dir.join(target))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        // Not a symlink: a plain `..data` directory.
-        Err(_) if link.is_dir() => Ok(Some(link)),
-        Err(e) => Err(e).with_context(|| format!("reading {}", link.display())),
-    }
-}
-
-fn read_listing(dir: &Path, max_plugin_bytes: u64) -> Result<Snapshot> {
-    let mut wasm = BTreeMap::new();
-    let mut manifests = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            bail!("{}: a file name is not UTF-8", dir.display());
-        };
+fn read_listing(
+    folder: &Arc<Folder>,
+    listing: &Folder,
+    tenant: &str,
+    limits: &FolderLimits,
+    max_plugin_bytes: u64,
+) -> Result<Snapshot> {
+    let mut wasm = BTreeSet::new();
+    let mut manifests = BTreeSet::new();
+    for name in listing.names(MAX_ENTRIES)? {
         if name.starts_with('.') {
             continue;
         }
-        let path = entry.path();
-        // Follows symlinks: a broken one is an error, not a missing plugin.
-        let meta = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?;
-        if !meta.is_file() {
-            continue;
-        }
         if let Some(stem) = name.strip_suffix(".wasm") {
-            wasm.insert(stem.to_owned(), path);
+            wasm.insert(stem.to_owned());
         } else if let Some(stem) = name.strip_suffix(".toml") {
-            manifests.insert(stem.to_owned(), path);
+            manifests.insert(stem.to_owned());
         }
     }
-    if let Some((stem, path)) = manifests.iter().find(|(stem, _)| !wasm.contains_key(*stem)) {
-        bail!("{}: a manifest without {stem}.wasm beside it", path.display());
+    if let Some(stem) = manifests.iter().find(|stem| !wasm.contains(*stem)) {
+        bail!("{}: a manifest without {stem}.wasm beside it", listing.path().join(format!("{stem}.toml")).display());
     }
+    if wasm.len() > limits.plugins {
+        bail!(
+            "{}: {} plugins, more than this tenant's limit of {} (max_plugins in the tenants file)",
+            folder.path().display(),
+            wasm.len(),
+            limits.plugins
+        );
+    }
+    let mut total = 0u64;
     let mut content = Sha256::new();
     let mut sources = Vec::with_capacity(wasm.len());
-    for (name, path) in wasm {
-        let bytes: Arc<[u8]> = read_bounded(&path, max_plugin_bytes)?.into();
-        let manifest = match manifests.remove(&name) {
-            Some(mpath) => {
-                let text = std::fs::read_to_string(&mpath).with_context(|| format!("reading {}", mpath.display()))?;
-                Some((mpath, text))
-            }
-            None => None,
+    for name in wasm {
+        let wasm_name = format!("{name}.wasm");
+        let bytes: Arc<[u8]> =
+            read_inside(listing, tenant, &wasm_name, max_plugin_bytes, "the plugin size limit (--max-plugin-bytes)")?
+                .into();
+        let manifest = if manifests.contains(&name) {
+            let toml_name = format!("{name}.toml");
+            let text = read_inside(listing, tenant, &toml_name, MAX_MANIFEST_BYTES, "the manifest size limit")?;
+            let path = listing.path().join(&toml_name);
+            let text = String::from_utf8(text).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+            Some((path, text))
+        } else {
+            None
         };
+        total += bytes.len() as u64 + manifest.as_ref().map_or(0, |(_, t)| t.len() as u64);
+        if total > limits.total_bytes {
+            bail!(
+                "{}: its plugins and manifests exceed this tenant's limit of {} MiB (max_total_mib in the tenants file)",
+                folder.path().display(),
+                limits.total_bytes >> 20
+            );
+        }
         content.update(name.as_bytes());
         content.update([0]);
         content.update(Sha256::digest(&bytes));
         content.update(manifest.as_ref().map(|(_, t)| t.as_bytes()).unwrap_or(b"\0none"));
         content.update([0]);
-        sources.push(PluginSource { name, wasm_path: path, dir: dir.to_path_buf(), wasm: bytes, manifest });
+        let wasm_path = listing.path().join(&wasm_name);
+        // File references in manifests are relative to the tenant's folder as the operator
+        // sees it, not to kubelet's timestamped directory.
+        sources.push(PluginSource { name, wasm_path, folder: folder.clone(), wasm: bytes, manifest });
     }
     Ok(Snapshot { sources, content: hex::encode(content.finalize()) })
 }
 
-/// The tenant folders under the plugin directory (name, path), in name order.
-pub fn scan_tenants(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// Reads `name` beneath `listing`, bounded; for the default tenant, never from inside another
+/// tenant's folder (the plugin directory holds them all).
+fn read_inside(listing: &Folder, tenant: &str, name: &str, max: u64, what: &str) -> Result<Vec<u8>> {
+    let (file, _) = listing.file(Path::new(name))?;
+    if tenant.is_empty() {
+        outside_tenant_folders(listing, &file, &listing.path().join(name))?;
+    }
+    confine::read_bounded(file, max, &listing.path().join(name), what)
+}
+
+/// Refuses an open file of the default tenant that lies in a tenant folder: a name in the
+/// plugin directory (or its `..data`) that leads into `acme/` reads acme's files.
+pub fn outside_tenant_folders(base: &Folder, file: &std::fs::File, shown: &Path) -> Result<()> {
+    let (Some(base), Some(real)) = (base.real_path(), confine::real_path(file)) else {
+        bail!("{}: cannot tell where it leads (/proc is needed)", shown.display());
+    };
+    if let Ok(rel) = real.strip_prefix(&base) {
+        let mut parts = rel.components();
+        if let (Some(first), Some(_)) = (parts.next(), parts.next())
+            && first.as_os_str().to_str().is_some_and(valid_tenant_name)
+        {
+            bail!("{} leads into the tenant folder {:?}", shown.display(), first.as_os_str());
+        }
+    }
+    Ok(())
+}
+
+/// The tenant folders under the plugin directory, in name order: entries whose names are DNS
+/// labels and that are directories or symlinks (opening one checks it stays inside).
+pub fn scan_tenants(root: &Folder) -> Result<Vec<String>> {
     let mut tenants = Vec::new();
-    for entry in std::fs::read_dir(root).with_context(|| format!("listing {}", root.display()))? {
-        let entry = entry.with_context(|| format!("listing {}", root.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in root.names(MAX_ENTRIES)? {
         if name.starts_with('.') {
             continue;
         }
-        let path = entry.path();
-        if !std::fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false) {
+        let Some(mode) = root.lstat(Path::new(&name)) else { continue };
+        let kind = mode & libc::S_IFMT;
+        if kind != libc::S_IFDIR && kind != libc::S_IFLNK {
             continue;
         }
         if !valid_tenant_name(&name) {
-            tracing::warn!(folder = %path.display(), "ignored: a tenant folder name must be a DNS label ([a-z0-9-], at most 63)");
+            if kind == libc::S_IFDIR {
+                tracing::warn!(folder = %root.path().join(&name).display(), "ignored: a tenant folder name must be a DNS label ([a-z0-9-], at most 63)");
+            }
             continue;
         }
-        tenants.push((name, path));
+        tenants.push(name);
     }
-    tenants.sort();
     Ok(tenants)
 }
 
@@ -217,14 +283,15 @@ pub fn load_generation(
     number: u64,
 ) -> Result<Generation> {
     let mut plugins = Vec::with_capacity(snapshot.sources.len());
+    let mut vectors_left = guardrails.folder.vectors;
     for src in &snapshot.sources {
-        let plugin = loader.load(tenant, src, &guardrails)?;
+        let plugin = loader.load(tenant, src, &guardrails, &mut vectors_left)?;
         for w in &plugin.warnings {
             tracing::warn!(tenant, plugin = %plugin.name, "{w}");
         }
         plugins.push(Arc::new(plugin));
     }
-    Ok(Generation { tenant: tenant.to_owned(), number, plugins, guardrails, loaded_at: SystemTime::now() })
+    Ok(Generation { tenant: tenant.to_owned(), number, plugins, built_under: guardrails, loaded_at: SystemTime::now() })
 }
 
 #[cfg(test)]
@@ -248,7 +315,7 @@ mod tests {
                 .unwrap();
         assert!(f.guardrails("").allow_system.contains("system:masters"));
         assert_eq!(f.guardrails("acme").username_prefix, "a:");
-        assert_eq!(f.guardrails("acme").allowed_groups, Some(vec!["acme:*".to_string()]));
-        assert_eq!(f.guardrails("other").username_prefix, "other:");
+        assert_eq!(f.guardrails("acme").allowed_groups, Some(vec!["tollgate:acme:*".to_string()]));
+        assert_eq!(f.guardrails("other").username_prefix, "tollgate:other:");
     }
 }

@@ -6,6 +6,7 @@ mod canary;
 mod chain;
 mod cli;
 mod decision_cache;
+mod hostile;
 mod instances;
 mod kubernetes;
 mod languages;

@@ -43,8 +43,13 @@ fn oidc_manifest(idp: &OpenIdProvider, timeout_ms: u64, extra_config: &str) -> S
     )
 }
 
-fn start(dir: &PluginDir) -> Server {
-    Server::start(dir.path(), &["--deny-reason-in-status"])
+/// Serves `dir` with the operator's grant of the issuer (a loopback literal: no manifest alone
+/// can open one).
+fn start(dir: &PluginDir, idp: &OpenIdProvider) -> Server {
+    let tenants = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tenants.path(), format!("[default]\noutbound_hosts = [\"{}\"]\n", idp.issuer)).unwrap();
+    let (_, path) = tenants.keep().unwrap();
+    Server::start(dir.path(), &["--deny-reason-in-status", "--tenants", path.to_str().unwrap()])
 }
 
 fn user(answer: &Answer) -> (String, Vec<String>) {
@@ -66,7 +71,7 @@ fn real_tokens_are_verified_with_keys_fetched_once_and_a_rotation_is_picked_up()
     let idp = OpenIdProvider::start();
     let dir = plugin_dir(&idp);
     dir.add("10-oidc", built::OIDC_JWT, &oidc_manifest(&idp, 2000, ""));
-    let server = start(&dir);
+    let server = start(&dir, &idp);
     assert_eq!(idp.hits()["jwks"], 0, "the vectors asked nobody");
 
     let alice = idp.token("alice", K8S);
@@ -103,7 +108,7 @@ fn forged_expired_and_misaddressed_tokens_are_denied() {
     let idp = OpenIdProvider::start();
     let dir = plugin_dir(&idp);
     dir.add("10-oidc", built::OIDC_JWT, &oidc_manifest(&idp, 2000, "clock_skew_seconds = \"0\""));
-    let server = start(&dir);
+    let server = start(&dir, &idp);
     let good = idp.token("alice", K8S);
     let kid = header(&good)["kid"].as_str().unwrap().to_owned();
     assert_eq!(user(&server.review(&good)).0, "oidc:alice");
@@ -140,7 +145,7 @@ fn an_issuer_that_is_down_gets_503_without_retry_after() {
     let dir = plugin_dir(&idp);
     dir.add("10-oidc", built::OIDC_JWT, &oidc_manifest(&idp, 2000, ""));
     let token = idp.token("alice", K8S);
-    let server = start(&dir);
+    let server = start(&dir, &idp);
     idp.kill();
     let answer = server.review(&token);
     answer.assert_status_object(503, "ServiceUnavailable");
@@ -154,7 +159,7 @@ fn a_slow_issuer_cannot_hold_a_review_past_its_deadline() {
     let idp = OpenIdProvider::start();
     let dir = plugin_dir(&idp);
     dir.add("10-oidc", built::OIDC_JWT, &oidc_manifest(&idp, 500, ""));
-    let server = start(&dir);
+    let server = start(&dir, &idp);
     let token = idp.token("alice", K8S);
     idp.delay(5000);
     let began = std::time::Instant::now();
@@ -188,7 +193,7 @@ fn introspection_asks_the_issuer_with_a_secret_from_a_file_and_remembers_the_ans
          username_prefix = \"idp:\"\ngroups_prefix = \"idp:\"\n"
     );
     dir.add("10-introspection", built::INTROSPECTION, &manifest);
-    let server = start(&dir);
+    let server = start(&dir, &idp);
 
     let token = idp.token("alice", OPAQUE);
     assert!(!token.contains('.'), "an opaque token");

@@ -10,7 +10,7 @@ use tollgate_tests::*;
 fn a_tenant_looping_forever_under_load_does_not_starve_another() {
     let dir = PluginDir::new();
     dir.add_in("loopy", "10-loop", built::PROBE, &probe_manifest("", "loop", ""));
-    dir.add_in("calm", "10-ok", built::PROBE, &probe_manifest("", "allow", "username = \"calm:alice\""));
+    dir.add_in("calm", "10-ok", built::PROBE, &probe_manifest("", "allow", "username = \"tollgate:calm:alice\""));
     let server = Server::start(dir.path(), &[]);
     let stop = AtomicBool::new(false);
     let (failed, overloaded) = (AtomicUsize::new(0), AtomicUsize::new(0));
@@ -41,7 +41,7 @@ fn a_tenant_looping_forever_under_load_does_not_starve_another() {
             let answer = server.review_at("/authenticate/calm", V1, Some("tok-12345678"), &[]);
             assert_eq!(
                 granted_username(&answer).as_deref(),
-                Some("calm:alice"),
+                Some("tollgate:calm:alice"),
                 "calm tenant starved: {}",
                 answer.body
             );

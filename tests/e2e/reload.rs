@@ -93,9 +93,9 @@ fn tenant_folders_come_and_go() {
     // A new folder is served as soon as it loads.
     let staging = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
     std::fs::copy(built::PROBE, staging.path().join("10-a.wasm")).unwrap();
-    std::fs::write(staging.path().join("10-a.toml"), allow("acme:alice")).unwrap();
+    std::fs::write(staging.path().join("10-a.toml"), allow("tollgate:acme:alice")).unwrap();
     std::fs::rename(staging.path(), dir.path().join("acme")).unwrap();
-    wait_user(&server, "/authenticate/acme", Some("acme:alice"));
+    wait_user(&server, "/authenticate/acme", Some("tollgate:acme:alice"));
 
     // A new folder that cannot load answers 503, never a cacheable denial.
     std::fs::create_dir(dir.path().join("broken")).unwrap();
@@ -119,20 +119,20 @@ fn tenant_folders_come_and_go() {
 fn a_kubelet_data_swap_is_read_as_one_version() {
     let dir = PluginDir::new();
     let mut volume = KubeVolume::new(dir.path().join("acme"));
-    let files = |v: &str| probe_files("10-auth", &allow(&format!("acme:{v}"))).to_vec();
+    let files = |v: &str| probe_files("10-auth", &allow(&format!("tollgate:acme:{v}"))).to_vec();
     volume.publish(&files("v1"));
     let server = Server::start(dir.path(), &[]);
-    wait_user(&server, "/authenticate/acme", Some("acme:v1"));
+    wait_user(&server, "/authenticate/acme", Some("tollgate:acme:v1"));
     volume.publish(&files("v2"));
-    wait_user(&server, "/authenticate/acme", Some("acme:v2"));
+    wait_user(&server, "/authenticate/acme", Some("tollgate:acme:v2"));
     // A version that adds a plugin and one that removes it.
     let mut three = files("v3");
     three.extend(probe_files("20-other", &probe_manifest("", "deny", "")));
     volume.publish(&three);
-    wait_user(&server, "/authenticate/acme", Some("acme:v3"));
+    wait_user(&server, "/authenticate/acme", Some("tollgate:acme:v3"));
     assert_eq!(server.get("/status").json()["tenants"][1]["live"]["plugins"].as_array().unwrap().len(), 2);
     volume.publish(&files("v4"));
-    wait_user(&server, "/authenticate/acme", Some("acme:v4"));
+    wait_user(&server, "/authenticate/acme", Some("tollgate:acme:v4"));
     assert_eq!(server.get("/status").json()["tenants"][1]["live"]["plugins"].as_array().unwrap().len(), 1);
     assert!(refusal(&server, "acme").is_none(), "no swap was ever seen half-done: {:?}", refusal(&server, "acme"));
 }
@@ -145,7 +145,7 @@ fn reload_under_load_never_mixes_generations() {
     let dir = PluginDir::new();
     let mut volume = KubeVolume::new(dir.path().join("swap"));
     let version = |v: &str| -> Vec<(String, Vec<u8>)> {
-        let auth = probe_manifest("", "allow", &format!("username = \"swap:user\"\nstamp = \"auth-{v}\""));
+        let auth = probe_manifest("", "allow", &format!("username = \"tollgate:swap:user\"\nstamp = \"auth-{v}\""));
         let map = probe_manifest("role = \"mapper\"", "map", &format!("stamp = \"map-{v}\""));
         probe_files("10-auth", &auth).into_iter().chain(probe_files("50-map", &map)).collect()
     };
@@ -204,7 +204,7 @@ fn the_tenants_file_reloads_and_a_broken_one_keeps_the_last_guardrails() {
         "acme",
         "10-a",
         built::PROBE,
-        &probe_manifest("", "allow", "username = \"acme:alice\"\ngroups = \"ops\""),
+        &probe_manifest("", "allow", "username = \"tollgate:acme:alice\"\ngroups = \"ops\""),
     );
     let tenants = tempfile::tempdir().unwrap();
     let file = tenants.path().join("tenants.toml");
@@ -212,14 +212,14 @@ fn the_tenants_file_reloads_and_a_broken_one_keeps_the_last_guardrails() {
     let server = Server::start(dir.path(), &["--tenants", file.to_str().unwrap()]);
     wait_user(&server, "/authenticate/acme", None);
     std::fs::write(&file, "[tenant.acme]\nallowed_groups = [\"ops\"]\n").unwrap();
-    wait_user(&server, "/authenticate/acme", Some("acme:alice"));
+    wait_user(&server, "/authenticate/acme", Some("tollgate:acme:alice"));
     std::fs::write(&file, "[tenant.acme\n").unwrap();
     wait_for("the tenants file refusal", Duration::from_secs(15), || {
         server.get("/status").json()["tenants_file"]["last_refusal"]["reason"].as_str().map(str::to_owned)
     });
     assert_eq!(
         granted_username(&server.review_at("/authenticate/acme", V1, Some("tok-12345678"), &[])).as_deref(),
-        Some("acme:alice")
+        Some("tollgate:acme:alice")
     );
 }
 
@@ -337,7 +337,7 @@ fn readyz_waits_for_the_first_load_and_can_require_every_tenant() {
     // --require-all-tenants: a refused tenant makes the replica unready, though it still serves.
     let dir = PluginDir::new();
     dir.probe("10-a", &allow("alice"));
-    dir.add_in("acme", "10-a", built::PROBE, &allow("acme:alice"));
+    dir.add_in("acme", "10-a", built::PROBE, &allow("tollgate:acme:alice"));
     let server = Server::start(dir.path(), &["--require-all-tenants"]);
     assert_eq!(server.get("/readyz").status, 200);
     std::fs::write(dir.path().join("acme/10-a.wasm"), b"junk").unwrap();
@@ -345,7 +345,7 @@ fn readyz_waits_for_the_first_load_and_can_require_every_tenant() {
     assert!(server.get("/readyz").body.contains("\"acme\""));
     assert_eq!(
         granted_username(&server.review_at("/authenticate/acme", V1, Some("tok-12345678"), &[])).as_deref(),
-        Some("acme:alice")
+        Some("tollgate:acme:alice")
     );
     std::fs::copy(built::PROBE, dir.path().join("acme/10-a.wasm")).unwrap();
     wait_for("readyz 200 again", Duration::from_secs(15), || (server.get("/readyz").status == 200).then_some(()));

@@ -17,19 +17,19 @@ fn tenants_file(text: &str) -> tempfile::NamedTempFile {
 fn tenant_folders_are_served_at_their_own_paths_and_see_only_their_own() {
     let dir = PluginDir::new();
     dir.probe("10-root", &probe_manifest("", "echo", "username = \"root-user\""));
-    dir.add_in("acme", "10-acme", built::PROBE, &probe_manifest("", "echo", "username = \"acme:user\""));
-    dir.add_in("globex", "10-globex", built::PROBE, &probe_manifest("", "echo", "username = \"globex:user\""));
+    dir.add_in("acme", "10-acme", built::PROBE, &probe_manifest("", "echo", "username = \"tollgate:acme:user\""));
+    dir.add_in("globex", "10-globex", built::PROBE, &probe_manifest("", "echo", "username = \"tollgate:globex:user\""));
     let server = Server::start(dir.path(), &[]);
     for version in VERSIONS {
         let root = server.review_at("/authenticate", version, Some("tok-12345678"), &[]).review_status(version);
         assert_eq!(root["user"]["username"], "root-user");
         assert_eq!(root["user"]["extra"]["seen/tenant"], json!([""]));
         let acme = server.review_at("/authenticate/acme", version, Some("tok-12345678"), &[]).review_status(version);
-        assert_eq!(acme["user"]["username"], "acme:user", "acme's config, not another tenant's");
+        assert_eq!(acme["user"]["username"], "tollgate:acme:user", "acme's config, not another tenant's");
         assert_eq!(acme["user"]["extra"]["seen/tenant"], json!(["acme"]));
         let globex =
             server.review_at("/authenticate/globex", version, Some("tok-12345678"), &[]).review_status(version);
-        assert_eq!(globex["user"]["username"], "globex:user");
+        assert_eq!(globex["user"]["username"], "tollgate:globex:user");
     }
     server.review_at("/authenticate/initech", V1, Some("tok-12345678"), &[]).assert_status_object(404, "NotFound");
     let status = server.get("/status").json();
@@ -50,8 +50,8 @@ fn an_unlisted_tenant_gets_the_safe_defaults() {
     ];
     for (name, manifest, _, _) in &cases {
         let sub = format!("t{}", &name[3..]);
-        // One tenant per case, all unlisted: each named after its folder.
-        dir.add_in(&sub, name, built::PROBE, &manifest.replace("acme", &sub));
+        // One tenant per case, all unlisted: each gets `tollgate:<folder>:`.
+        dir.add_in(&sub, name, built::PROBE, &manifest.replace("acme", &format!("tollgate:{sub}")));
     }
     let server = Server::start(dir.path(), &[]);
     for (name, _, ok, rule) in cases {
@@ -117,7 +117,7 @@ fn the_tenants_file_sets_guardrails_and_nothing_in_a_folder_loosens_them() {
 fn clients_restrict_who_may_call_a_tenant() {
     let dir = PluginDir::new();
     dir.add_in("acme", "10-a", built::PROBE, &allow("acme:alice", "acme:dev"));
-    dir.add_in("open", "10-a", built::PROBE, &allow("open:alice", "open:dev"));
+    dir.add_in("open", "10-a", built::PROBE, &allow("tollgate:open:alice", "tollgate:open:dev"));
     let tenants = tenants_file("[tenant.acme]\nclients = [\"CN=kube-apiserver-acme\"]\n");
     let server = Server::start(dir.path(), &["--tenants", tenants.path().to_str().unwrap()]);
     // A caller without a verified client certificate (plain HTTP) is refused, before any plugin.

@@ -63,7 +63,7 @@ fn with_a_client_ca_only_trusted_client_certificates_get_an_answer() {
 
     let dir = PluginDir::new();
     dir.probe("10-echo", &probe_manifest("", "echo", "username = \"alice\""));
-    dir.add_in("acme", "10-a", built::PROBE, &allow("acme:alice"));
+    dir.add_in("acme", "10-a", built::PROBE, &allow("tollgate:acme:alice"));
     let tenants = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tenants.path(), "[tenant.acme]\nclients = [\"CN=kube-apiserver-acme\"]\n").unwrap();
     let ca = pki.ca_path.to_str().unwrap().to_string();
@@ -102,7 +102,7 @@ fn with_a_client_ca_only_trusted_client_certificates_get_an_answer() {
     server.set_client(tls_client(&pki.ca_pem, Some(&acme_apiserver), &["h2"]));
     assert_eq!(
         granted_username(&server.review_at("/authenticate/acme", V1, Some("tok-12345678"), &[])).as_deref(),
-        Some("acme:alice")
+        Some("tollgate:acme:alice")
     );
     let lines = server.wait_audit("audit lines", |l| l.len() >= 2);
     assert_eq!(lines[0]["caller"], "O=system,CN=kube-apiserver");

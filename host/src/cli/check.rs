@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::{PluginArgs, tenants_file};
+use crate::confine::Folder;
 use crate::plugin::{Loader, Plugin, PluginSource};
 use crate::tenant::{self, TenantsFile};
 use crate::vectors;
@@ -30,13 +31,21 @@ pub fn run(args: CheckArgs) -> Result<i32> {
     let mut check = Checker { loader: args.plugin.loader(None)?, tenants, passed: Vec::new(), failed: 0 };
     for path in &args.paths {
         if path.is_dir() {
-            check.dir("", path);
-            for (name, dir) in tenant::scan_tenants(path).unwrap_or_default() {
-                check.dir(&name, &dir);
+            match Folder::open(path) {
+                Ok(root) => {
+                    check.dir(&root, "");
+                    for name in tenant::scan_tenants(&root).unwrap_or_default() {
+                        check.dir(&root, &name);
+                    }
+                }
+                Err(e) => check.fail(path, &format!("{e:#}")),
             }
         } else {
             match PluginSource::read(path, check.loader.defaults().max_plugin_bytes) {
-                Ok(src) => check.one("", &src),
+                Ok(src) => {
+                    let mut vectors_left = check.tenants.guardrails("").folder.vectors;
+                    check.one("", &src, &mut vectors_left)
+                }
                 Err(e) => check.fail(path, &format!("{e:#}")),
             }
         }
@@ -53,15 +62,22 @@ struct Checker {
 }
 
 impl Checker {
-    fn dir(&mut self, tenant: &str, dir: &Path) {
-        match tenant::read_tenant(dir, self.loader.defaults().max_plugin_bytes) {
-            Ok(snapshot) => snapshot.sources.iter().for_each(|s| self.one(tenant, s)),
-            Err(e) => self.fail(dir, &format!("{e:#}")),
+    /// One tenant folder, read and bounded as `serve` reads it.
+    fn dir(&mut self, root: &Folder, tenant: &str) {
+        let limits = self.tenants.guardrails(tenant).folder;
+        let max = self.loader.defaults().max_plugin_bytes;
+        let snapshot = tenant::open_tenant(root, tenant).and_then(|f| tenant::read_tenant(&f, tenant, &limits, max));
+        match snapshot {
+            Ok(snapshot) => {
+                let mut vectors_left = limits.vectors;
+                snapshot.sources.iter().for_each(|s| self.one(tenant, s, &mut vectors_left))
+            }
+            Err(e) => self.fail(&root.path().join(tenant), &format!("{e:#}")),
         }
     }
 
-    fn one(&mut self, tenant: &str, src: &PluginSource) {
-        match self.loader.load(tenant, src, &self.tenants.guardrails(tenant)) {
+    fn one(&mut self, tenant: &str, src: &PluginSource, vectors_left: &mut usize) {
+        match self.loader.load(tenant, src, &self.tenants.guardrails(tenant), vectors_left) {
             Ok(plugin) => {
                 println!(
                     "ok    {}  {} ({}, {} vectors passed)",

@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::{PluginArgs, plugin_dir, tenants_file};
 use crate::chain::{self, Outcome, ReviewInput, StepResult};
+use crate::confine::Folder;
 use crate::review::ApiVersion;
 use crate::scrub::Scrubber;
 use crate::server::{new_request_id, render};
@@ -46,22 +47,19 @@ pub struct ReviewArgs {
 /// Exit codes: 0 authenticated, 1 not authenticated, 3 unavailable (what serve answers 503).
 pub fn run(args: ReviewArgs) -> Result<i32> {
     let dir = plugin_dir(&args.plugins)?;
-    let tenant_dir = if args.tenant.is_empty() {
-        dir
-    } else {
-        anyhow::ensure!(tenant::valid_tenant_name(&args.tenant), "--tenant must be a DNS label");
-        plugin_dir(&dir.join(&args.tenant))?
-    };
+    anyhow::ensure!(args.tenant.is_empty() || tenant::valid_tenant_name(&args.tenant), "--tenant must be a DNS label");
     let token = read_token(args.token_file.as_ref())?;
     let guardrails = tenants_file(args.tenants.as_deref())?.guardrails(&args.tenant);
     let loader = args.plugin.loader(None)?;
-    let snapshot = tenant::read_tenant(&tenant_dir, loader.defaults().max_plugin_bytes)?;
-    let generation = tenant::load_generation(&loader, &args.tenant, &snapshot, guardrails, 1)?;
+    // Read as serve reads it: beneath the plugin directory and within the tenant's bounds.
+    let folder = tenant::open_tenant(&Folder::open(&dir)?, &args.tenant)?;
+    let snapshot = tenant::read_tenant(&folder, &args.tenant, &guardrails.folder, loader.defaults().max_plugin_bytes)?;
+    let generation = tenant::load_generation(&loader, &args.tenant, &snapshot, guardrails.clone(), 1)?;
 
     let request_id = new_request_id();
     let input = ReviewInput { token, audiences: args.audiences, client: None, request_id: request_id.clone() };
     let deadline = Instant::now() + Duration::from_millis(args.review_timeout_ms);
-    let verdict = chain::evaluate(loader.sandbox(), &generation, &input, deadline);
+    let verdict = chain::evaluate(loader.sandbox(), &generation, &guardrails, &input, deadline);
     let scrubber = Scrubber::new(&input.token);
 
     if args.explain {

@@ -16,7 +16,7 @@ use crate::listener;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::reload::Reloader;
-use crate::server::{AppState, HttpSettings, app, probes};
+use crate::server::{AppState, HttpSettings, app, probe_app};
 use crate::tls::{ReloadingTls, TlsFiles};
 
 #[derive(Args, Debug)]
@@ -116,6 +116,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let limits = TenantLimits { concurrency: per_tenant.min(concurrency), queue: args.max_queued_reviews_per_tenant };
 
     let dir = plugin_dir(&args.plugins)?;
+    // Tenants may be able to write the plugin directory: the operator's files stay out of it.
+    for (flag, path) in [("--tenants", &args.tenants), ("--cache-dir", &args.cache_dir)] {
+        if let Some(path) = path
+            && inside(&dir, path)?
+        {
+            bail!(
+                "{flag} {} is inside the plugin directory {}: keep it outside, where no tenant can write",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(ReloadingTls::load(TlsFiles {
             cert: cert.clone(),
@@ -179,7 +191,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(addr) = args.probe_listen {
         let listener = listener::bind(addr).await?;
         tracing::info!("probe listener on http://{} (healthz, readyz, metrics, status)", listener.local_addr()?);
-        let app = probes().with_state(state.clone());
+        let app = probe_app().with_state(state.clone());
         probe_task =
             Some(tokio::spawn(listener::serve(listener, app, None, metrics.clone(), until_stopped(stopped.clone()))));
     }
@@ -217,6 +229,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Whether `path` (which may not exist yet) lies inside the directory `dir`, symlinks resolved.
+fn inside(dir: &std::path::Path, path: &std::path::Path) -> Result<bool> {
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let mut path = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    // The nearest part that exists, resolved; what is below it cannot hold a symlink yet.
+    let mut rest = Vec::new();
+    while std::fs::symlink_metadata(&path).is_err() {
+        match (path.file_name().map(ToOwned::to_owned), path.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                path = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = std::fs::canonicalize(&path).unwrap_or(path);
+    resolved.extend(rest.iter().rev());
+    Ok(resolved.starts_with(&dir))
 }
 
 /// SIGTERM (kubelet) or Ctrl-C: stop accepting, finish the reviews in flight.
