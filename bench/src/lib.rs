@@ -19,3 +19,13 @@ pub mod reload;
 pub mod report;
 pub mod restart;
 pub mod stats;
+
+/// Runs a future on this thread's current-thread runtime: how the in-process benches call the
+/// sandbox (its calls are futures) without a thread hand-off distorting what they time.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime");
+    }
+    RUNTIME.with(|runtime| runtime.block_on(future))
+}

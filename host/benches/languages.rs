@@ -138,8 +138,13 @@ fn review(sandbox: &Sandbox, generation: &Generation) -> Result<Duration> {
         request_id: "0123456789abcdef".into(),
     };
     let started = Instant::now();
-    let verdict =
-        chain::evaluate(sandbox, generation, &generation.built_under, &input, Instant::now() + Duration::from_secs(5));
+    let verdict = tollgate_bench::block_on(chain::evaluate(
+        sandbox,
+        generation,
+        &generation.built_under,
+        &input,
+        Instant::now() + Duration::from_secs(5),
+    ));
     let took = started.elapsed();
     anyhow::ensure!(
         matches!(verdict.outcome, Outcome::Authenticated { .. }),

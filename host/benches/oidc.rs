@@ -87,14 +87,14 @@ fn in_sandbox(sandbox: &Sandbox, generation: &Generation, token: &str) -> Result
         attributes: Vec::new(),
     };
     let started = Instant::now();
-    let (decision, _) = sandbox.call(
+    let (decision, _) = tollgate_bench::block_on(sandbox.call(
         &plugin.code,
         &plugin.env,
         &review.request_id,
         &review,
         token,
         Instant::now() + Duration::from_secs(5),
-    );
+    ));
     let took = started.elapsed();
     match decision {
         Ok(Decision::Allow(grant)) => ensure!(grant.user.username.starts_with("oidc:"), "{}", grant.user.username),

@@ -74,19 +74,19 @@ impl Setup {
             client: None,
             request_id: "0123456789abcdef".into(),
         };
-        chain::evaluate(
+        tollgate_bench::block_on(chain::evaluate(
             &self.sandbox,
             generation,
             &generation.built_under,
             &input,
             Instant::now() + Duration::from_secs(1),
-        )
+        ))
         .outcome
     }
 
     fn instantiate(&self) {
         let plugin = &self.alone.plugins[0];
-        self.sandbox.instantiate_only(&plugin.code, &plugin.env).expect("instantiates");
+        tollgate_bench::block_on(self.sandbox.instantiate_only(&plugin.code, &plugin.env)).expect("instantiates");
     }
 }
 

@@ -99,7 +99,7 @@ pub struct Verdict {
 
 /// Runs `generation`'s chain on one review, under `deadline`; the final grant is checked against
 /// `rules`, the operator's guardrails in force (which may be newer than the generation).
-pub fn evaluate(
+pub async fn evaluate(
     sandbox: &Sandbox,
     generation: &Generation,
     rules: &Guardrails,
@@ -107,7 +107,7 @@ pub fn evaluate(
     deadline: Instant,
 ) -> Verdict {
     let mut run = Run { sandbox, rules, input, deadline, steps: Vec::new(), decided_by: None };
-    let outcome = run.chain(generation);
+    let outcome = run.chain(generation).await;
     Verdict { outcome, decided_by: run.decided_by, steps: run.steps }
 }
 
@@ -121,7 +121,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn chain(&mut self, generation: &Generation) -> Outcome {
+    async fn chain(&mut self, generation: &Generation) -> Outcome {
         let scrubber = Scrubber::new(&self.input.token);
         if self.input.token.is_empty() {
             return denied("the review carries no token");
@@ -148,7 +148,7 @@ impl Run<'_> {
                     continue;
                 }
             }
-            match self.call(plugin, &review) {
+            match self.call(plugin, &review).await {
                 Err(outcome) => return outcome,
                 Ok(Decision::Allow(grant)) => {
                     self.decided_by = Some((plugin.name.clone(), plugin.digest().to_owned()));
@@ -183,7 +183,7 @@ impl Run<'_> {
         review.token = String::new();
         for plugin in generation.plugins.iter().filter(|p| p.role == Role::Mapper) {
             review.current = Some(Prior { grant: grant.clone(), plugin: by.name.clone() });
-            match self.call(plugin, &review) {
+            match self.call(plugin, &review).await {
                 Err(outcome) => return outcome,
                 Ok(Decision::Allow(mapped)) => match merge_mapped(&grant, mapped) {
                     Ok(merged) => {
@@ -222,16 +222,12 @@ impl Run<'_> {
 
     /// Calls one plugin; `Err` is an outcome that ends the review (a failure or the deadline).
     #[allow(clippy::result_large_err, reason = "one per plugin call, never stored")]
-    fn call(&mut self, plugin: &Plugin, review: &Review) -> Result<Decision, Outcome> {
+    async fn call(&mut self, plugin: &Plugin, review: &Review) -> Result<Decision, Outcome> {
         let started = Instant::now();
-        let (result, stats) = self.sandbox.call(
-            &plugin.code,
-            &plugin.env,
-            &self.input.request_id,
-            review,
-            &self.input.token,
-            self.deadline,
-        );
+        let (result, stats) = self
+            .sandbox
+            .call(&plugin.code, &plugin.env, &self.input.request_id, review, &self.input.token, self.deadline)
+            .await;
         let elapsed = started.elapsed();
         match result {
             Ok(decision) => {

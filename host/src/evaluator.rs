@@ -1,5 +1,6 @@
-//! Runs a chain off the async runtime, under the server-wide concurrency bound and the review
-//! deadline, so a slow plugin never stalls the HTTP server.
+//! Runs a chain under the server-wide and per-tenant concurrency bounds and the review
+//! deadline. Guests run as futures on the server's runtime (they yield every epoch tick), so a
+//! slow plugin never stalls the HTTP server and no review is handed to another thread.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,62 +48,13 @@ pub struct Evaluator {
     permits: Arc<Semaphore>,
     review_timeout: Duration,
     metrics: Arc<Metrics>,
-    pool: EvalPool,
-}
-
-/// The threads guests run on: off the async runtime, so a slow plugin never stalls it. One per
-/// evaluation slot, fed by a shared queue whose workers spin briefly before they sleep: under
-/// load the next review is taken without a futex wake-up and a context switch. tokio's blocking
-/// pool (`spawn_blocking`) spent a third of the server's CPU per review on exactly that
-/// hand-off (BENCHMARKS.md).
-struct EvalPool {
-    jobs: crossbeam_channel::Sender<Job>,
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-impl EvalPool {
-    fn new(threads: usize) -> Self {
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
-        for i in 0..threads {
-            let queue = queue.clone();
-            let spawned = std::thread::Builder::new().name(format!("tollgate-eval-{i}")).spawn(move || {
-                while let Ok(job) = queue.recv() {
-                    job();
-                }
-            });
-            if let Err(e) = spawned {
-                // Fewer threads only lowers concurrency; none at all is caught below.
-                tracing::error!(error = %e, "cannot start an evaluation thread");
-            }
-        }
-        Self { jobs }
-    }
-
-    /// Runs `f` on a pool thread. `None` if it panicked (the thread survives).
-    async fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            if let Ok(r) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                let _ = tx.send(r);
-            }
-        });
-        self.jobs.send(job).ok()?;
-        rx.await.ok()
-    }
 }
 
 impl Evaluator {
     /// `concurrency` reviews are evaluated at once, server-wide; the rest wait, within their
     /// deadline.
     pub fn new(sandbox: Arc<Sandbox>, concurrency: usize, review_timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        Self {
-            sandbox,
-            permits: Arc::new(Semaphore::new(concurrency)),
-            review_timeout,
-            metrics,
-            pool: EvalPool::new(concurrency),
-        }
+        Self { sandbox, permits: Arc::new(Semaphore::new(concurrency)), review_timeout, metrics }
     }
 
     /// Runs `generation`'s chain, its grant checked against `rules` (the operator's, in force).
@@ -131,23 +83,38 @@ impl Evaluator {
         };
         self.metrics.queue_wait.observe(started.elapsed().as_secs_f64());
 
-        let sandbox = self.sandbox.clone();
-        let metrics = self.metrics.clone();
-        let task = self.pool.run(move || {
-            // The slots are held until the guest is done, even if the answer went out already.
-            let _held = (admitted, permits);
-            let _in_flight = InFlight::new(&metrics);
-            chain::evaluate(&sandbox, &generation, &rules, &input, deadline)
-        });
-        // The chain stops itself at the deadline (epoch interruption); this is the backstop
-        // for anything that does not, with two epoch ticks of grace.
-        match tokio::time::timeout_at((deadline + crate::sandbox::EPOCH_TICK * 2).into(), task).await {
+        // The guests run right here, as this future: no hand-off to another thread. Every call
+        // ends by its deadline (see `Sandbox::call`); this is the backstop for the chain as a
+        // whole, with two epoch ticks of grace. Dropping the chain drops whatever guest it was
+        // running, and the slots are freed with it.
+        let _held = (admitted, permits);
+        let _in_flight = InFlight::new(&self.metrics);
+        let chain = CatchPanic(chain::evaluate(&self.sandbox, &generation, &rules, &input, deadline));
+        match tokio::time::timeout_at((deadline + crate::sandbox::EPOCH_TICK * 2).into(), chain).await {
             Ok(Some(verdict)) => verdict,
             Ok(None) => {
                 tracing::error!("a review evaluation panicked");
                 verdict(Outcome::Internal)
             }
             Err(_) => verdict(Outcome::Deadline),
+        }
+    }
+}
+
+/// A future whose panic becomes `None`: a bug in one review's evaluation answers that review
+/// with an internal error and leaves the connection and the server whole.
+struct CatchPanic<F>(F);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        // SAFETY: the inner future is never moved out of the pinned wrapper.
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Some(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(None),
         }
     }
 }

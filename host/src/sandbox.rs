@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow};
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut};
-use wasmtime_wasi::p2::Pollable;
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -28,7 +27,9 @@ use outbound::{OutboundGrant, OutboundHooks};
 use output::Capture;
 
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../wit", world: "policy" });
+    // The export is called as a future (`call_async`), so a deadline can end it wherever it is,
+    // a host call included; the host's own imports never block and stay plain functions.
+    wasmtime::component::bindgen!({ path: "../wit", world: "policy", exports: { default: async } });
 }
 
 pub use bindings::tollgate::policy::host::Level;
@@ -37,12 +38,9 @@ pub use bindings::tollgate::policy::types::{Decision, Grant, Prior, Review, User
 /// The name a component must export (any 0.1.x: a 0.1.0 export matches by semver).
 pub const EXPORT: &str = "tollgate:policy/authenticator@0.1.1";
 
-/// The WASI version whose clock functions the host wraps (wasmtime-wasi 48 provides 0.2.12;
-/// a guest's 0.2.x import matches it by semver).
-const WASI_CLOCKS: &str = "wasi:clocks/monotonic-clock@0.2.12";
-
-/// How often the epoch advances. A deadline is a whole number of ticks, so a call runs at most
-/// one tick past its budget; 10 ms (as Spin) keeps that slack small at negligible cost.
+/// How often the epoch advances: at every tick a computing guest yields to the executor, and
+/// traps once past its deadline, so it runs at most one tick over and never holds a runtime
+/// worker longer than a tick; 10 ms (as Spin) keeps that slack small at negligible cost.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Caps on what a plugin may say through `host.log` in one call: enough to debug a policy,
@@ -278,17 +276,16 @@ impl Sandbox {
 
         let link = |http: bool| -> Result<Linker<HostState>> {
             let mut linker = Linker::<HostState>::new(&engine);
-            wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker)
                 .map_err(anyhow::Error::from)
                 .context("linking WASI p2")?;
             if http {
                 // wasi:http/outgoing-handler and its types, with every request checked by
                 // `OutboundHooks` against the plugin's grant.
-                wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
                     .map_err(anyhow::Error::from)
                     .context("linking wasi:http")?;
             }
-            clamp_sleeps(&mut linker).context("wrapping the monotonic clock")?;
             bindings::Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
                 .map_err(anyhow::Error::from)
                 .context("linking tollgate:policy/host and kv")?;
@@ -375,8 +372,11 @@ impl Sandbox {
 
     /// Runs one plugin on one review in a fresh instance (or a warm one, if the plugin reuses
     /// them). `deadline` is the review's: the call's budget is the plugin's timeout or what
-    /// remains of the review, whichever ends first.
-    pub fn call(
+    /// remains of the review, whichever ends first. The guest runs as a future on the caller's
+    /// runtime: it yields to the executor every epoch tick, traps at the deadline while it
+    /// computes, and is dropped at the deadline while it waits in any host call (a poll, a
+    /// stream, outbound HTTP): no host call outlives the budget.
+    pub async fn call(
         &self,
         code: &Code,
         env: &Arc<PluginEnv>,
@@ -391,11 +391,12 @@ impl Sandbox {
         if budget.is_zero() {
             return (Err(Failure::Deadline), stats);
         }
+        let ends = tokio::time::Instant::from_std(now + budget);
         let scrubber = Scrubber::new(scrub_token).with_secrets(&env.secrets);
         let (mut store, instance, uses) = match env.warm.as_ref().and_then(|w| w.take()) {
             Some(Warm { mut store, instance, uses }) => {
                 store.data_mut().begin(request_id, scrub_token, now + budget, budget);
-                store.set_epoch_deadline(deadline_ticks(budget));
+                store.set_epoch_deadline(1);
                 stats.warm = true;
                 (store, instance, uses)
             }
@@ -405,41 +406,46 @@ impl Sandbox {
                 };
                 let mut store = self.store(env, request_id, scrub_token, budget);
                 let started = Instant::now();
-                let instance = pre.instantiate(&mut store);
+                let instance = tokio::time::timeout_at(ends, pre.instantiate_async(&mut store)).await;
                 stats.instantiate = started.elapsed();
                 match instance {
-                    Ok(instance) => (store, instance, 0),
-                    Err(e) => return (Err(classify(e, &store, &scrubber, true)), stats),
+                    Ok(Ok(instance)) => (store, instance, 0),
+                    Ok(Err(e)) => return (Err(classify(e, &store, &scrubber, true)), stats),
+                    Err(_) => return (Err(Failure::Deadline), stats),
                 }
             }
         };
-        let result = instance
-            .tollgate_policy_authenticator()
-            .call_authenticate(&mut store, review)
-            .map_err(|e| classify(e, &store, &scrubber, false));
+        let called = instance.tollgate_policy_authenticator().call_authenticate(&mut store, review);
+        let result = match tokio::time::timeout_at(ends, called).await {
+            Ok(result) => result.map_err(|e| classify(e, &store, &scrubber, false)),
+            // Waiting in a host call at its deadline: the call is dropped where it stood.
+            Err(_) => Err(Failure::Deadline),
+        };
         if let Some(wasi) = &store.data().wasi {
             emit_output(&store, "stdout", &wasi.stdout, &scrubber);
             emit_output(&store, "stderr", &wasi.stderr, &scrubber);
         }
         let decision = match result {
-            // Woken at its deadline from a longer sleep: whatever it says now is too late.
-            Ok(_) if store.data().overslept && Instant::now() >= store.data().deadline => {
-                return (Err(Failure::Deadline), stats);
-            }
+            // An answer after the deadline is too late, however it got there (finishing in the
+            // tick after it).
+            Ok(_) if Instant::now() > store.data().deadline => return (Err(Failure::Deadline), stats),
             Ok(decision) => decision,
             // A trapped instance is poisoned: it is dropped here, never reused.
             Err(failure) => return (Err(failure), stats),
         };
+        if let Err(e) = crate::guardrails::GrantLimits::DEFAULT.check_decision(&decision) {
+            // Nor is one that answered out of bounds.
+            return (Err(Failure::Oversized(e)), stats);
+        }
         if let Some(warm) = &env.warm {
             warm.give_back(Warm { store, instance, uses: uses + 1 });
         }
-        let checked = crate::guardrails::GrantLimits::DEFAULT.check_decision(&decision).map_err(Failure::Oversized);
-        let decision = checked.map(|()| match decision {
+        let decision = match decision {
             Decision::Deny(r) => Decision::Deny(scrubber.clean(&r, REASON_BYTES)),
             Decision::Unavailable(r) => Decision::Unavailable(scrubber.clean(&r, REASON_BYTES)),
             other => other,
-        });
-        (decision, stats)
+        };
+        (Ok(decision), stats)
     }
 
     /// A fresh store for one call: limits, deadline and (unless lazy) WASI.
@@ -454,7 +460,6 @@ impl Sandbox {
             token: scrub_token.to_owned(),
             log_lines: 0,
             deadline,
-            overslept: false,
             http: WasiHttpCtx::new(),
             hooks: OutboundHooks {
                 grant: if env.vector { None } else { env.outbound.clone() },
@@ -474,20 +479,29 @@ impl Sandbox {
         }
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(deadline_ticks(budget));
+        // Every tick: past the deadline, trap; before it, yield to the executor (a guest that
+        // computes for its whole budget still lets the server's other tasks run).
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline {
+                wasmtime::UpdateDeadline::Interrupt
+            } else {
+                wasmtime::UpdateDeadline::Yield(1)
+            })
+        });
+        store.set_epoch_deadline(1);
         store
     }
 
     /// Makes a fresh store and instance of `code` and drops them without calling the guest: the
     /// fixed cost of the fresh-instance-per-review strategy. For benchmarks.
     #[doc(hidden)]
-    pub fn instantiate_only(&self, code: &Code, env: &Arc<PluginEnv>) -> Result<(), Failure> {
+    pub async fn instantiate_only(&self, code: &Code, env: &Arc<PluginEnv>) -> Result<(), Failure> {
         let scrubber = Scrubber::new("");
         let Some(pre) = Self::pre(code, env) else {
             return Err(Failure::Trap("the plugin was not prepared without wasi:http".into()));
         };
         let mut store = self.store(env, "bench", "", env.timeout);
-        pre.instantiate(&mut store).map(drop).map_err(|e| classify(e, &store, &scrubber, true))
+        pre.instantiate_async(&mut store).await.map(drop).map_err(|e| classify(e, &store, &scrubber, true))
     }
 }
 
@@ -546,11 +560,27 @@ fn stub_wasi_http(linker: &mut Linker<HostState>, engine: &Engine, component: &C
     Ok(())
 }
 
-/// A deadline is counted in whole ticks from the current epoch, and the next tick may come at any
-/// moment: one more tick than the budget holds means a call is never cut short (it may run up
-/// to one tick over). Never 0: that traps at once.
-fn deadline_ticks(budget: Duration) -> u64 {
-    budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
+/// Runs a sandbox future to its end from synchronous code (vectors at load, `tollgate review`):
+/// on a thread of its own with a current-thread runtime, so it works whether or not the caller
+/// is inside a runtime (the first load runs on one of the server's workers).
+pub fn block_on<F>(future: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        let thread = std::thread::Builder::new().name("tollgate-block-on".into()).spawn_scoped(s, || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(future),
+                Err(e) => panic!("cannot start a runtime for a guest call: {e}"),
+            }
+        });
+        match thread.map(|t| t.join()) {
+            Ok(Ok(output)) => output,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("cannot start a thread for a guest call: {e}"),
+        }
+    })
 }
 
 /// `sha256:<hex>` of a component's bytes: its identity in caches, `/status` and audit lines.
@@ -579,6 +609,8 @@ fn engine_config(cfg: &SandboxConfig, pooling: bool) -> Config {
         pool.pagemap_scan(if t.pagemap_scan { Enabled::Auto } else { Enabled::No });
         pool.linear_memory_keep_resident(t.keep_resident);
         pool.table_keep_resident(4096);
+        // One fiber stack per guest call in flight (calls run as futures).
+        pool.total_stacks(cfg.pool_instances);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         config.memory_init_cow(t.memory_init_cow);
     }
@@ -619,9 +651,6 @@ struct HostState {
     log_lines: usize,
     /// When this call's budget ends: no host call may block past it.
     deadline: Instant,
-    /// The guest asked to sleep past `deadline` and was woken at it instead: an answer it gives
-    /// after that is too late (the epoch deadline alone could not stop it in the host call).
-    overslept: bool,
     http: WasiHttpCtx,
     hooks: OutboundHooks,
 }
@@ -632,8 +661,6 @@ struct GuestWasi {
     ctx: WasiCtx,
     stdout: Capture,
     stderr: Capture,
-    /// Zero of the guest's monotonic clock (see [`GuestMonotonic`]).
-    monotonic_zero: Instant,
 }
 
 impl GuestWasi {
@@ -646,22 +673,7 @@ impl GuestWasi {
         if let Some(secs) = clock {
             builder.wall_clock(FixedClock(Duration::from_secs(secs)));
         }
-        let monotonic_zero = Instant::now();
-        builder.monotonic_clock(GuestMonotonic(monotonic_zero));
-        Self { ctx: builder.build(), stdout, stderr, monotonic_zero }
-    }
-}
-
-/// wasmtime-wasi's monotonic clock (nanoseconds since the context was made), with its zero
-/// known to the host, which needs it to clamp `subscribe-instant`.
-struct GuestMonotonic(Instant);
-
-impl wasmtime_wasi::HostMonotonicClock for GuestMonotonic {
-    fn resolution(&self) -> u64 {
-        1
-    }
-    fn now(&self) -> u64 {
-        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        Self { ctx: builder.build(), stdout, stderr }
     }
 }
 
@@ -692,13 +704,6 @@ impl WasiView for HostState {
     }
 }
 
-impl HostState {
-    /// Zero of the guest's monotonic clock (making the WASI context if it is not made yet).
-    fn monotonic_zero(&mut self) -> Instant {
-        GuestWasi::get_or_make(&mut self.wasi, &self.env).monotonic_zero
-    }
-}
-
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
@@ -714,79 +719,7 @@ impl HostState {
         self.log_lines = 0;
         self.limits.exceeded = false;
         self.deadline = deadline;
-        self.overslept = false;
         self.hooks.deadline = OutboundHooks::http_deadline(deadline, budget);
-    }
-}
-
-/// A guest that sleeps (`wasi:clocks/monotonic-clock` subscribe + `pollable.block`) blocks in a
-/// host call, where the epoch deadline cannot reach it: it would hold an evaluation thread for
-/// as long as it asked. The host's own subscribe functions replace WASI's and end every sleep
-/// at the call's deadline; the guest then runs on into its epoch deadline and traps.
-fn clamp_sleeps(linker: &mut Linker<HostState>) -> Result<()> {
-    linker.allow_shadowing(true);
-    let mut clock = linker.instance(WASI_CLOCKS).map_err(anyhow::Error::from)?;
-    clock
-        .func_wrap("subscribe-duration", |mut store: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
-            let state = store.data_mut();
-            let wanted = tokio::time::Instant::now().checked_add(Duration::from_nanos(nanos));
-            let nap = Nap::until(wanted, nanos == 0, state.deadline);
-            state.overslept |= matches!(nap, Nap::Clamped(_));
-            let nap = state.table.push(nap)?;
-            Ok((wasmtime_wasi::p2::subscribe(&mut state.table, nap)?,))
-        })
-        .map_err(anyhow::Error::from)?;
-    clock
-        .func_wrap("subscribe-instant", |mut store: StoreContextMut<'_, HostState>, (when,): (u64,)| {
-            let state = store.data_mut();
-            let now = u64::try_from(state.monotonic_zero().elapsed().as_nanos()).unwrap_or(u64::MAX);
-            let wait = when.saturating_sub(now);
-            let wanted = tokio::time::Instant::now().checked_add(Duration::from_nanos(wait));
-            let nap = Nap::until(wanted, wait == 0, state.deadline);
-            state.overslept |= matches!(nap, Nap::Clamped(_));
-            let nap = state.table.push(nap)?;
-            Ok((wasmtime_wasi::p2::subscribe(&mut state.table, nap)?,))
-        })
-        .map_err(anyhow::Error::from)?;
-    linker.allow_shadowing(false);
-    Ok(())
-}
-
-/// A sleep that never outlasts the call's deadline.
-enum Nap {
-    /// Ready now (after one yield, so that a busy poll loop lets tokio's I/O run).
-    Now {
-        yielded: bool,
-    },
-    Until(tokio::time::Instant),
-    /// Asked to last past the deadline: ends at the deadline.
-    Clamped(tokio::time::Instant),
-}
-
-impl Nap {
-    fn until(wanted: Option<tokio::time::Instant>, zero: bool, deadline: Instant) -> Self {
-        if zero {
-            return Nap::Now { yielded: false };
-        }
-        let deadline = tokio::time::Instant::from_std(deadline);
-        match wanted {
-            Some(w) if w < deadline => Nap::Until(w),
-            _ => Nap::Clamped(deadline),
-        }
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for Nap {
-    async fn ready(&mut self) {
-        match self {
-            Nap::Now { yielded: true } => {}
-            Nap::Now { yielded } => {
-                *yielded = true;
-                tokio::task::yield_now().await
-            }
-            Nap::Until(t) | Nap::Clamped(t) => tokio::time::sleep_until(*t).await,
-        }
     }
 }
 

@@ -10,36 +10,39 @@ use crate::plugin::Plugin;
 use crate::sandbox::kv::{KvLimits, KvStore};
 use crate::sandbox::{Decision, Grant, PluginEnv, Prior, Review, Sandbox, UserInfo};
 
-/// Runs every vector; returns one line per failing vector.
+/// Runs every vector; returns one line per failing vector. Each runs under the plugin's own
+/// deadline, whatever it waits for: a vector can delay a load by at most its timeout.
 pub fn run_all(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
-    plugin
-        .tests
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| run(sandbox, plugin, i, t, true).err().map(|e| format!("{}: {e}", t.label(i))))
-        .collect()
+    crate::sandbox::block_on(async {
+        let mut failures = Vec::new();
+        for (i, t) in plugin.tests.iter().enumerate() {
+            if let Err(e) = run(sandbox, plugin, i, t, true).await {
+                failures.push(format!("{}: {e}", t.label(i)));
+            }
+        }
+        failures
+    })
 }
 
 /// Vectors whose token the plugin accepts under its live `[config]` (without the vector's
 /// overlay): most likely a real credential written into the manifest.
 pub fn live_secret_warnings(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
-    plugin
-        .tests
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| !t.token.is_empty())
-        .filter(|(i, t)| matches!(decide(sandbox, plugin, *i, t, false), Ok(Decision::Allow(_))))
-        .map(|(i, t)| {
-            format!(
-                "{}: its token is accepted under the live [config]; is a real credential in the manifest?",
-                t.label(i)
-            )
-        })
-        .collect()
+    crate::sandbox::block_on(async {
+        let mut warnings = Vec::new();
+        for (i, t) in plugin.tests.iter().enumerate().filter(|(_, t)| !t.token.is_empty()) {
+            if let Ok(Decision::Allow(_)) = decide(sandbox, plugin, i, t, false).await {
+                warnings.push(format!(
+                    "{}: its token is accepted under the live [config]; is a real credential in the manifest?",
+                    t.label(i)
+                ));
+            }
+        }
+        warnings
+    })
 }
 
-fn run(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, overlay: bool) -> Result<(), String> {
-    let got = decide(sandbox, plugin, index, t, overlay)?;
+async fn run(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, overlay: bool) -> Result<(), String> {
+    let got = decide(sandbox, plugin, index, t, overlay).await?;
     let kind = match &got {
         Decision::Allow(_) => Expect::Allow,
         Decision::Deny(_) => Expect::Deny,
@@ -59,7 +62,13 @@ fn run(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, overlay
     }
 }
 
-fn decide(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, overlay: bool) -> Result<Decision, String> {
+async fn decide(
+    sandbox: &Sandbox,
+    plugin: &Plugin,
+    index: usize,
+    t: &TestVector,
+    overlay: bool,
+) -> Result<Decision, String> {
     let mut config = plugin.env.config.clone();
     if overlay {
         config.extend(t.config.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -85,7 +94,7 @@ fn decide(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, over
         attributes: vec![],
     };
     let deadline = Instant::now() + env.timeout;
-    let (decision, _) = sandbox.call(&plugin.code, &env, &review.request_id, &review, &t.token, deadline);
+    let (decision, _) = sandbox.call(&plugin.code, &env, &review.request_id, &review, &t.token, deadline).await;
     decision.map_err(|f| format!("the plugin {f}"))
 }
 

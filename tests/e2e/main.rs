@@ -5,6 +5,7 @@ mod api;
 mod canary;
 mod chain;
 mod cli;
+mod deadlines;
 mod decision_cache;
 mod hostile;
 mod instances;

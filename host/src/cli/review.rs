@@ -59,7 +59,8 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
     let request_id = new_request_id();
     let input = ReviewInput { token, audiences: args.audiences, client: None, request_id: request_id.clone() };
     let deadline = Instant::now() + Duration::from_millis(args.review_timeout_ms);
-    let verdict = chain::evaluate(loader.sandbox(), &generation, &guardrails, &input, deadline);
+    let verdict =
+        crate::sandbox::block_on(chain::evaluate(loader.sandbox(), &generation, &guardrails, &input, deadline));
     let scrubber = Scrubber::new(&input.token);
 
     if args.explain {

@@ -90,6 +90,42 @@ impl Policy for Probe {
                 ),
                 Err(e) => Decision::deny(format!("http failed: {e}")),
             },
+            // Waits in a host call on something never ready: a request body written before the
+            // request is handed over (nothing drains it), by `how` = "write"
+            // (blocking-write-and-flush), "block" (pollable.block) or "poll" (poll).
+            "body-block" => {
+                use wasip2::http::types::{Fields, OutgoingRequest};
+                let request = OutgoingRequest::new(Fields::new());
+                let body = request.body().expect("a request body");
+                let stream = body.write().expect("its stream");
+                let chunk = [0u8; 4096];
+                let how = cfg("how");
+                for _ in 0..1_000_000 {
+                    let room = match how.as_str() {
+                        "write" => {
+                            let _ = stream.blocking_write_and_flush(&chunk);
+                            continue;
+                        }
+                        _ => stream.check_write().unwrap_or(0),
+                    };
+                    if room > 0 {
+                        let _ = stream.write(&chunk[..(room as usize).min(chunk.len())]);
+                    } else if how == "poll" {
+                        wasip2::io::poll::poll(&[&stream.subscribe()]);
+                    } else {
+                        stream.subscribe().block();
+                    }
+                }
+                Decision::Allow(configured_grant(&review))
+            }
+            // Reads standard input and waits for more: the sandbox's stdin is closed, so
+            // neither waits.
+            "stdin" => {
+                let stdin = wasip2::cli::stdin::get_stdin();
+                let _ = stdin.blocking_read(1);
+                stdin.subscribe().block();
+                Decision::Allow(configured_grant(&review))
+            }
             // Counts reviews in the plugin's cache: call-1, call-2... across fresh instances.
             "kv-count" => {
                 let n = tollgate_sdk::kv::get("n")
