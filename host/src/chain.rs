@@ -237,6 +237,10 @@ impl Run<'_> {
             Err(failure) => {
                 self.record(plugin, StepResult::Failed(failure.clone()), elapsed, stats);
                 self.decided_by = Some((plugin.name.clone(), plugin.digest().to_owned()));
+                // No instance slot free: the server is overloaded (503), not the plugin at fault.
+                if failure == Failure::Exhausted {
+                    return Err(Outcome::Overloaded);
+                }
                 // Stopped by the review's deadline rather than its own budget: 503, not the
                 // plugin's fault.
                 if failure == Failure::Deadline && self.deadline.saturating_duration_since(started) < plugin.env.timeout

@@ -68,6 +68,11 @@ pub struct PluginArgs {
     /// Plugin files larger than this are refused.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_plugin_bytes: u64,
+    /// Plugin instances (fresh and warm, all tenants) held at once: the pooling allocator
+    /// reserves their memory up front. Warm instances may take at most half, one tenant's at
+    /// most an eighth; a review that finds no free slot is overload (503).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub max_instances: u32,
 }
 
 impl PluginArgs {
@@ -83,7 +88,11 @@ impl PluginArgs {
             "--plugin-memory-mib must be positive and at most --max-plugin-memory-mib"
         );
         let max_memory_bytes = self.max_plugin_memory_mib << 20;
-        let sandbox = Sandbox::new(&SandboxConfig { max_memory_bytes, ..SandboxConfig::default() })?;
+        let sandbox = Sandbox::new(&SandboxConfig {
+            max_memory_bytes,
+            pool_instances: self.max_instances,
+            ..SandboxConfig::default()
+        })?;
         let disk = cache.map(|(dir, max_bytes)| DiskCache::open(dir, sandbox.engine_hash(), max_bytes)).transpose()?;
         let defaults = PluginDefaults {
             timeout: Duration::from_millis(self.plugin_timeout_ms),

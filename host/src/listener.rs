@@ -25,6 +25,28 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/1 request headers must arrive within this (slowloris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection on which no byte moved either way for this long is closed: longer than the
+/// longest review (10 s) and than the 90 s after which kube-apiserver's HTTP client closes an
+/// idle connection itself, so tollgate never closes one that client is about to reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// HTTP/2 keepalive: a ping this often, and the connection closed if it is not answered in
+/// time (a vanished kube-apiserver must not hold a connection forever).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Streams one HTTP/2 connection may have open at once. kube-apiserver multiplexes its reviews
+/// over one connection; 250 (Go's default) is far above what a review's latency needs and keeps
+/// one connection from holding thousands of pending bodies.
+const H2_MAX_STREAMS: u32 = 250;
+
+/// Request headers, HTTP/1 and HTTP/2 alike: a TokenReview request has a handful.
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+
+/// Connections held at once (`--max-connections`); beyond it tollgate stops accepting until
+/// one closes, and the kernel's backlog holds the rest.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
 /// How long a shutdown waits for requests in flight (kubelet's default grace period is 30 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -34,16 +56,35 @@ pub async fn serve(
     app: Router,
     tls: Option<Arc<ReloadingTls>>,
     metrics: Arc<Metrics>,
+    max_connections: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-    // kube-apiserver multiplexes reviews over one HTTP/2 connection.
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES as usize + 64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        // At the cap, wait for a connection to close before accepting another.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -60,10 +101,18 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let (app, builder, tls, metrics) = (app.clone(), builder.clone(), tls.clone(), metrics.clone());
         tokio::spawn(async move {
+            let _slot = slot;
+            let tcp = Watched::new(tcp);
+            let idle = tcp.idle();
+            tokio::pin!(idle);
+            let served = tcp.served.clone();
             match tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service(app, None));
-                    let _ = watcher.watch(conn).await;
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service(app, None, served));
+                    tokio::select! {
+                        _ = watcher.watch(conn) => {}
+                        () = &mut idle => tracing::debug!(%peer, "idle connection closed"),
+                    }
                 }
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
@@ -85,8 +134,11 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .and_then(|cert| ClientIdentity::from_der(cert));
-                    let conn = builder.serve_connection(TokioIo::new(stream), service(app, client));
-                    let _ = watcher.watch(conn).await;
+                    let conn = builder.serve_connection(TokioIo::new(stream), service(app, client, served));
+                    tokio::select! {
+                        _ = watcher.watch(conn) => {}
+                        () = &mut idle => tracing::debug!(%peer, "idle connection closed"),
+                    }
                 }
             }
         });
@@ -100,21 +152,129 @@ pub async fn serve(
 }
 
 /// The router as a hyper service, with the connection's verified client identity (if any) in
-/// every request's extensions.
+/// every request's extensions; `served` is set by the connection's first request.
 fn service(
     app: Router,
     client: Option<ClientIdentity>,
+    served: Arc<std::sync::atomic::AtomicBool>,
 ) -> hyper_util::service::TowerToHyperService<
     impl tower::Service<hyper::Request<Incoming>, Response = axum::response::Response, Error = Infallible, Future: Send>
     + Clone,
 > {
     let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+        served.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(c) = &client {
             req.extensions_mut().insert(c.clone());
         }
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
     hyper_util::service::TowerToHyperService::new(svc)
+}
+
+/// A connection's socket that remembers when a byte last moved either way and whether a
+/// request arrived: a peer that sends no complete request within [`HEADER_TIMEOUT`] of
+/// connecting (silent, or stalled in the HTTP/2 preface, where no header timeout applies) is
+/// cut then, and any connection idle for [`IDLE_TIMEOUT`] after.
+struct Watched<T> {
+    io: T,
+    last: Arc<std::sync::atomic::AtomicU64>,
+    served: Arc<std::sync::atomic::AtomicBool>,
+    born: tokio::time::Instant,
+}
+
+impl<T> Watched<T> {
+    fn new(io: T) -> Self {
+        Self { io, last: Arc::default(), served: Arc::default(), born: tokio::time::Instant::now() }
+    }
+
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves when the connection should be cut: no request by [`HEADER_TIMEOUT`], or
+    /// nothing moved for [`IDLE_TIMEOUT`].
+    fn idle(&self) -> impl std::future::Future<Output = ()> + use<T> {
+        let (last, served, born) = (self.last.clone(), self.served.clone(), self.born);
+        async move {
+            loop {
+                let idle_at =
+                    born + Duration::from_millis(last.load(std::sync::atomic::Ordering::Relaxed)) + IDLE_TIMEOUT;
+                let at = if served.load(std::sync::atomic::Ordering::Relaxed) {
+                    idle_at
+                } else {
+                    idle_at.min(born + HEADER_TIMEOUT)
+                };
+                if tokio::time::Instant::now() >= at {
+                    return;
+                }
+                tokio::time::sleep_until(at).await;
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit: every connection is a descriptor,
+/// and the default soft limit (often 1024) would refuse connections long before
+/// `--max-connections`. Returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain system calls on this process, with a valid rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 /// Binds `addr`, naming it in the error.

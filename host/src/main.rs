@@ -6,6 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     install_panic_hook();
+    keep_memory_private();
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -24,6 +25,19 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Tokens pass through this process's memory: no core dump may write them to disk, and no
+/// other process of the same user may read them (ptrace, `/proc/PID/mem`). A failure here is
+/// reported, not fatal: the kernel may refuse `prctl` inside some sandboxes.
+fn keep_memory_private() {
+    let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain system calls on this process, with a valid rlimit.
+    let (core, dumpable) =
+        unsafe { (libc::setrlimit(libc::RLIMIT_CORE, &none), libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) };
+    if core != 0 || dumpable != 0 {
+        eprintln!("tollgate: warning: cannot disable core dumps: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// A panic message may have been formatted from request data; only literal messages (which

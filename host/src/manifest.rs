@@ -108,6 +108,9 @@ pub struct InstancesSpec {
     pub max_uses: Option<u32>,
     /// Warm instances kept between reviews (default 4, at most 64).
     pub max_idle: Option<usize>,
+    /// Seconds a warm instance may wait for its next review before it is discarded (default
+    /// 60, at most 3600): an idle instance holds an instance slot and its memory.
+    pub idle_seconds: Option<u64>,
 }
 
 /// What a vector expects the plugin to decide.
@@ -248,11 +251,14 @@ impl Manifest {
             bail!("[kv] max_entries must be 1 to {} and max_kib 1 to {}", max.max_entries, max.max_bytes >> 10);
         }
         let i = &self.instances;
-        if !i.reuse && (i.max_uses.is_some() || i.max_idle.is_some()) {
-            bail!("[instances] max_uses and max_idle apply with reuse = true");
+        if !i.reuse && (i.max_uses.is_some() || i.max_idle.is_some() || i.idle_seconds.is_some()) {
+            bail!("[instances] max_uses, max_idle and idle_seconds apply with reuse = true");
         }
         if i.max_uses == Some(0) || i.max_idle.is_some_and(|n| n == 0 || n > 64) {
             bail!("[instances] max_uses must be positive and max_idle between 1 and 64");
+        }
+        if i.idle_seconds.is_some_and(|s| s == 0 || s > 3600) {
+            bail!("[instances] idle_seconds must be between 1 and 3600");
         }
         for (i, t) in self.tests.iter().enumerate() {
             let label = t.label(i);

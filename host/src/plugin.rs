@@ -18,7 +18,7 @@ use crate::guardrails::Guardrails;
 use crate::manifest::{Manifest, Role, TestVector};
 use crate::sandbox::kv::{KvLimits, KvStore};
 use crate::sandbox::outbound::{self, Destination, OutboundGrant};
-use crate::sandbox::{Code, PluginEnv, Sandbox, WarmPool};
+use crate::sandbox::{Code, PluginEnv, Sandbox, Slots, WarmBudget, WarmPool};
 use crate::secrets::{self, FileRef, Scope};
 use crate::vectors;
 
@@ -127,11 +127,39 @@ pub struct Loader {
     /// The server's own key material, which no manifest may name (as the operator named it:
     /// each open compares what these resolve to then).
     protected: Vec<PathBuf>,
+    /// Idle warm instances server-wide: half the instance slots, so fresh instances always
+    /// find the other half.
+    warm_server: Arc<Slots>,
+    /// Idle warm instances per tenant: an eighth of the slots, so four tenants' warm pools
+    /// cannot take the whole warm half.
+    warm_tenants: Mutex<HashMap<String, Arc<Slots>>>,
 }
 
 impl Loader {
     pub fn new(sandbox: Arc<Sandbox>, defaults: PluginDefaults, disk: Option<DiskCache>) -> Self {
-        Self { sandbox, defaults, codes: Mutex::default(), disk, protected: Vec::new() }
+        let warm_server = Slots::new(sandbox.max_instances() / 2);
+        Self {
+            sandbox,
+            defaults,
+            codes: Mutex::default(),
+            disk,
+            protected: Vec::new(),
+            warm_server,
+            warm_tenants: Mutex::default(),
+        }
+    }
+
+    /// The warm-instance budget of a new pool in `tenant` (shared by its plugins and generations).
+    fn warm_budget(&self, tenant: &str) -> WarmBudget {
+        let per_tenant = (self.sandbox.max_instances() / 8).max(1);
+        let tenant = self
+            .warm_tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Slots::new(per_tenant))
+            .clone();
+        WarmBudget { server: self.warm_server.clone(), tenant }
     }
 
     /// Files no manifest may read through `secret_files` or `ca_file` (TLS key, fingerprint
@@ -251,7 +279,13 @@ impl Loader {
                 // Each load makes its own pool: a reload never hands a new generation an old
                 // generation's instances, and no pool is shared across tenants.
                 warm: manifest.instances.reuse.then(|| {
-                    WarmPool::new(manifest.instances.max_idle.unwrap_or(4), manifest.instances.max_uses.unwrap_or(1000))
+                    let i = &manifest.instances;
+                    WarmPool::new(
+                        i.max_idle.unwrap_or(4),
+                        i.max_uses.unwrap_or(1000),
+                        Duration::from_secs(i.idle_seconds.unwrap_or(60)),
+                        self.warm_budget(tenant),
+                    )
                 }),
                 outbound,
                 // A new store per load: a reload empties the plugin's cache.

@@ -39,13 +39,22 @@ impl ApiVersion {
 pub struct BadReview(pub String);
 
 /// What tollgate reads of a TokenReview. Everything else (metadata, status, unknown fields) is
-/// tolerated and ignored.
-#[derive(Debug)]
+/// tolerated and ignored. Its `Debug` never shows the token.
 pub struct TokenReview {
     pub api_version: ApiVersion,
     /// `spec.token`; "" when missing (kube-apiserver sends `"spec":{}` for an empty token).
     pub token: String,
     pub audiences: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenReview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReview")
+            .field("api_version", &self.api_version)
+            .field("token", &format_args!("[{} bytes]", self.token.len()))
+            .field("audiences", &self.audiences)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]

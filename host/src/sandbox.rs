@@ -120,6 +120,7 @@ pub struct Sandbox {
     sealed: Linker<HostState>,
     pooling: bool,
     lazy_wasi: bool,
+    max_instances: usize,
 }
 
 /// A compiled component that fits the world, ready to instantiate.
@@ -167,6 +168,66 @@ pub struct WarmPool {
     idle: Mutex<Vec<Warm>>,
     max_idle: usize,
     max_uses: u32,
+    /// An instance idle longer than this is discarded rather than reused.
+    ttl: Duration,
+    budget: WarmBudget,
+}
+
+/// Idle warm instances each hold an instance slot of the pooling allocator, which fresh
+/// instances need too: how many may sit idle server-wide and in one tenant, so no tenant's warm
+/// pools take the slots every other review needs.
+#[derive(Clone)]
+pub struct WarmBudget {
+    pub server: Arc<Slots>,
+    pub tenant: Arc<Slots>,
+}
+
+impl WarmBudget {
+    fn take(&self) -> bool {
+        if !self.server.take() {
+            return false;
+        }
+        if !self.tenant.take() {
+            self.server.give();
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, n: usize) {
+        for _ in 0..n {
+            self.tenant.give();
+            self.server.give();
+        }
+    }
+}
+
+/// A counted allowance.
+#[derive(Debug)]
+pub struct Slots {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { used: Default::default(), max })
+    }
+
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u < self.max).then_some(u + 1)).is_ok()
+    }
+
+    fn give(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
+    }
+
+    /// In use now.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl std::fmt::Debug for WarmPool {
@@ -179,23 +240,39 @@ struct Warm {
     store: Store<HostState>,
     instance: bindings::Policy,
     uses: u32,
+    /// When it went idle.
+    since: Instant,
 }
 
 impl WarmPool {
-    pub fn new(max_idle: usize, max_uses: u32) -> Arc<Self> {
-        Arc::new(Self { idle: Mutex::new(Vec::new()), max_idle, max_uses })
+    pub fn new(max_idle: usize, max_uses: u32, ttl: Duration, budget: WarmBudget) -> Arc<Self> {
+        Arc::new(Self { idle: Mutex::new(Vec::new()), max_idle, max_uses, ttl, budget })
     }
 
+    /// The most recently used idle instance that has not outlived its TTL.
     fn take(&self) -> Option<Warm> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(warm) = idle.pop() {
+            self.budget.give(1);
+            if warm.since.elapsed() <= self.ttl {
+                return Some(warm);
+            }
+        }
+        None
     }
 
-    fn give_back(&self, warm: Warm) {
+    /// Keeps an instance for the next review if its uses, the pool and the budgets allow.
+    fn give_back(&self, mut warm: Warm) {
         if warm.uses >= self.max_uses {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.max_idle {
+        // The oldest idle instances past their TTL go first (they are at the front).
+        let expired = idle.iter().take_while(|w| w.since.elapsed() > self.ttl).count();
+        idle.drain(..expired);
+        self.budget.give(expired);
+        if idle.len() < self.max_idle && self.budget.take() {
+            warm.since = Instant::now();
             idle.push(warm);
         }
     }
@@ -203,6 +280,14 @@ impl WarmPool {
     /// Instances waiting for a review.
     pub fn idle(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Drop for WarmPool {
+    /// A replaced generation's idle instances give their budget back.
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map_or(0, |i| i.len());
+        self.budget.give(idle);
     }
 }
 
@@ -227,8 +312,10 @@ pub enum Failure {
     Trap(String),
     /// Returned more than the host accepts (see [`crate::guardrails::GrantLimits`]).
     Oversized(String),
-    /// Could not be instantiated (e.g. a pool limit).
+    /// Could not be instantiated.
     Instantiate(String),
+    /// Every instance slot of the server is taken: overload (503), not the plugin's fault.
+    Exhausted,
 }
 
 impl Failure {
@@ -241,6 +328,7 @@ impl Failure {
             Failure::Trap(_) => "trap",
             Failure::Oversized(_) => "oversized-output",
             Failure::Instantiate(_) => "instantiate",
+            Failure::Exhausted => "overloaded",
         }
     }
 }
@@ -254,6 +342,7 @@ impl std::fmt::Display for Failure {
             Failure::Trap(m) => write!(f, "trapped: {m}"),
             Failure::Oversized(m) => write!(f, "returned oversized output: {m}"),
             Failure::Instantiate(m) => write!(f, "could not be instantiated: {m}"),
+            Failure::Exhausted => f.write_str("found no free instance slot (the server is at --max-instances)"),
         }
     }
 }
@@ -291,11 +380,23 @@ impl Sandbox {
                 .context("linking tollgate:policy/host and kv")?;
             Ok(linker)
         };
-        Ok(Self { linker: link(true)?, sealed: link(false)?, engine, pooling, lazy_wasi: cfg.tuning.lazy_wasi })
+        Ok(Self {
+            linker: link(true)?,
+            sealed: link(false)?,
+            engine,
+            pooling,
+            lazy_wasi: cfg.tuning.lazy_wasi,
+            max_instances: cfg.pool_instances as usize,
+        })
     }
 
     pub fn pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// Instances (fresh and warm) the server may hold at once.
+    pub fn max_instances(&self) -> usize {
+        self.max_instances
     }
 
     /// Compiles a component and checks that it fits the world: it exports the authenticator
@@ -394,7 +495,7 @@ impl Sandbox {
         let ends = tokio::time::Instant::from_std(now + budget);
         let scrubber = Scrubber::new(scrub_token).with_secrets(&env.secrets);
         let (mut store, instance, uses) = match env.warm.as_ref().and_then(|w| w.take()) {
-            Some(Warm { mut store, instance, uses }) => {
+            Some(Warm { mut store, instance, uses, .. }) => {
                 store.data_mut().begin(request_id, scrub_token, now + budget, budget);
                 store.set_epoch_deadline(1);
                 stats.warm = true;
@@ -438,7 +539,7 @@ impl Sandbox {
             return (Err(Failure::Oversized(e)), stats);
         }
         if let Some(warm) = &env.warm {
-            warm.give_back(Warm { store, instance, uses: uses + 1 });
+            warm.give_back(Warm { store, instance, uses: uses + 1, since: Instant::now() });
         }
         let decision = match decision {
             Decision::Deny(r) => Decision::Deny(scrubber.clean(&r, REASON_BYTES)),
@@ -790,6 +891,9 @@ impl wasmtime::ResourceLimiter for GuestLimits {
 fn classify(err: wasmtime::Error, store: &Store<HostState>, scrubber: &Scrubber, instantiating: bool) -> Failure {
     if store.data().limits.exceeded {
         return Failure::Memory;
+    }
+    if err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        return Failure::Exhausted;
     }
     match err.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => return Failure::Deadline,

@@ -36,8 +36,10 @@ impl<'a> Scrubber<'a> {
         self.token.len() >= MIN_SCRUB_LEN && text.contains(self.token)
     }
 
-    /// Replaces the token, then caps to `max` bytes (on a char boundary, marking the cut).
-    /// Scrubbing comes first so that a cap can never leave a fragment of the token behind.
+    /// Replaces the token, escapes control characters, then caps to `max` bytes (on a char
+    /// boundary, marking the cut). Scrubbing comes first so that neither an escape nor a cap can
+    /// leave a fragment of the token behind; escaping keeps a plugin's text on one line, so it
+    /// cannot forge log lines of its own in the text log format.
     pub fn clean(&self, text: &str, max: usize) -> String {
         let mut scrubbed = if self.contains_token(text) { text.replace(self.token, REDACTED) } else { text.to_owned() };
         for secret in self.secrets.iter().filter(|s| s.len() >= MIN_SCRUB_LEN) {
@@ -45,13 +47,29 @@ impl<'a> Scrubber<'a> {
                 scrubbed = scrubbed.replace(secret.as_str(), REDACTED_SECRET);
             }
         }
-        cap(scrubbed, max)
+        cap(one_line(scrubbed), max)
     }
 
     /// As [`Self::clean`], for bytes that may not be UTF-8 (guest stdout/stderr).
     pub fn clean_bytes(&self, bytes: &[u8], max: usize) -> String {
         self.clean(&String::from_utf8_lossy(bytes), max)
     }
+}
+
+/// `text` with its control characters escaped (`\n`, `\r`, `\t`, `\u{1b}`...).
+pub fn one_line(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Caps `text` to at most `max` bytes plus a short marker, cutting on a char boundary.
@@ -72,6 +90,16 @@ pub fn cap(mut text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_text_stays_on_one_line() {
+        let s = Scrubber::new("tok-with\nnewline");
+        let forged = "ok\n2026-11-30T00:00:00Z  INFO tollgate::reload: generation live\r\x1b[31m";
+        let clean = s.clean(forged, 1000);
+        assert!(!clean.chars().any(char::is_control), "{clean}");
+        assert!(clean.starts_with("ok\\n2026-11-30"), "{clean}");
+        assert_eq!(s.clean("a tok-with\nnewline b", 100), "a [token] b", "scrubbed before it is escaped");
+    }
 
     #[test]
     fn replaces_every_occurrence_before_capping() {

@@ -88,6 +88,8 @@ pub enum AppError {
     NotFound(String),
     MethodNotAllowed,
     PayloadTooLarge(usize),
+    /// The body did not arrive within [`BODY_TIMEOUT`].
+    RequestTimeout,
     UnsupportedMediaType,
     Unavailable(String),
 }
@@ -100,6 +102,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -115,6 +118,7 @@ impl IntoResponse for AppError {
             AppError::NotFound(m) => ("NotFound", m),
             AppError::MethodNotAllowed => ("MethodNotAllowed", "the method is not allowed on this path".into()),
             AppError::PayloadTooLarge(max) => ("RequestEntityTooLarge", format!("the body is larger than {max} bytes")),
+            AppError::RequestTimeout => ("Timeout", format!("the body did not arrive within {BODY_TIMEOUT:?}")),
             AppError::UnsupportedMediaType => {
                 ("UnsupportedMediaType", "the body must be a TokenReview as application/json".into())
             }
@@ -301,9 +305,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), AppError> {
     }
 }
 
+/// A TokenReview is a few KiB sent at once: a body that trickles in (a byte a second) is cut
+/// here, on HTTP/1.1 and HTTP/2 alike, instead of holding a connection and a buffer.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, AppError> {
     let limited = http_body_util::Limited::new(body, max);
-    match limited.collect().await {
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await else {
+        return Err(AppError::RequestTimeout);
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(AppError::PayloadTooLarge(max)),
         Err(_) => Err(AppError::BadRequest("the body could not be read".into())),

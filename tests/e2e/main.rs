@@ -17,5 +17,6 @@ mod outbound;
 mod overload;
 mod reload;
 mod sandbox;
+mod slow_clients;
 mod tenants;
 mod tls;

@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// generation is live), so a rollout with a bad plugin stalls instead of spreading.
     #[arg(long)]
     pub require_all_tenants: bool,
+    /// Connections held at once on the main listener; beyond it tollgate accepts no more until
+    /// one closes (slow or idle peers are cut by read and idle timeouts).
+    #[arg(long, default_value_t = listener::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Bodies larger than this are refused with 413.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -108,7 +112,19 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// kubelet and Prometheus make a few probe connections; a flood there must not cost descriptors
+/// the main listener needs.
+const PROBE_CONNECTIONS: usize = 64;
+
 async fn serve(args: ServeArgs) -> Result<()> {
+    let fds = listener::raise_fd_limit();
+    if fds < (args.max_connections + PROBE_CONNECTIONS) as u64 + 256 {
+        tracing::warn!(
+            open_files = fds,
+            max_connections = args.max_connections,
+            "the open-file limit is below --max-connections: raise it (ulimit -n) or lower the flag"
+        );
+    }
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let concurrency = args.max_concurrent_reviews.unwrap_or(4 * cpus);
     let per_tenant = args.max_concurrent_reviews_per_tenant.unwrap_or((concurrency / 2).max(1));
@@ -192,8 +208,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let listener = listener::bind(addr).await?;
         tracing::info!("probe listener on http://{} (healthz, readyz, metrics, status)", listener.local_addr()?);
         let app = probe_app().with_state(state.clone());
-        probe_task =
-            Some(tokio::spawn(listener::serve(listener, app, None, metrics.clone(), until_stopped(stopped.clone()))));
+        probe_task = Some(tokio::spawn(listener::serve(
+            listener,
+            app,
+            None,
+            metrics.clone(),
+            PROBE_CONNECTIONS,
+            until_stopped(stopped.clone()),
+        )));
     }
 
     // The first load happens before the main listener opens: nothing is answered from a
@@ -223,7 +245,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    listener::serve(listener, app(state), tls, metrics, until_stopped(stopped)).await?;
+    listener::serve(listener, app(state), tls, metrics, args.max_connections, until_stopped(stopped)).await?;
     if let Some(task) = probe_task {
         let _ = task.await;
     }

@@ -6,7 +6,7 @@
 //! emptied by a reload), bounded in entries and bytes. Expiry uses the host's monotonic clock,
 //! never the guest's wall clock (which a test vector may set). Values never reach a log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,9 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     map: HashMap<String, Entry>,
+    /// The same entries by expiry: the soonest to expire (the expired first) is evicted in
+    /// O(log n), however full the store.
+    by_expiry: BTreeSet<(Instant, String)>,
     bytes: usize,
 }
 
@@ -105,19 +108,17 @@ impl KvStore {
         let ttl = Duration::from_secs(u64::from(ttl_seconds)).min(MAX_TTL);
         let mut inner = self.lock();
         inner.remove(key);
-        if inner.map.len() >= self.limits.max_entries || inner.bytes + size > self.limits.max_bytes {
-            inner.map.retain(|_, e| e.expires > now);
-            inner.bytes = inner.map.iter().map(|(k, e)| k.len() + e.value.len()).sum();
-        }
-        // Still full: the entries that expire soonest make room.
+        // Full: the entries that expire soonest (expired ones first) make room.
         while inner.map.len() >= self.limits.max_entries || inner.bytes + size > self.limits.max_bytes {
-            let Some(victim) = inner.map.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| k.clone()) else {
+            let Some((_, victim)) = inner.by_expiry.first().cloned() else {
                 break;
             };
             inner.remove(&victim);
         }
+        let expires = now + ttl;
         inner.bytes += size;
-        inner.map.insert(key.to_owned(), Entry { value, expires: now + ttl });
+        inner.by_expiry.insert((expires, key.to_owned()));
+        inner.map.insert(key.to_owned(), Entry { value, expires });
         Ok(())
     }
 
@@ -130,6 +131,7 @@ impl Inner {
     fn remove(&mut self, key: &str) {
         if let Some(e) = self.map.remove(key) {
             self.bytes -= key.len() + e.value.len();
+            self.by_expiry.remove(&(e.expires, key.to_owned()));
         }
     }
 }
@@ -171,5 +173,20 @@ mod tests {
         assert_eq!(kv.lock().bytes, 6);
         kv.delete("e");
         assert_eq!(kv.lock().bytes, 0);
+        assert!(kv.lock().by_expiry.is_empty());
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_expired_before_the_live() {
+        let kv = KvStore::new(KvLimits { max_entries: 1000, max_bytes: 1 << 20 });
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            kv.set_at(&format!("k{i}"), vec![1], if i == 500 { 1 } else { 60 }, t0).unwrap();
+        }
+        kv.set_at("new", vec![1], 60, t0 + Duration::from_secs(2)).unwrap();
+        assert_eq!(kv.get_at("k500", t0), None, "the expired one went");
+        assert!(kv.get_at("k499", t0 + Duration::from_secs(2)).is_some());
+        let inner = kv.lock();
+        assert_eq!((inner.map.len(), inner.by_expiry.len()), (1000, 1000), "the index follows the map");
     }
 }
