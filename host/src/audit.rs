@@ -69,15 +69,29 @@ pub struct AuditLine<'a> {
     pub duration_ms: f64,
 }
 
-/// Where audit lines go: standard output (default), a file, or nowhere.
+/// Where audit lines go: standard output (default), a file, or nowhere. Lines are written by a
+/// thread of their own through a bounded queue, never on the request path: a slow sink (a full
+/// pipe, a stalled disk) costs dropped lines, counted in `tollgate_audit_lines_dropped_total`,
+/// never a review's latency.
 pub struct AuditLog {
-    sink: Option<Mutex<Box<dyn Write + Send>>>,
+    queue: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    dropped: prometheus_client::metrics::counter::Counter,
     pub fingerprints: Fingerprinter,
 }
 
+/// Lines waiting for the sink: a burst of this many reviews (about half a MiB) waits rather
+/// than drops.
+const QUEUE_LINES: usize = 1024;
+
 impl AuditLog {
-    /// `target`: "-" for standard output, "off", or a file appended to.
-    pub fn open(target: &str, fingerprints: Fingerprinter) -> Result<Self> {
+    /// `target`: "-" for standard output, "off", or a file appended to; `dropped` counts lines
+    /// the queue could not take.
+    pub fn open(
+        target: &str,
+        fingerprints: Fingerprinter,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Self> {
         let sink: Option<Box<dyn Write + Send>> = match target {
             "off" => None,
             "-" => Some(Box::new(std::io::LineWriter::new(std::io::stdout()))),
@@ -90,22 +104,53 @@ impl AuditLog {
                 Some(Box::new(std::io::LineWriter::new(file)))
             }
         };
-        Ok(Self { sink: sink.map(Mutex::new), fingerprints })
+        let (queue, writer) = match sink {
+            None => (None, None),
+            Some(mut sink) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
+                let writer = std::thread::Builder::new()
+                    .name("tollgate-audit".into())
+                    .spawn(move || {
+                        // An empty line is the end (see `close`).
+                        while let Ok(line) = rx.recv() {
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Err(e) = sink.write_all(&line) {
+                                tracing::error!(error = %e, "cannot write the audit log");
+                            }
+                        }
+                        let _ = sink.flush();
+                    })
+                    .context("starting the audit log writer")?;
+                (Some(tx), Some(writer))
+            }
+        };
+        Ok(Self { queue, writer: Mutex::new(writer), dropped, fingerprints })
     }
 
     pub fn enabled(&self) -> bool {
-        self.sink.is_some()
+        self.queue.is_some()
     }
 
     pub fn write(&self, line: &AuditLine) {
-        let Some(sink) = &self.sink else { return };
+        let Some(queue) = &self.queue else { return };
         let Ok(mut json) = serde_json::to_vec(line) else {
             return;
         };
         json.push(b'\n');
-        let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = sink.write_all(&json) {
-            tracing::error!(error = %e, "cannot write the audit log");
+        if queue.try_send(json).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// Writes what is queued and stops the writer (at shutdown).
+    pub fn close(&self) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(Vec::new());
+        }
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = writer.join();
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub instantiation: Histogram,
     pub warm_calls: Family<PluginLabel, Counter>,
     pub tls_handshake_failures: Counter,
+    /// Audit lines dropped because the audit log's queue was full (its sink too slow).
+    pub audit_dropped: Counter,
     pub decision_cache: Family<LookupLabel, Counter>,
     pub decision_cache_entries: Gauge,
     pub in_flight: Gauge,
@@ -102,6 +104,7 @@ impl Metrics {
             instantiation: latency_histogram(),
             warm_calls: Family::default(),
             tls_handshake_failures: Counter::default(),
+            audit_dropped: Counter::default(),
             decision_cache: Family::default(),
             decision_cache_entries: Gauge::default(),
             in_flight: Gauge::default(),
@@ -151,6 +154,11 @@ impl Metrics {
             "tollgate_tls_handshake_failures",
             "TLS handshakes that failed (no or untrusted client certificate, bad protocol, timeout)",
             m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tollgate_audit_lines_dropped",
+            "Audit lines dropped because the audit log could not keep up (its queue was full)",
+            m.audit_dropped.clone(),
         );
         registry.register(
             "tollgate_decision_cache",

@@ -109,3 +109,33 @@ fn audit_lines_carry_every_field() {
     assert_eq!(other[0]["token_id"], line["token_id"]);
     assert!(!text.contains("a-long-token-1234"));
 }
+
+/// Audit lines are written off the request path: a sink that stops taking them (a pipe nobody
+/// reads) costs dropped lines, counted, never a review's answer.
+#[test]
+fn a_stalled_audit_sink_drops_lines_and_never_holds_a_review() {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = PluginDir::new();
+    dir.probe("10-a", &probe_manifest("", "allow", "username = \"alice\""));
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_dir.path().join("audit");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    // A reader that never reads: the pipe's buffer (64 KiB) fills after a hundred lines.
+    let _reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+    let server = Server::start(dir.path(), &["--audit-log", fifo.to_str().unwrap()]);
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..1500 {
+        let began = std::time::Instant::now();
+        let answer = server.review("tok-12345678");
+        slowest = slowest.max(began.elapsed());
+        assert_eq!(granted_username(&answer).as_deref(), Some("alice"), "{}", answer.body);
+    }
+    eprintln!("1,500 reviews into a stalled audit sink, the slowest in {slowest:?}");
+    let metrics = server.get("/metrics").body;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_audit_lines_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-lines counter: {metrics}"));
+    assert!(dropped > 0, "the queue filled and lines were dropped, counted");
+}

@@ -156,7 +156,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Some(path) => Fingerprinter::from_file(path)?,
         None => Fingerprinter::random(),
     };
-    let audit = AuditLog::open(&args.audit_log, fingerprints)?;
+    let metrics = Arc::new(Metrics::new());
+    let audit = AuditLog::open(&args.audit_log, fingerprints, metrics.audit_dropped.clone())?;
     let cache = args.cache_dir.as_deref().map(|d| (d, args.cache_max_mib << 20));
     let mut loader = args.plugin.loader(cache)?;
     // No manifest may read the server's own key material through secret_files or ca_file.
@@ -170,7 +171,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if !loader.sandbox().pooling() {
         tracing::warn!("running without the pooling allocator: instantiation is slower");
     }
-    let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
     let evaluator = Evaluator::new(
         loader.sandbox().clone(),
@@ -245,10 +245,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    listener::serve(listener, app(state), tls, metrics, args.max_connections, until_stopped(stopped)).await?;
+    listener::serve(listener, app(state.clone()), tls, metrics, args.max_connections, until_stopped(stopped)).await?;
     if let Some(task) = probe_task {
         let _ = task.await;
     }
+    // The reviews are drained: their audit lines are written before the process ends.
+    tokio::task::block_in_place(|| state.audit.close());
     tracing::info!("shut down");
     Ok(())
 }
