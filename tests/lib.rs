@@ -515,6 +515,21 @@ impl Pki {
     }
 }
 
+/// `--tls-cert` and `--tls-key` of `leaf`, then `extra`: a TLS server's arguments.
+pub fn tls_args<'a>(leaf: &'a Leaf, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--tls-cert", leaf.cert_path.to_str().unwrap(), "--tls-key", leaf.key_path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The operator's tenants file holding `text`, in a temporary file of its own (outside any
+/// plugin directory, as tollgate requires).
+pub fn tenants_file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
 /// rustls (for reqwest) with ring, once per process.
 pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();

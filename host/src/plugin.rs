@@ -66,25 +66,51 @@ pub struct PluginSource {
     pub manifest: Option<(PathBuf, String)>,
 }
 
+/// A manifest is a few hundred bytes of TOML; 64 KiB holds hundreds of vectors. Anything larger
+/// is refused before it is read whole (a sparse 50 GB file costs one bounded read).
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 10;
+
 impl PluginSource {
-    /// Reads the plugin at `wasm_path`, with `NAME.toml` beside it if there is one, beneath
-    /// their folder and bounded as a scan reads them (`tollgate check FILE`).
+    /// Reads the plugin at `wasm_path`, with `NAME.toml` beside it if there is one, as a scan
+    /// reads them (`tollgate check FILE`).
     pub fn read(wasm_path: &Path, max_bytes: u64) -> Result<Self> {
         let name = plugin_name(wasm_path)?;
         let dir = wasm_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let folder = Arc::new(Folder::open(dir)?);
-        let toml = PathBuf::from(format!("{name}.toml"));
-        let manifest = if folder.lstat(&toml).is_some() {
-            let bytes = folder.read(&toml, crate::tenant::MAX_MANIFEST_BYTES, "the manifest size limit")?;
-            let path = dir.join(&toml);
+        let with_manifest = folder.lstat(Path::new(&format!("{name}.toml"))).is_some();
+        Self::read_in(&folder, &folder, false, name, with_manifest, max_bytes)
+    }
+
+    /// Reads plugin `name` — `NAME.wasm`, and `NAME.toml` when `with_manifest` — beneath
+    /// `listing` (the folder, or its `..data` target), bounded and never blocking; for the
+    /// default tenant, never from inside another tenant's folder. `folder` is the tenant's
+    /// folder, where its manifest's file references resolve.
+    pub fn read_in(
+        folder: &Arc<Folder>,
+        listing: &Folder,
+        default_tenant: bool,
+        name: String,
+        with_manifest: bool,
+        max_bytes: u64,
+    ) -> Result<Self> {
+        let read = |file: &str, max: u64, what: &str| -> Result<(PathBuf, Vec<u8>)> {
+            let path = listing.path().join(file);
+            let (opened, _) = listing.file(Path::new(file))?;
+            if default_tenant {
+                crate::tenant::outside_tenant_folders(listing, &opened, &path)?;
+            }
+            let bytes = crate::confine::read_bounded(opened, max, &path, what)?;
+            Ok((path, bytes))
+        };
+        let (wasm_path, wasm) = read(&format!("{name}.wasm"), max_bytes, "the plugin size limit (--max-plugin-bytes)")?;
+        let manifest = if with_manifest {
+            let (path, bytes) = read(&format!("{name}.toml"), MAX_MANIFEST_BYTES, "the manifest size limit")?;
             let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
             Some((path, text))
         } else {
             None
         };
-        let wasm =
-            folder.read(Path::new(&format!("{name}.wasm")), max_bytes, "the plugin size limit (--max-plugin-bytes)")?;
-        Ok(Self { name, wasm_path: wasm_path.to_path_buf(), folder, wasm: wasm.into(), manifest })
+        Ok(Self { name, wasm_path, folder: folder.clone(), wasm: wasm.into(), manifest })
     }
 }
 

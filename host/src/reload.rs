@@ -117,9 +117,7 @@ impl Reloader {
         let guardrails = self.tenants_file.guardrails(name);
         let previous = self.registry.get(name);
         let dir = if name.is_empty() { root.path().to_path_buf() } else { root.path().join(name) };
-        let snapshot = tenant::open_tenant(root, name).and_then(|folder| {
-            tenant::read_tenant(&folder, name, &guardrails.folder, self.loader.defaults().max_plugin_bytes)
-        });
+        let snapshot = tenant::read_tenant(root, name, &guardrails.folder, self.loader.defaults().max_plugin_bytes);
         // The files the live generation's manifests read (secrets, CA files) count as content:
         // kubelet rotating a mounted Secret reloads the tenant (on the watcher's event when it
         // is inside the plugin directory, else at the next periodic rescan).
@@ -198,13 +196,9 @@ impl Reloader {
             .inc();
     }
 
-    /// Puts the tenants file's rules in force for every known tenant before any reload.
-    fn apply_rules(&self) {
-        self.registry.apply_rules(|tenant| self.tenants_file.guardrails(tenant));
-    }
-
-    /// Re-reads the tenants file; true when its guardrails changed. A broken file is refused
-    /// and the last good guardrails stay.
+    /// Re-reads the tenants file; true when its guardrails changed, and then they are in force
+    /// for every known tenant at once, before any folder is reloaded under them. A broken file is
+    /// refused and the last good guardrails stay.
     fn reload_tenants_file(&mut self) -> bool {
         let Some(path) = &self.tenants_path else {
             return false;
@@ -225,6 +219,7 @@ impl Reloader {
                 self.tenants_file = file;
                 self.tenants_text = Some(text);
                 self.registry.set_tenants_file_error(None);
+                self.registry.apply_rules(|tenant| self.tenants_file.guardrails(tenant));
                 true
             }
             Err(e) => {
@@ -262,9 +257,7 @@ impl Reloader {
                     let first = match rx.recv_timeout(wait) {
                         Ok(event) => event,
                         Err(RecvTimeoutError::Timeout) => {
-                            if self.reload_tenants_file() {
-                                self.apply_rules();
-                            }
+                            self.reload_tenants_file();
                             self.scan_all();
                             next_rescan = Instant::now() + rescan_every;
                             continue;
@@ -282,7 +275,6 @@ impl Reloader {
                     }
                     let (tenants, tenants_file) = self.affected(&events, tenants_dir.as_deref());
                     if tenants_file && self.reload_tenants_file() {
-                        self.apply_rules();
                         self.scan_all();
                     } else if !tenants.is_empty() {
                         self.scan(Some(&tenants));

@@ -223,11 +223,6 @@ impl Slots {
         use std::sync::atomic::Ordering;
         let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
     }
-
-    /// In use now.
-    pub fn used(&self) -> usize {
-        self.used.load(std::sync::atomic::Ordering::Acquire)
-    }
 }
 
 impl std::fmt::Debug for WarmPool {
@@ -466,9 +461,13 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The pre-instantiated component for this plugin: wasi:http linked only with a grant.
-    fn pre<'a>(code: &'a Code, env: &PluginEnv) -> Option<&'a bindings::PolicyPre<HostState>> {
-        if env.outbound.is_some() { Some(&code.pre) } else { code.sealed.get() }
+    /// The pre-instantiated component for this plugin: wasi:http linked only with a grant (a
+    /// plugin without one is sealed at load, so the sealed one is there).
+    fn pre<'a>(code: &'a Code, env: &PluginEnv) -> Result<&'a bindings::PolicyPre<HostState>, Failure> {
+        if env.outbound.is_some() {
+            return Ok(&code.pre);
+        }
+        code.sealed.get().ok_or_else(|| Failure::Trap("the plugin was not prepared without wasi:http".into()))
     }
 
     /// Runs one plugin on one review in a fresh instance (or a warm one, if the plugin reuses
@@ -492,20 +491,24 @@ impl Sandbox {
         if budget.is_zero() {
             return (Err(Failure::Deadline), stats);
         }
-        let ends = tokio::time::Instant::from_std(now + budget);
+        // One deadline for the call: the host-call timeout, the epoch callback and the check of
+        // a late answer all read it.
+        let until = now + budget;
+        let ends = tokio::time::Instant::from_std(until);
         let scrubber = Scrubber::new(scrub_token).with_secrets(&env.secrets);
         let (mut store, instance, uses) = match env.warm.as_ref().and_then(|w| w.take()) {
             Some(Warm { mut store, instance, uses, .. }) => {
-                store.data_mut().begin(request_id, scrub_token, now + budget, budget);
+                store.data_mut().begin(request_id, scrub_token, until, budget);
                 store.set_epoch_deadline(1);
                 stats.warm = true;
                 (store, instance, uses)
             }
             None => {
-                let Some(pre) = Self::pre(code, env) else {
-                    return (Err(Failure::Trap("the plugin was not prepared without wasi:http".into())), stats);
+                let pre = match Self::pre(code, env) {
+                    Ok(pre) => pre,
+                    Err(failure) => return (Err(failure), stats),
                 };
-                let mut store = self.store(env, request_id, scrub_token, budget);
+                let mut store = self.store(env, request_id, scrub_token, until, budget);
                 let started = Instant::now();
                 let instance = tokio::time::timeout_at(ends, pre.instantiate_async(&mut store)).await;
                 stats.instantiate = started.elapsed();
@@ -550,8 +553,15 @@ impl Sandbox {
     }
 
     /// A fresh store for one call: limits, deadline and (unless lazy) WASI.
-    fn store(&self, env: &Arc<PluginEnv>, request_id: &str, scrub_token: &str, budget: Duration) -> Store<HostState> {
-        let deadline = Instant::now() + budget;
+    /// `deadline` ends the call; `budget` is how long it was given (the outbound reserve).
+    fn store(
+        &self,
+        env: &Arc<PluginEnv>,
+        request_id: &str,
+        scrub_token: &str,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Store<HostState> {
         let mut state = HostState {
             wasi: None,
             table: ResourceTable::new(),
@@ -598,10 +608,8 @@ impl Sandbox {
     #[doc(hidden)]
     pub async fn instantiate_only(&self, code: &Code, env: &Arc<PluginEnv>) -> Result<(), Failure> {
         let scrubber = Scrubber::new("");
-        let Some(pre) = Self::pre(code, env) else {
-            return Err(Failure::Trap("the plugin was not prepared without wasi:http".into()));
-        };
-        let mut store = self.store(env, "bench", "", env.timeout);
+        let pre = Self::pre(code, env)?;
+        let mut store = self.store(env, "bench", "", Instant::now() + env.timeout, env.timeout);
         pre.instantiate_async(&mut store).await.map(drop).map_err(|e| classify(e, &store, &scrubber, true))
     }
 }

@@ -100,10 +100,6 @@ const K8S_DATA: &str = "..data";
 /// swaps it at most every sync period, so twice in one scan is already rare).
 const DATA_RETRIES: usize = 5;
 
-/// A manifest is a few hundred bytes of TOML; 64 KiB holds hundreds of vectors. Anything larger
-/// is refused before it is read whole (a sparse 50 GB file costs one bounded read).
-pub const MAX_MANIFEST_BYTES: u64 = 64 << 10;
-
 /// Entries one listing of a folder may hold (plugins, manifests, dot-files, sub-folders): tens
 /// are normal, and a folder of millions must not cost a scan minutes or gigabytes.
 pub const MAX_ENTRIES: usize = 4096;
@@ -116,14 +112,10 @@ pub struct Snapshot {
     pub content: String,
 }
 
-/// Opens tenant `name`'s folder ("" = the plugin directory itself) beneath the plugin directory:
-/// a tenant folder that is a symlink is followed only while it stays inside (a projected
-/// volume's `acme -> ..data/acme`), never to `/etc` or elsewhere.
-pub fn open_tenant(root: &Folder, name: &str) -> Result<Arc<Folder>> {
-    Ok(Arc::new(if name.is_empty() { root.reopen()? } else { root.dir(Path::new(name))? }))
-}
-
-/// Reads a tenant folder's plugins and manifests, beneath the folder and within `limits`.
+/// Reads tenant `tenant`'s plugins and manifests ("" = the plugin directory `root` itself),
+/// beneath its folder and within `limits`. The folder is opened beneath `root`: one that is a
+/// symlink is followed only while it stays inside (a projected volume's `acme -> ..data/acme`),
+/// never to `/etc` or elsewhere.
 /// Dot-files are ignored, symlinks followed while they stay inside, and anything but a regular
 /// file named `.wasm` or `.toml` refused (a FIFO is never read). When the folder is a Kubernetes
 /// volume, `..data` is resolved once and every file read through its target — listing the target,
@@ -132,12 +124,8 @@ pub fn open_tenant(root: &Folder, name: &str) -> Result<Arc<Folder>> {
 /// manifest without its plugin is refused: a typo in a file name must not silently run a plugin
 /// without its role and config. The default tenant (`tenant` "") may not read into another
 /// tenant's folder.
-pub fn read_tenant(
-    folder: &Arc<Folder>,
-    tenant: &str,
-    limits: &FolderLimits,
-    max_plugin_bytes: u64,
-) -> Result<Snapshot> {
+pub fn read_tenant(root: &Folder, tenant: &str, limits: &FolderLimits, max_plugin_bytes: u64) -> Result<Snapshot> {
+    let folder = &Arc::new(if tenant.is_empty() { root.reopen()? } else { root.dir(Path::new(tenant))? });
     for _ in 0..DATA_RETRIES {
         let link = folder.read_link(K8S_DATA);
         let data = if link.is_some() || folder.lstat(Path::new(K8S_DATA)).is_some() {
@@ -189,20 +177,11 @@ fn read_listing(
     let mut content = Sha256::new();
     let mut sources = Vec::with_capacity(wasm.len());
     for name in wasm {
-        let wasm_name = format!("{name}.wasm");
-        let bytes: Arc<[u8]> =
-            read_inside(listing, tenant, &wasm_name, max_plugin_bytes, "the plugin size limit (--max-plugin-bytes)")?
-                .into();
-        let manifest = if manifests.contains(&name) {
-            let toml_name = format!("{name}.toml");
-            let text = read_inside(listing, tenant, &toml_name, MAX_MANIFEST_BYTES, "the manifest size limit")?;
-            let path = listing.path().join(&toml_name);
-            let text = String::from_utf8(text).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
-            Some((path, text))
-        } else {
-            None
-        };
-        total += bytes.len() as u64 + manifest.as_ref().map_or(0, |(_, t)| t.len() as u64);
+        let with_manifest = manifests.contains(&name);
+        // File references in manifests are relative to the tenant's folder as the operator
+        // sees it, not to kubelet's timestamped directory.
+        let source = PluginSource::read_in(folder, listing, tenant.is_empty(), name, with_manifest, max_plugin_bytes)?;
+        total += source.wasm.len() as u64 + source.manifest.as_ref().map_or(0, |(_, t)| t.len() as u64);
         if total > limits.total_bytes {
             bail!(
                 "{}: its plugins and manifests exceed this tenant's limit of {} MiB (max_total_mib in the tenants file)",
@@ -210,27 +189,14 @@ fn read_listing(
                 limits.total_bytes >> 20
             );
         }
-        content.update(name.as_bytes());
+        content.update(source.name.as_bytes());
         content.update([0]);
-        content.update(Sha256::digest(&bytes));
-        content.update(manifest.as_ref().map(|(_, t)| t.as_bytes()).unwrap_or(b"\0none"));
+        content.update(Sha256::digest(&source.wasm));
+        content.update(source.manifest.as_ref().map(|(_, t)| t.as_bytes()).unwrap_or(b"\0none"));
         content.update([0]);
-        let wasm_path = listing.path().join(&wasm_name);
-        // File references in manifests are relative to the tenant's folder as the operator
-        // sees it, not to kubelet's timestamped directory.
-        sources.push(PluginSource { name, wasm_path, folder: folder.clone(), wasm: bytes, manifest });
+        sources.push(source);
     }
     Ok(Snapshot { sources, content: hex::encode(content.finalize()) })
-}
-
-/// Reads `name` beneath `listing`, bounded; for the default tenant, never from inside another
-/// tenant's folder (the plugin directory holds them all).
-fn read_inside(listing: &Folder, tenant: &str, name: &str, max: u64, what: &str) -> Result<Vec<u8>> {
-    let (file, _) = listing.file(Path::new(name))?;
-    if tenant.is_empty() {
-        outside_tenant_folders(listing, &file, &listing.path().join(name))?;
-    }
-    confine::read_bounded(file, max, &listing.path().join(name), what)
 }
 
 /// Refuses an open file of the default tenant that lies in a tenant folder: a name in the

@@ -92,16 +92,10 @@ fn a_canary_token_appears_nowhere_over_tls_and_its_error_paths() {
     dir.add_in("locked", "10-leak", built::PROBE, &probe_manifest("", "leak-log", ""));
     let tenants = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tenants.path(), "[tenant.locked]\nclients = [\"CN=someone-else\"]\n").unwrap();
-    let args = [
-        "--tls-cert",
-        server_cert.cert_path.to_str().unwrap(),
-        "--tls-key",
-        server_cert.key_path.to_str().unwrap(),
-        "--client-ca",
-        pki.ca_path.to_str().unwrap(),
-        "--tenants",
-        tenants.path().to_str().unwrap(),
-    ];
+    let args = tls_args(
+        &server_cert,
+        &["--client-ca", pki.ca_path.to_str().unwrap(), "--tenants", tenants.path().to_str().unwrap()],
+    );
     let mut server = Server::start(dir.path(), &args);
     let mut canaries = Vec::new();
     let mut bodies = String::new();

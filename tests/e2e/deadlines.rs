@@ -28,12 +28,6 @@ fn allow(username: &str) -> String {
     probe_manifest("", "allow", &format!("username = \"{username}\""))
 }
 
-fn tenants_file(text: &str) -> tempfile::NamedTempFile {
-    let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), text).unwrap();
-    f
-}
-
 #[test]
 fn a_guest_waiting_in_any_host_call_is_stopped_at_its_deadline_and_frees_its_slot() {
     let web = LocalHttp::start();

@@ -15,12 +15,6 @@ fn allow(username: &str, groups: &str) -> String {
     probe_manifest("", "allow", &format!("username = \"{username}\"\ngroups = \"{groups}\""))
 }
 
-fn tenants_file(text: &str) -> tempfile::NamedTempFile {
-    let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), text).unwrap();
-    f
-}
-
 /// Replaces a file's contents at once (a rename), as an editor or kubelet does.
 fn replace(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp-new");
@@ -330,16 +324,7 @@ fn the_decision_cache_keys_on_the_caller_and_on_a_generation_unique_for_the_proc
     let dir = PluginDir::new();
     dir.probe("10-echo", &probe_manifest("", "echo", "username = \"alice\""));
     let ca = pki.ca_path.to_str().unwrap();
-    let args = [
-        "--tls-cert",
-        leaf.cert_path.to_str().unwrap(),
-        "--tls-key",
-        leaf.key_path.to_str().unwrap(),
-        "--client-ca",
-        ca,
-        "--cache-ttl",
-        "60s",
-    ];
+    let args = tls_args(&leaf, &["--client-ca", ca, "--cache-ttl", "60s"]);
     let mut server = Server::start(dir.path(), &args);
     for (leaf, cn) in [(&a, "apiserver-a"), (&b, "apiserver-b"), (&a, "apiserver-a")] {
         server.set_client(tls_client(&pki.ca_pem, Some(leaf), &["h2"]));

@@ -282,19 +282,7 @@ fn secrets_come_from_files_in_the_tenants_reach_and_never_reach_a_log() {
         ),
     )
     .unwrap();
-    let server = start(
-        &dir,
-        &[
-            "--tenants",
-            tenants.path().to_str().unwrap(),
-            "--tls-cert",
-            leaf.cert_path.to_str().unwrap(),
-            "--tls-key",
-            leaf.key_path.to_str().unwrap(),
-            "--audit-log",
-            "-",
-        ],
-    );
+    let server = start(&dir, &tls_args(&leaf, &["--tenants", tenants.path().to_str().unwrap(), "--audit-log", "-"]));
     let mut server = server;
     server.set_client(tls_client(&tls.ca_pem, None, &["http/1.1"]));
 

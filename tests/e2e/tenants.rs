@@ -7,12 +7,6 @@ fn allow(username: &str, groups: &str) -> String {
     probe_manifest("", "allow", &format!("username = \"{username}\"\ngroups = \"{groups}\""))
 }
 
-fn tenants_file(text: &str) -> tempfile::NamedTempFile {
-    let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), text).unwrap();
-    f
-}
-
 #[test]
 fn tenant_folders_are_served_at_their_own_paths_and_see_only_their_own() {
     let dir = PluginDir::new();

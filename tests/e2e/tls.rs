@@ -9,12 +9,6 @@ fn allow(username: &str) -> String {
     probe_manifest("", "allow", &format!("username = \"{username}\""))
 }
 
-fn tls_args<'a>(leaf: &'a Leaf, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["--tls-cert", leaf.cert_path.to_str().unwrap(), "--tls-key", leaf.key_path.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    args
-}
-
 #[test]
 fn http2_and_http1_both_negotiate_and_answer_over_tls() {
     let pki = Pki::new("main");

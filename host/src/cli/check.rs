@@ -66,7 +66,7 @@ impl Checker {
     fn dir(&mut self, root: &Folder, tenant: &str) {
         let limits = self.tenants.guardrails(tenant).folder;
         let max = self.loader.defaults().max_plugin_bytes;
-        let snapshot = tenant::open_tenant(root, tenant).and_then(|f| tenant::read_tenant(&f, tenant, &limits, max));
+        let snapshot = tenant::read_tenant(root, tenant, &limits, max);
         match snapshot {
             Ok(snapshot) => {
                 let mut vectors_left = limits.vectors;

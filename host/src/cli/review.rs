@@ -52,8 +52,8 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
     let guardrails = tenants_file(args.tenants.as_deref())?.guardrails(&args.tenant);
     let loader = args.plugin.loader(None)?;
     // Read as serve reads it: beneath the plugin directory and within the tenant's bounds.
-    let folder = tenant::open_tenant(&Folder::open(&dir)?, &args.tenant)?;
-    let snapshot = tenant::read_tenant(&folder, &args.tenant, &guardrails.folder, loader.defaults().max_plugin_bytes)?;
+    let root = Folder::open(&dir)?;
+    let snapshot = tenant::read_tenant(&root, &args.tenant, &guardrails.folder, loader.defaults().max_plugin_bytes)?;
     let generation = tenant::load_generation(&loader, &args.tenant, &snapshot, guardrails.clone(), 1)?;
 
     let request_id = new_request_id();
