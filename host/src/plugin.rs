@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -159,7 +159,17 @@ pub struct Loader {
     /// Idle warm instances per tenant: an eighth of the slots, so four tenants' warm pools
     /// cannot take the whole warm half.
     warm_tenants: Mutex<HashMap<String, Arc<Slots>>>,
+    /// Compiles running now (tenants build on threads of their own; see `MAX_COMPILES`).
+    compiling: (Mutex<usize>, Condvar),
+    /// Per digest being compiled, the lock its other builders wait on.
+    compiling_digest: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
+
+/// Compiles at once. One compile already runs on every core (wasmtime compiles functions in
+/// parallel), so more at once only add memory; and a tenant's build waits here at most for the
+/// compiles queued before it, each bounded by the plugin size limit — never for another
+/// tenant's vectors, which run outside this bound.
+const MAX_COMPILES: usize = 2;
 
 impl Loader {
     pub fn new(sandbox: Arc<Sandbox>, defaults: PluginDefaults, disk: Option<DiskCache>) -> Self {
@@ -172,6 +182,8 @@ impl Loader {
             protected: Vec::new(),
             warm_server,
             warm_tenants: Mutex::default(),
+            compiling: Default::default(),
+            compiling_digest: Mutex::default(),
         }
     }
 
@@ -336,14 +348,33 @@ impl Loader {
     /// from the disk cache, else compiled (and cached).
     pub fn code(&self, bytes: &[u8]) -> Result<Arc<Code>> {
         let digest = crate::sandbox::digest(bytes);
-        if let Some(code) = self.codes.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).and_then(Weak::upgrade) {
+        let cached = || self.codes.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).and_then(Weak::upgrade);
+        if let Some(code) = cached() {
+            return Ok(code);
+        }
+        // One compile per digest at a time: tenants building the same component at once (one
+        // image in many tenants, a rollout) wait for the first compile and share its code.
+        let turn = DigestTurn::take(&self.compiling_digest, &digest);
+        let _mine = turn.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(code) = cached() {
             return Ok(code);
         }
         let code = Arc::new(self.compile_or_load(bytes, &digest)?);
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         codes.retain(|_, w| w.strong_count() > 0);
-        codes.insert(digest, Arc::downgrade(&code));
+        codes.insert(digest.clone(), Arc::downgrade(&code));
         Ok(code)
+    }
+
+    /// Waits for a place among the `MAX_COMPILES`.
+    fn compile_turn(&self) -> CompileTurn<'_> {
+        let (count, freed) = &self.compiling;
+        let mut running = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= MAX_COMPILES {
+            running = freed.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+        CompileTurn(&self.compiling)
     }
 
     fn compile_or_load(&self, bytes: &[u8], digest: &str) -> Result<Code> {
@@ -365,7 +396,10 @@ impl Loader {
                 }
             }
         }
-        let (code, serialized) = self.sandbox.compile(bytes)?;
+        let (code, serialized) = {
+            let _turn = self.compile_turn();
+            self.sandbox.compile(bytes)?
+        };
         tracing::info!(digest, took_ms = code.compile_time.as_millis() as u64, "compiled");
         if let Some(disk) = &self.disk
             && let Err(e) = disk.put(digest, &serialized)
@@ -373,6 +407,42 @@ impl Loader {
             tracing::warn!(digest, error = %e, "cannot write the compile cache");
         }
         Ok(code)
+    }
+}
+
+/// A builder's hold on one digest's compile lock; the last one out, failed or not, removes the
+/// lock, so digests that never compile leave nothing behind.
+struct DigestTurn<'a> {
+    turns: &'a Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    digest: &'a str,
+    lock: Arc<Mutex<()>>,
+}
+
+impl<'a> DigestTurn<'a> {
+    fn take(turns: &'a Mutex<HashMap<String, Arc<Mutex<()>>>>, digest: &'a str) -> Self {
+        let lock = turns.lock().unwrap_or_else(|e| e.into_inner()).entry(digest.to_owned()).or_default().clone();
+        Self { turns, digest, lock }
+    }
+}
+
+impl Drop for DigestTurn<'_> {
+    fn drop(&mut self) {
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's: nobody else is waiting.
+        if Arc::strong_count(&self.lock) == 2 {
+            turns.remove(self.digest);
+        }
+    }
+}
+
+/// A place among the `MAX_COMPILES` compiles, given back when dropped.
+struct CompileTurn<'a>(&'a (Mutex<usize>, Condvar));
+
+impl Drop for CompileTurn<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
     }
 }
 

@@ -5,11 +5,16 @@
 //! and only then swaps it in. A refused generation leaves the previous one live, whole. The
 //! directory is watched (notify, debounced) with a periodic full rescan as a safety net for lost
 //! events.
+//!
+//! Each tenant builds on a thread of its own: one thread watches and decides, and a tenant whose
+//! compile or vectors are slow delays no other tenant's reload (only compiles queue, for a
+//! bounded time: see `Loader`). A change that lands during a tenant's build is built right after
+//! it, from the folder as it is then.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
@@ -17,10 +22,11 @@ use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::confine::Folder;
 use crate::evaluator::TenantLimits;
+use crate::guardrails::Guardrails;
 use crate::metrics::{Metrics, TenantLabel, TenantResult};
 use crate::plugin::Loader;
 use crate::registry::{Refusal, Registry, TenantState};
-use crate::tenant::{self, TenantsFile};
+use crate::tenant::{self, Generation, TenantsFile};
 
 /// After an event, wait this long for quiet (one `cp` or kubelet swap is a burst of events)...
 const QUIET: Duration = Duration::from_millis(50);
@@ -41,6 +47,29 @@ pub struct Reloader {
     seen: HashMap<String, String>,
     /// Evaluation slots of each new tenant.
     limits: TenantLimits,
+    /// Tenants with a build running, and those changed again since theirs started.
+    building: HashSet<String>,
+    again: HashSet<String>,
+    /// What the reload thread waits on: file events and finished builds.
+    tx: Sender<Message>,
+    rx: Receiver<Message>,
+}
+
+enum Message {
+    Files(notify::Result<notify::Event>),
+    Built(Box<Built>),
+}
+
+/// A tenant's finished build, taken live (or refused) by the reload thread.
+struct Built {
+    tenant: String,
+    dir: PathBuf,
+    /// The operator's rules it was built under: a build that raced a change of the tenants
+    /// file is built again rather than taken live.
+    rules: Arc<Guardrails>,
+    number: u64,
+    took: Duration,
+    result: Result<Generation>,
 }
 
 impl Reloader {
@@ -66,6 +95,7 @@ impl Reloader {
             }
             None => (TenantsFile::default(), None),
         };
+        let (tx, rx) = channel();
         Ok(Self {
             loader,
             registry,
@@ -76,11 +106,29 @@ impl Reloader {
             tenants_text,
             seen: HashMap::new(),
             limits,
+            building: HashSet::new(),
+            again: HashSet::new(),
+            tx,
+            rx,
         })
     }
 
+    /// The first load: every tenant at once, each on its own thread, waiting for all of them
+    /// (startup takes as long as the slowest tenant, not the sum of them).
+    pub fn load_all(&mut self) {
+        self.scan(None);
+        while !self.building.is_empty() {
+            match self.rx.recv() {
+                Ok(Message::Built(built)) => self.take(built),
+                // No watcher yet: nothing else is sent.
+                Ok(Message::Files(_)) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Scans every tenant: new folders load, changed ones reload, removed ones go (404).
-    pub fn scan_all(&mut self) {
+    fn scan_all(&mut self) {
         self.scan(None);
     }
 
@@ -96,24 +144,31 @@ impl Reloader {
             }
         };
         let present: Vec<String> = std::iter::once(String::new()).chain(found).collect();
-        for (name, _) in self.registry.snapshot().iter() {
-            if !present.contains(name) {
-                tracing::info!(tenant = %name, "tenant folder removed: no longer served");
-                self.registry.remove(name);
-                self.seen.remove(name);
-                self.metrics.generation.remove(&TenantLabel { tenant: name.clone() });
-                self.metrics.plugins_loaded.remove(&TenantLabel { tenant: name.clone() });
-            }
+        let known: BTreeSet<String> = self.registry.snapshot().keys().chain(&self.building).cloned().collect();
+        for name in known.iter().filter(|n| !present.contains(n)) {
+            tracing::info!(tenant = %name, "tenant folder removed: no longer served");
+            self.registry.remove(name);
+            // A build still running for it is dropped when it ends (`take` finds no `seen`).
+            self.seen.remove(name);
+            self.again.remove(name);
+            self.metrics.generation.remove(&TenantLabel { tenant: name.clone() });
+            self.metrics.plugins_loaded.remove(&TenantLabel { tenant: name.clone() });
         }
         for name in present {
-            let known = self.registry.get(&name).is_some();
+            let known = known.contains(&name);
             if !known || only.is_none_or(|o| o.contains(&name)) {
                 self.scan_tenant(&root, &name);
             }
         }
     }
 
+    /// Starts a build of `name` if its folder (or its rules, or the files its manifests read)
+    /// changed since the last attempt.
     fn scan_tenant(&mut self, root: &Folder, name: &str) {
+        if self.building.contains(name) {
+            self.again.insert(name.to_owned());
+            return;
+        }
         let guardrails = self.tenants_file.guardrails(name);
         let previous = self.registry.get(name);
         let dir = if name.is_empty() { root.path().to_path_buf() } else { root.path().join(name) };
@@ -121,7 +176,8 @@ impl Reloader {
         // The files the live generation's manifests read (secrets, CA files) count as content:
         // kubelet rotating a mounted Secret reloads the tenant (on the watcher's event when it
         // is inside the plugin directory, else at the next periodic rescan).
-        let files = previous.as_ref().and_then(|p| p.live.as_ref()).map(|g| files_digest(g)).unwrap_or_default();
+        let live = previous.as_ref().and_then(|p| p.live.clone());
+        let files = live.as_deref().map(files_digest).unwrap_or_default();
         let seen = match &snapshot {
             Ok(s) => format!("{}|{files}|{guardrails:?}", s.content),
             Err(e) => format!("error: {e:#}|{guardrails:?}"),
@@ -130,27 +186,73 @@ impl Reloader {
             return;
         }
         self.seen.insert(name.to_owned(), seen);
-        let live = previous.as_ref().and_then(|p| p.live.clone());
-        let slots = previous.as_ref().map_or_else(|| self.limits.slots(), |p| p.slots.clone());
         let number = live.as_ref().map_or(1, |g| g.number + 1);
-        let started = Instant::now();
         let rules = Arc::new(guardrails.clone());
-        let result = snapshot.and_then(|s| tenant::load_generation(&self.loader, name, &s, guardrails, number));
-        let label = TenantLabel { tenant: name.to_owned() };
-        let state = match result {
+        let (loader, tx, tenant) = (self.loader.clone(), self.tx.clone(), name.to_owned());
+        let build = move || {
+            let started = Instant::now();
+            let result = snapshot.and_then(|s| tenant::load_generation(&loader, &tenant, &s, guardrails, number));
+            let _ = tx.send(Message::Built(Box::new(Built {
+                tenant,
+                dir,
+                rules,
+                number,
+                took: started.elapsed(),
+                result,
+            })));
+        };
+        let spawned = std::thread::Builder::new().name(format!("tollgate-build-{name}")).spawn(build);
+        match spawned {
+            Ok(_) => {
+                self.building.insert(name.to_owned());
+            }
+            Err(e) => {
+                // Tried again at the next change or rescan.
+                tracing::error!(tenant = %name, error = %e, "cannot start a build thread; keeping the tenant as it is");
+                self.seen.remove(name);
+            }
+        }
+    }
+
+    /// Takes a finished build live, or records its refusal; then builds again whatever changed
+    /// while it ran.
+    fn take(&mut self, built: Box<Built>) {
+        let name = built.tenant.clone();
+        self.building.remove(&name);
+        if !self.seen.contains_key(&name) {
+            // The folder went away while it built: nothing to take.
+        } else if *built.rules != self.tenants_file.guardrails(&name) {
+            // The operator changed the rules meanwhile: build again under the new ones.
+            self.seen.remove(&name);
+            self.again.insert(name.clone());
+        } else {
+            self.registry.put(self.state(built));
+        }
+        if self.again.remove(&name) {
+            self.scan(Some(&BTreeSet::from([name])));
+        }
+    }
+
+    fn state(&self, built: Box<Built>) -> TenantState {
+        let Built { tenant: name, dir, rules, number, took, result } = *built;
+        let previous = self.registry.get(&name);
+        let slots = previous.as_ref().map_or_else(|| self.limits.slots(), |p| p.slots.clone());
+        let live = previous.as_ref().and_then(|p| p.live.clone());
+        let label = TenantLabel { tenant: name.clone() };
+        match result {
             Ok(generation) => {
                 tracing::info!(
                     tenant = %name,
                     generation = number,
                     plugins = generation.plugins.len(),
-                    took_ms = started.elapsed().as_millis() as u64,
+                    took_ms = took.as_millis() as u64,
                     "generation live"
                 );
-                self.count(name, "loaded");
+                self.count(&name, "loaded");
                 self.metrics.generation.get_or_create(&label).set(number as i64);
                 self.metrics.plugins_loaded.get_or_create(&label).set(generation.plugins.len() as i64);
                 TenantState {
-                    name: name.to_owned(),
+                    name,
                     dir,
                     live: Some(Arc::new(generation)),
                     refusal: previous.and_then(|p| p.refusal.clone()),
@@ -173,9 +275,9 @@ impl Reloader {
                         tracing::error!(tenant = %name, "refused; this tenant answers 503 until it loads: {reason}")
                     }
                 }
-                self.count(name, "refused");
+                self.count(&name, "refused");
                 TenantState {
-                    name: name.to_owned(),
+                    name,
                     dir,
                     live,
                     refusal: Some(Refusal { at: SystemTime::now(), reason }),
@@ -185,8 +287,7 @@ impl Reloader {
                     epoch: 0,
                 }
             }
-        };
-        self.registry.put(state);
+        }
     }
 
     fn count(&self, tenant: &str, result: &str) {
@@ -234,9 +335,9 @@ impl Reloader {
     /// Watches the plugin directory and the tenants file on a thread of its own, for as long as
     /// the process runs.
     pub fn watch(mut self, rescan_every: Duration) -> Result<()> {
-        let (tx, rx) = channel();
+        let tx = self.tx.clone();
         let mut watcher = notify::recommended_watcher(move |event| {
-            let _ = tx.send(event);
+            let _ = tx.send(Message::Files(event));
         })
         .context("starting the file watcher")?;
         watcher
@@ -254,8 +355,12 @@ impl Reloader {
                 let mut next_rescan = Instant::now() + rescan_every;
                 loop {
                     let wait = next_rescan.saturating_duration_since(Instant::now());
-                    let first = match rx.recv_timeout(wait) {
-                        Ok(event) => event,
+                    let first = match self.rx.recv_timeout(wait) {
+                        Ok(Message::Built(built)) => {
+                            self.take(built);
+                            continue;
+                        }
+                        Ok(Message::Files(event)) => event,
                         Err(RecvTimeoutError::Timeout) => {
                             self.reload_tenants_file();
                             self.scan_all();
@@ -264,12 +369,13 @@ impl Reloader {
                         }
                         Err(RecvTimeoutError::Disconnected) => return,
                     };
-                    // Debounce: gather the burst.
+                    // Debounce: gather the burst (builds that end meanwhile are taken at once).
                     let mut events = vec![first];
                     let burst = Instant::now();
                     while burst.elapsed() < MAX_DELAY {
-                        match rx.recv_timeout(QUIET) {
-                            Ok(event) => events.push(event),
+                        match self.rx.recv_timeout(QUIET) {
+                            Ok(Message::Files(event)) => events.push(event),
+                            Ok(Message::Built(built)) => self.take(built),
                             Err(_) => break,
                         }
                     }
@@ -328,7 +434,7 @@ impl Reloader {
 }
 
 /// A digest of the files a generation's manifests read (a missing file counts as a change).
-fn files_digest(generation: &crate::tenant::Generation) -> String {
+fn files_digest(generation: &Generation) -> String {
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
     for file in generation.plugins.iter().flat_map(|p| &p.files) {

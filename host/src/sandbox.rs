@@ -6,6 +6,7 @@
 //! with nothing granted (no files, environment, arguments or sockets), `wasi:http` limited to what
 //! their manifest grants ([`outbound`]), and a cache of their own ([`kv`]).
 
+pub mod contract;
 pub mod kv;
 pub mod outbound;
 mod output;
@@ -28,12 +29,18 @@ use output::Capture;
 
 mod bindings {
     // The export is called as a future (`call_async`), so a deadline can end it wherever it is,
-    // a host call included; the host's own imports never block and stay plain functions.
-    wasmtime::component::bindgen!({ path: "../wit", world: "policy", exports: { default: async } });
+    // a host call included; the host's own imports never block and stay plain functions. The
+    // contract's values are ours (`contract`): no generated `Debug` prints a token.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+        exports: { default: async },
+        with: { "tollgate:policy/types": super::contract },
+    });
 }
 
 pub use bindings::tollgate::policy::host::Level;
-pub use bindings::tollgate::policy::types::{Decision, Grant, Prior, Review, UserInfo};
+pub use contract::{Decision, Grant, Prior, Review, UserInfo};
 
 /// The name a component must export (any 0.1.x: a 0.1.0 export matches by semver).
 pub const EXPORT: &str = "tollgate:policy/authenticator@0.1.1";
@@ -50,6 +57,19 @@ const LOG_LINES_PER_CALL: usize = 32;
 
 /// Cap on a deny/unavailable reason or a failure message before it reaches the audit log.
 pub const REASON_BYTES: usize = 1024;
+
+/// Host memory a guest can make the host allocate outside its own memory limit. Handles
+/// (streams, pollables, fields): a policy holds a few dozen, and each costs the host a table
+/// slot, so 10,000 is generous for a call yet small next to the plugin's memory cap (wasmtime's
+/// own default is a million).
+const MAX_HANDLES: usize = 10_000;
+/// `wasi:random` bytes in one call: keys and nonces are tens of bytes, and the host allocates
+/// the whole answer before the guest's memory limit sees it (wasmtime's default is 64 MiB).
+const MAX_RANDOM_BYTES: u64 = 64 << 10;
+/// `wasi:http` fields (headers) in one `fields` resource, counted as wasmtime counts them
+/// (in-memory, about twice the wire size): a request to an identity provider carries a few
+/// headers, and kube-apiserver itself sends far less than this.
+const MAX_FIELDS_BYTES: usize = 64 << 10;
 
 /// Server-wide sandbox settings.
 #[derive(Clone, Debug)]
@@ -562,16 +582,20 @@ impl Sandbox {
         deadline: Instant,
         budget: Duration,
     ) -> Store<HostState> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
         let mut state = HostState {
             wasi: None,
-            table: ResourceTable::new(),
+            table,
             limits: GuestLimits { cap: env.memory_bytes as usize, used: 0, exceeded: false },
             env: env.clone(),
             request_id: request_id.to_owned(),
             token: scrub_token.to_owned(),
             log_lines: 0,
             deadline,
-            http: WasiHttpCtx::new(),
+            http,
             hooks: OutboundHooks {
                 grant: if env.vector { None } else { env.outbound.clone() },
                 no_grant: if env.vector {
@@ -778,7 +802,7 @@ impl GuestWasi {
         let stdout = Capture::new();
         let stderr = Capture::new();
         let mut builder = WasiCtx::builder();
-        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        builder.stdout(stdout.clone()).stderr(stderr.clone()).max_random_size(MAX_RANDOM_BYTES);
         if let Some(secs) = clock {
             builder.wall_clock(FixedClock(Duration::from_secs(secs)));
         }
@@ -846,7 +870,7 @@ impl bindings::tollgate::policy::kv::Host for HostState {
     }
 }
 
-impl bindings::tollgate::policy::types::Host for HostState {}
+impl contract::Host for HostState {}
 
 impl bindings::tollgate::policy::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {

@@ -393,3 +393,67 @@ fn a_relative_plugin_directory_reloads_too() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Per-tenant work (issue 12): a tenant whose build is slow — vectors that each take most of
+/// their deadline — delays no other tenant's reload, and a change that lands during its build
+/// goes live right after it.
+#[test]
+fn a_slow_build_delays_no_other_tenants_reload() {
+    const VECTORS: usize = 12;
+    let slow = |user: &str, sleep_ms: u64, vectors: usize| {
+        let mut manifest = probe_manifest(
+            "[limits]\ntimeout_ms = 1000",
+            "sleep",
+            &format!("ms = \"{sleep_ms}\"\nusername = \"{user}\""),
+        );
+        for _ in 0..vectors {
+            manifest += &format!("[[test]]\ntoken = \"t-12345678\"\nexpect = \"allow\"\nusername = \"{user}\"\n");
+        }
+        manifest
+    };
+    let dir = PluginDir::new();
+    dir.add_in("slow", "10-a", built::PROBE, &slow("tollgate:slow:v1", 0, 1));
+    dir.add_in("calm", "10-a", built::PROBE, &allow("tollgate:calm:alice"));
+    let server = Server::start(dir.path(), &[]);
+    wait_user(&server, "/authenticate/slow", Some("tollgate:slow:v1"));
+    let generation = |tenant: &str| {
+        let status = server.get("/status").json();
+        status["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == tenant).unwrap()["live"]["generation"]
+            .as_u64()
+    };
+
+    // A build of about VECTORS × 700 ms starts; the other tenant changes while it runs.
+    std::fs::write(dir.path().join("slow/10-a.toml"), slow("tollgate:slow:v2", 700, VECTORS)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let began = Instant::now();
+    std::fs::write(dir.path().join("calm/10-a.toml"), allow("tollgate:calm:bob")).unwrap();
+    wait_user(&server, "/authenticate/calm", Some("tollgate:calm:bob"));
+    eprintln!("calm reloaded in {:?} during a build of {VECTORS} slow vectors", began.elapsed());
+    assert_eq!(generation("slow"), Some(1), "calm reloaded only once slow's build ended: there is one queue");
+
+    // Changed again during its own build: built right after it, from the folder as it is then.
+    std::fs::write(dir.path().join("slow/10-a.toml"), slow("tollgate:slow:v3", 0, 1)).unwrap();
+    wait_for("slow to answer v3", Duration::from_secs(30), || {
+        (granted_username(&server.review_at("/authenticate/slow", V1, Some("tok-12345678"), &[])).as_deref()
+            == Some("tollgate:slow:v3"))
+        .then_some(())
+    });
+    assert!(refusal(&server, "slow").is_none(), "{:?}", refusal(&server, "slow"));
+}
+
+/// Tenants build at once, but the same component in many tenants (one image, a rollout) is
+/// compiled once: the others wait for that compile and share its code.
+#[test]
+fn the_same_component_in_many_tenants_is_compiled_once() {
+    let dir = PluginDir::new();
+    let tenants = ["t1", "t2", "t3", "t4", "t5", "t6"];
+    for t in tenants {
+        dir.add_in(t, "10-a", built::PROBE, &allow(&format!("tollgate:{t}:alice")));
+    }
+    let server = Server::start(dir.path(), &[]);
+    for t in tenants {
+        wait_user(&server, &format!("/authenticate/{t}"), Some(&format!("tollgate:{t}:alice")));
+    }
+    let compiles = server.logs.text().lines().filter(|l| l.contains("compiled digest=")).count();
+    assert_eq!(compiles, 1, "{}", server.logs.text());
+}

@@ -10,6 +10,8 @@ use tollgate_tests::*;
 /// plugin for `ok-` tokens.
 fn misbehaving_server(socket_addr: &str) -> (PluginDir, Server) {
     let dir = PluginDir::new();
+    // wasi:http is linked only for a plugin with an outbound grant (none is used here).
+    let granted = |manifest: &str| format!("allowed_outbound_hosts = [\"https://example.com\"]\n{manifest}");
     let routed = |prefix: &str, action: &str, limits: &str, config: &str| {
         probe_manifest(&format!("[match]\ntoken_prefix = [\"{prefix}\"]\n{limits}"), action, config)
     };
@@ -25,6 +27,12 @@ fn misbehaving_server(socket_addr: &str) -> (PluginDir, Server) {
         .probe("19-string", &routed("string-", "huge-string", "", ""))
         .probe("20-reason", &routed("reason-", "huge-reason", "", ""))
         .probe("21-chatty", &routed("chatty-", "chatty", "", ""))
+        .probe("22-random", &routed("random-", "random", "", "bytes = \"1048576\"\nusername = \"r\""))
+        .probe("23-handles", &routed("handles-", "handles", "", "n = \"20000\"\nusername = \"h\""))
+        .probe("24-fields", &granted(&routed("fields-", "fields", "", "kib = \"100\"\nusername = \"f\"")))
+        .probe("27-headers", &granted(&routed("headers-", "fields", "", "kib = \"8\"\nusername = \"headers\"")))
+        .probe("25-few", &routed("few-", "handles", "", "n = \"1000\"\nusername = \"few\""))
+        .probe("26-nonce", &routed("nonce-", "random", "", "bytes = \"4096\"\nusername = \"nonce\""))
         .probe("99-ok", &routed("ok-", "allow", "", "username = \"alice\""));
     let server = Server::start(dir.path(), &[]);
     (dir, server)
@@ -95,6 +103,26 @@ fn resource_abuse_fails_closed() {
     assert_failed(&server, "groups-12345678", "18-groups", &["oversized-output"]);
     assert_failed(&server, "string-12345678", "19-string", &["oversized-output"]);
     assert!(server.logs.text().contains("probe panicked on purpose"), "guest stderr reaches the log");
+}
+
+/// What a guest can make the host allocate outside its own memory limit is bounded too: host
+/// handles, random bytes, HTTP header fields. Within the bounds the same calls succeed.
+#[test]
+fn host_allocations_are_bounded() {
+    let (_dir, server) = misbehaving_server("127.0.0.1:9");
+    for (token, plugin, why) in [
+        ("random-12345678", "22-random", "exceeds limit 65536"),
+        ("handles-12345678", "23-handles", "resource table has no free keys"),
+        ("fields-12345678", "24-fields", "total size of fields exceeds limit"),
+    ] {
+        assert_failed(&server, token, plugin, &["trap"]);
+        let lines = server.audit_lines();
+        let reason = lines.iter().rev().find(|l| l["plugin"] == plugin).unwrap()["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(why), "{plugin}: {reason}");
+    }
+    for (token, user) in [("few-12345678", "few"), ("nonce-12345678", "nonce"), ("headers-12345678", "headers")] {
+        assert_eq!(server.review(token).review_status(V1)["user"]["username"], user, "{token}");
+    }
 }
 
 #[test]

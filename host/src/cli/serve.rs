@@ -223,7 +223,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut reloader =
         Reloader::new(loader.clone(), registry.clone(), metrics.clone(), dir, args.tenants.clone(), limits)?;
     let started = std::time::Instant::now();
-    tokio::task::block_in_place(|| reloader.scan_all());
+    tokio::task::block_in_place(|| reloader.load_all());
     tracing::info!(took_ms = started.elapsed().as_millis() as u64, "first load done");
     registry.set_ready();
     reloader.watch(Duration::from_secs(args.rescan_interval_secs))?;

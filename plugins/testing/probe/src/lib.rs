@@ -118,6 +118,32 @@ impl Policy for Probe {
                 }
                 Decision::Allow(configured_grant(&review))
             }
+            // --- host allocations outside the guest's memory ---
+            // Asks the host for `bytes` random bytes, then allows.
+            "random" => {
+                let bytes = wasip2::random::random::get_random_bytes(cfg("bytes").parse().unwrap_or(0));
+                black_box(&bytes);
+                Decision::Allow(configured_grant(&review))
+            }
+            // Holds `n` host handles (clock pollables) at once, then allows.
+            "handles" => {
+                let n: usize = cfg("n").parse().unwrap_or(0);
+                let held: Vec<_> =
+                    (0..n).map(|_| wasip2::clocks::monotonic_clock::subscribe_duration(1 << 40)).collect();
+                black_box(&held);
+                Decision::Allow(configured_grant(&review))
+            }
+            // Appends `kib` 1 KiB header values to one `fields`, then allows.
+            "fields" => {
+                let fields = wasip2::http::types::Fields::new();
+                let value = [b'v'; 1024];
+                for i in 0..cfg("kib").parse().unwrap_or(0u32) {
+                    if let Err(e) = fields.append(&format!("x-h{i}"), &value) {
+                        return Decision::deny(format!("fields refused at {i} KiB: {e:?}"));
+                    }
+                }
+                Decision::Allow(configured_grant(&review))
+            }
             // Reads standard input and waits for more: the sandbox's stdin is closed, so
             // neither waits.
             "stdin" => {
