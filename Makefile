@@ -8,7 +8,7 @@ PLUGINS_DIR := target/plugins
 TOLLGATE := target/release/tollgate
 LANGUAGES := python js c go
 
-.PHONY: run plugins languages test build toolchain clean bench
+.PHONY: run plugins languages test build toolchain clean bench fuzz
 
 ## Installs the guest target when missing (rust-toolchain.toml does not install targets).
 toolchain:
@@ -54,6 +54,13 @@ test: toolchain languages
 
 clean:
 	$(CARGO) clean
+
+## Coverage-guided fuzzing (issue 12): AFL++ on the TokenReview parser, the manifest and tenants
+## file parsers, the guardrails and the scrubber, FUZZ_SECONDS each (default 300). Installs
+## Debian's afl++ when missing; fails when any target crashed (inputs in target/fuzz/out/).
+FUZZ_SECONDS ?= 300
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
 ## Benchmarks (issues 6 and 3): in-process figures (criterion), end to end over loopback HTTP
 ## (wrk; tollgate vs a bare axum ceiling vs the seed's Flask server), hot reload and restart.
