@@ -284,6 +284,27 @@ impl Loader {
         }
 
         let mut warnings = Vec::new();
+        if src.manifest.is_none() {
+            warnings.push(format!(
+                "no {}.toml beside it: loaded with an empty [config] and nothing checked (no [[test]] vectors)",
+                src.name
+            ));
+        } else if manifest.tests.is_empty() {
+            warnings.push("no [[test]] vectors: only the component's world and the manifest were checked".into());
+        }
+        // A key every vector sets and [config] lacks is one the live plugin never sees: most
+        // often a typo in [config] (the vectors pass, and live every review abstains). A key only
+        // some vectors set is an optional feature under test.
+        let all_set = manifest.tests.split_first().map(|(first, rest)| {
+            first.config.keys().filter(|k| rest.iter().all(|t| t.config.contains_key(*k))).collect::<Vec<_>>()
+        });
+        for key in all_set.unwrap_or_default().into_iter().filter(|k| !config.contains_key(*k)) {
+            let near = config.keys().find(|c| edit_distance(c, key) <= 2);
+            warnings.push(format!(
+                "every [[test]] vector sets config key {key:?}, which [config] lacks: live, the plugin never sees it{}",
+                near.map_or(String::new(), |c| format!(" ([config] has {c:?}: a typo?)"))
+            ));
+        }
         let timeout = match manifest.limits.timeout_ms.map(Duration::from_millis) {
             Some(t) if t > self.defaults.max_timeout => {
                 warnings
@@ -410,6 +431,22 @@ impl Loader {
     }
 }
 
+/// Levenshtein distance, for "did you mean" hints on short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// A builder's hold on one digest's compile lock; the last one out, failed or not, removes the
 /// lock, so digests that never compile leave nothing behind.
 struct DigestTurn<'a> {
@@ -524,6 +561,14 @@ mod tests {
     fn jwt(payload: &str) -> String {
         let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.sig", b(r#"{"alg":"RS256"}"#), b(payload))
+    }
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("username", "usernme"), 1);
+        assert_eq!(edit_distance("tokens", "tokns"), 1);
+        assert_eq!(edit_distance("abc", "xyz"), 3);
+        assert_eq!(edit_distance("", "ab"), 2);
     }
 
     #[test]

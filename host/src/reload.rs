@@ -145,7 +145,12 @@ impl Reloader {
         };
         let present: Vec<String> = std::iter::once(String::new()).chain(found).collect();
         let known: BTreeSet<String> = self.registry.snapshot().keys().chain(&self.building).cloned().collect();
-        for name in known.iter().filter(|n| !present.contains(n)) {
+        // Gone from the listing, and not already seen gone (a build may still be running for it).
+        let gone: Vec<&String> = known
+            .iter()
+            .filter(|n| !present.contains(n) && (self.seen.contains_key(*n) || self.registry.get(n).is_some()))
+            .collect();
+        for name in gone {
             tracing::info!(tenant = %name, "tenant folder removed: no longer served");
             self.registry.remove(name);
             // A build still running for it is dropped when it ends (`take` finds no `seen`).

@@ -351,7 +351,9 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Deadline => f.write_str("ran past its deadline"),
+            Failure::Deadline => {
+                f.write_str("ran past its deadline (the manifest's [limits] timeout_ms, or the review's time left)")
+            }
             Failure::Memory => f.write_str("exceeded its memory cap"),
             Failure::StackOverflow => f.write_str("overflowed its stack"),
             Failure::Trap(m) => write!(f, "trapped: {m}"),

@@ -3,6 +3,8 @@
 //! Every string a plugin hands the host (log lines, deny and unavailable reasons, trap messages,
 //! stdout/stderr) goes through [`Scrubber::clean`] before it goes anywhere.
 
+use std::collections::HashMap;
+
 /// Tokens shorter than this are not scrubbed: real bearer tokens are long, and a short one would
 /// match ordinary words ("admin") all over the logs. The same bound applies to the
 /// token-in-grant check.
@@ -36,10 +38,14 @@ impl<'a> Scrubber<'a> {
         self.token.len() >= MIN_SCRUB_LEN && text.contains(self.token)
     }
 
-    /// Replaces the token, escapes control characters, then caps to `max` bytes (on a char
-    /// boundary, marking the cut). Scrubbing comes first so that neither an escape nor a cap can
-    /// leave a fragment of the token behind; escaping keeps a plugin's text on one line, so it
-    /// cannot forge log lines of its own in the text log format.
+    /// Replaces the token and every part of it of [`MIN_SCRUB_LEN`] bytes or more (a plugin that
+    /// logs the "secret half" of a token leaks it as surely as the whole), escapes control
+    /// characters, then caps to `max` bytes (on a char boundary, marking the cut). The exact
+    /// token and the secrets go first, from the whole text, so a cap cannot leave a fragment of
+    /// one behind; parts are looked for in what is kept, so their cost is bounded by `max`.
+    /// Escaping keeps a plugin's text on one line: it cannot forge log lines of its own. (A part
+    /// holding a control character is not found after escaping; bearer tokens hold none, and
+    /// the whole token is replaced before.)
     pub fn clean(&self, text: &str, max: usize) -> String {
         let mut scrubbed = if self.contains_token(text) { text.replace(self.token, REDACTED) } else { text.to_owned() };
         for secret in self.secrets.iter().filter(|s| s.len() >= MIN_SCRUB_LEN) {
@@ -47,13 +53,83 @@ impl<'a> Scrubber<'a> {
                 scrubbed = scrubbed.replace(secret.as_str(), REDACTED_SECRET);
             }
         }
-        cap(one_line(scrubbed), max)
+        let mut end = scrubbed.len().min(max);
+        while !scrubbed.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = scrubbed.len() - end;
+        scrubbed.truncate(end);
+        // Parts are looked for after escaping, so an escape cannot complete one (`\n` + 7 bytes).
+        cap_counting(without_parts_of(self.token, one_line(scrubbed)), max, cut)
     }
 
     /// As [`Self::clean`], for bytes that may not be UTF-8 (guest stdout/stderr).
     pub fn clean_bytes(&self, bytes: &[u8], max: usize) -> String {
         self.clean(&String::from_utf8_lossy(bytes), max)
     }
+}
+
+/// `text` with every run that also occurs in `token` replaced by [`REDACTED`], for runs of
+/// [`MIN_SCRUB_LEN`] bytes or more: each of the text's windows of that length is looked up among
+/// the token's, in one pass over each (the text is at most a cap's length; the token any).
+fn without_parts_of(token: &str, text: String) -> String {
+    const W: usize = MIN_SCRUB_LEN;
+    if token.len() < W || text.len() < W {
+        return text;
+    }
+    let bytes = text.as_bytes();
+    let mut starts: HashMap<[u8; W], Vec<usize>> = HashMap::new();
+    for (i, window) in bytes.windows(W).enumerate() {
+        if let Ok(key) = <[u8; W]>::try_from(window) {
+            starts.entry(key).or_default().push(i);
+        }
+    }
+    let mut covered = vec![false; bytes.len()];
+    let mut found = false;
+    for window in token.as_bytes().windows(W) {
+        if starts.is_empty() {
+            break;
+        }
+        if let Some(at) = <[u8; W]>::try_from(window).ok().and_then(|key| starts.remove(&key)) {
+            for i in at {
+                covered[i..i + W].fill(true);
+            }
+            found = true;
+        }
+    }
+    if !found {
+        return text;
+    }
+    // Widen each covered run to whole characters: every cut below is on a char boundary.
+    let mut i = 0;
+    while i < bytes.len() {
+        if !covered[i] {
+            i += 1;
+            continue;
+        }
+        let mut start = i;
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = covered[i..].iter().position(|&c| !c).map_or(bytes.len(), |n| i + n);
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        covered[start..end].fill(true);
+        i = end;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let run = covered[i];
+        let end = covered[i..].iter().position(|&c| c != run).map_or(bytes.len(), |n| i + n);
+        match text.get(i..end) {
+            Some(kept) if !run => out.push_str(kept),
+            _ => out.push_str(REDACTED),
+        }
+        i = end;
+    }
+    out
 }
 
 /// `text` with its control characters escaped (`\n`, `\r`, `\t`, `\u{1b}`...).
@@ -73,15 +149,20 @@ pub fn one_line(text: String) -> String {
 }
 
 /// Caps `text` to at most `max` bytes plus a short marker, cutting on a char boundary.
-pub fn cap(mut text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
+pub fn cap(text: String, max: usize) -> String {
+    cap_counting(text, max, 0)
+}
+
+/// As [`cap`], the marker also counting the `already` bytes an earlier cut dropped.
+fn cap_counting(mut text: String, max: usize, already: usize) -> String {
+    let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let dropped = text.len() - end;
+    let dropped = text.len() - end + already;
+    if dropped == 0 {
+        return text;
+    }
     text.truncate(end);
     text.push_str(&format!("…[{dropped} bytes cut]"));
     text
@@ -108,6 +189,22 @@ mod tests {
         // A cap that falls inside the token must not leave a prefix of it.
         let out = s.clean("xxxxs3cr3t-t0ken", 8);
         assert!(!out.contains("s3cr"), "{out}");
+    }
+
+    #[test]
+    fn parts_of_the_token_are_scrubbed_too() {
+        let s = Scrubber::new("team-qa-0123abcd");
+        assert_eq!(s.clean("suffix qa-0123abcd, prefix team-qa-", 100), "suffix [token], prefix [token]");
+        // Shorter than MIN_SCRUB_LEN: ordinary words stay.
+        assert_eq!(s.clean("team qa 0123", 100), "team qa 0123");
+        // Runs that touch are one; multi-byte characters are never split.
+        let s = Scrubber::new("ééééabcdefgh");
+        assert_eq!(s.clean("xéééabcdefghé", 100), "x[token]é");
+        // A part cut by the cap is still a part.
+        let s = Scrubber::new("0123456789abcdef");
+        let out = s.clean("xx0123456789", 10);
+        assert!(!out.contains("01234567"), "{out}");
+        assert!(out.ends_with("…[2 bytes cut]"), "{out}");
     }
 
     #[test]

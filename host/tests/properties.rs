@@ -154,6 +154,26 @@ proptest! {
         prop_assert!(glob_match(&open, &longer));
     }
 
+    /// Nor any part of the token of 8 bytes or more, wherever and however often the plugin puts
+    /// one, cut by the cap or not. (Tokens of the bearer-token alphabet: the host's own markers
+    /// and escapes hold characters outside it.)
+    #[test]
+    fn no_part_of_the_token_comes_out(token in "[A-Za-z0-9._-]{8,48}",
+                                      cuts in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 1..5),
+                                      separator in any::<String>(), max in 0usize..300) {
+        let parts: Vec<&str> = cuts
+            .iter()
+            .map(|(a, b)| {
+                let (a, b) = (a.index(token.len() + 1), b.index(token.len() + 1));
+                &token[a.min(b)..a.max(b)]
+            })
+            .collect();
+        let clean = Scrubber::new(&token).clean(&parts.join(&separator), max);
+        for part in token.as_bytes().windows(MIN_SCRUB_LEN) {
+            prop_assert!(!clean.as_bytes().windows(MIN_SCRUB_LEN).any(|w| w == part), "{clean:?}");
+        }
+    }
+
     /// Whatever a plugin says: the token (8 bytes or more) and its secrets never come out, nor
     /// a control character, and the length is capped. (Tokens are drawn without `[`, `\` and
     /// `…`, the characters the host's own markers and escapes are made of: a bearer token is

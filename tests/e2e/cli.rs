@@ -99,6 +99,38 @@ fn check_runs_every_vector_and_reports_one_line_per_plugin() {
     assert!(out.contains("FAIL") && out.contains("not a WebAssembly component"), "{out}");
 }
 
+/// What `check` could not check, it says (issue 16): a component without its manifest, a
+/// manifest without vectors, a `[config]` key that only the vectors supply (a typo in
+/// `[config]`: the vectors pass and every live review abstains).
+#[test]
+fn check_says_what_it_could_not_check() {
+    let dir = PluginDir::new();
+    std::fs::copy(built::PROBE, dir.path().join("bare.wasm")).unwrap();
+    dir.probe("untested", &probe_manifest("", "allow", "username = \"x\"")).probe(
+        "typo",
+        &probe_manifest(
+            "[[test]]\ntoken = \"t-1\"\nexpect = \"allow\"\nusername = \"x\"\nconfig = { username = \"x\" }",
+            "allow",
+            "usernme = \"x\"",
+        ),
+    );
+    let (code, out, _) = run_cli(&["check", dir.path().to_str().unwrap()], "");
+    assert_eq!(code, 0, "warnings are not failures: {out}");
+    let warning = |plugin: &str| {
+        out.lines()
+            .filter(|l| l.starts_with("warn") && l.contains(&format!("{plugin}.wasm")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(warning("bare").contains("no bare.toml beside it"), "{out}");
+    assert!(warning("untested").contains("no [[test]] vectors"), "{out}");
+    let typo = warning("typo");
+    assert!(
+        typo.contains("config key \"username\", which [config] lacks") && typo.contains("[config] has \"usernme\""),
+        "{out}"
+    );
+}
+
 #[test]
 fn serve_refuses_plain_http_off_loopback() {
     let dir = examples_dir();

@@ -394,23 +394,22 @@ fn a_relative_plugin_directory_reloads_too() {
     let _ = child.wait();
 }
 
+/// A probe that allows `user` after sleeping `sleep_ms` in each of its `vectors` vectors.
+fn slow(user: &str, sleep_ms: u64, vectors: usize) -> String {
+    let mut manifest =
+        probe_manifest("[limits]\ntimeout_ms = 1000", "sleep", &format!("ms = \"{sleep_ms}\"\nusername = \"{user}\""));
+    for _ in 0..vectors {
+        manifest += &format!("[[test]]\ntoken = \"t-12345678\"\nexpect = \"allow\"\nusername = \"{user}\"\n");
+    }
+    manifest
+}
+
 /// Per-tenant work (issue 12): a tenant whose build is slow — vectors that each take most of
 /// their deadline — delays no other tenant's reload, and a change that lands during its build
 /// goes live right after it.
 #[test]
 fn a_slow_build_delays_no_other_tenants_reload() {
     const VECTORS: usize = 12;
-    let slow = |user: &str, sleep_ms: u64, vectors: usize| {
-        let mut manifest = probe_manifest(
-            "[limits]\ntimeout_ms = 1000",
-            "sleep",
-            &format!("ms = \"{sleep_ms}\"\nusername = \"{user}\""),
-        );
-        for _ in 0..vectors {
-            manifest += &format!("[[test]]\ntoken = \"t-12345678\"\nexpect = \"allow\"\nusername = \"{user}\"\n");
-        }
-        manifest
-    };
     let dir = PluginDir::new();
     dir.add_in("slow", "10-a", built::PROBE, &slow("tollgate:slow:v1", 0, 1));
     dir.add_in("calm", "10-a", built::PROBE, &allow("tollgate:calm:alice"));
@@ -456,4 +455,28 @@ fn the_same_component_in_many_tenants_is_compiled_once() {
     }
     let compiles = server.logs.text().lines().filter(|l| l.contains("compiled digest=")).count();
     assert_eq!(compiles, 1, "{}", server.logs.text());
+}
+
+/// A tenant folder removed while it builds stays removed: the end of its build brings nothing
+/// back.
+#[test]
+fn a_folder_removed_during_its_build_stays_removed() {
+    let dir = PluginDir::new();
+    dir.add_in("calm", "10-a", built::PROBE, &allow("tollgate:calm:alice"));
+    let server = Server::start(dir.path(), &[]);
+    // The new tenant appears whole (a rename), with a build of about 4 × 500 ms.
+    let staging = dir.path().join(".staging");
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::copy(built::PROBE, staging.join("10-a.wasm")).unwrap();
+    std::fs::write(staging.join("10-a.toml"), slow("tollgate:gone:v1", 500, 4)).unwrap();
+    std::fs::rename(&staging, dir.path().join("gone")).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::remove_dir_all(dir.path().join("gone")).unwrap();
+    // Past the build's end, and a rescan's worth of events.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = server.get("/status").json();
+    assert!(!status["tenants"].as_array().unwrap().iter().any(|t| t["tenant"] == "gone"), "{status}");
+    assert_eq!(server.review_at("/authenticate/gone", V1, Some("tok-12345678"), &[]).status, 404);
+    assert!(server.logs.text().matches("tenant folder removed").count() <= 1, "{}", server.logs.text());
+    wait_user(&server, "/authenticate/calm", Some("tollgate:calm:alice"));
 }

@@ -18,8 +18,11 @@ use crate::vectors::describe;
 
 #[derive(Args, Debug)]
 pub struct ReviewArgs {
+    /// The plugin directory, as `serve --plugins` takes it: its root is the default tenant,
+    /// each sub-folder a named tenant.
     #[arg(long)]
     pub plugins: PathBuf,
+    /// The operator's tenants file (guardrails per tenant), as `serve --tenants` takes it.
     #[arg(long)]
     pub tenants: Option<PathBuf>,
     /// The tenant folder to use ("" = the default tenant, the directory itself).
@@ -38,6 +41,7 @@ pub struct ReviewArgs {
     /// Print each plugin's decision (to standard error).
     #[arg(long)]
     pub explain: bool,
+    /// The whole review's deadline, as `serve --review-timeout-ms`.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub review_timeout_ms: u64,
     #[command(flatten)]
