@@ -1,6 +1,8 @@
 //! Prometheus metrics (SPEC §9). Labels hold tenant, plugin, result, outcome and rule names —
 //! never a token or a username — and only for tenants that exist.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -51,6 +53,35 @@ pub struct CodeLabel {
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The review outcomes and plugin step results (`chain::Outcome::class`, `StepResult::class`)
+/// that [`Meters`] keeps a handle for; any other is counted through its family directly.
+const OUTCOMES: [&str; 8] =
+    ["authenticated", "refused", "denied", "plugin-failed", "unavailable", "deadline", "overloaded", "internal"];
+const STEPS: [&str; 7] = ["skipped", "allow", "deny", "abstain", "unavailable", "failed", "refused"];
+
+/// One generation's metric handles, each resolved (label built, family locked) at its first use
+/// and then only bumped: a review allocates no label. Kept beside the generation, so a reload
+/// starts afresh; a series appears in `/metrics` only once used, as before.
+#[derive(Default)]
+pub struct Meters {
+    reviews: [OnceLock<Counter>; OUTCOMES.len()],
+    duration: OnceLock<Histogram>,
+    plugins: Vec<(String, PluginMeters)>,
+}
+
+#[derive(Default)]
+struct PluginMeters {
+    calls: [OnceLock<Counter>; STEPS.len()],
+    warm: OnceLock<Counter>,
+    duration: OnceLock<Histogram>,
+}
+
+impl Meters {
+    pub fn new(plugins: impl IntoIterator<Item = String>) -> Self {
+        Self { plugins: plugins.into_iter().map(|p| (p, PluginMeters::default())).collect(), ..Self::default() }
+    }
+}
 
 /// 10 µs to ~10 s in 21 doubling buckets: a compiled plugin answers in tens of µs, the review
 /// deadline is at most 10 s.
@@ -174,27 +205,41 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Counts one evaluated review of `tenant`.
-    pub fn record(&self, tenant: &str, verdict: &Verdict, seconds: f64) {
+    /// Counts one evaluated review of `tenant`, through its generation's `meters`.
+    pub fn record(&self, tenant: &str, meters: &Meters, verdict: &Verdict, seconds: f64) {
         let t = || tenant.to_owned();
-        self.reviews.get_or_create(&TenantResult { tenant: t(), result: verdict.outcome.class().into() }).inc();
-        self.review_duration.get_or_create(&TenantLabel { tenant: t() }).observe(seconds);
+        let class = verdict.outcome.class();
+        let reviews = || self.reviews.get_or_create(&TenantResult { tenant: t(), result: class.into() }).clone();
+        match OUTCOMES.iter().position(|c| *c == class) {
+            Some(i) => meters.reviews[i].get_or_init(reviews).inc(),
+            None => reviews().inc(),
+        };
+        meters
+            .duration
+            .get_or_init(|| self.review_duration.get_or_create(&TenantLabel { tenant: t() }).clone())
+            .observe(seconds);
         for step in &verdict.steps {
-            self.plugin_calls
-                .get_or_create(&PluginOutcome {
-                    tenant: t(),
-                    plugin: step.plugin.clone(),
-                    outcome: step.result.class().into(),
-                })
-                .inc();
+            let label = || PluginLabel { tenant: t(), plugin: step.plugin.clone() };
+            let fresh = PluginMeters::default();
+            let plugin = meters.plugins.iter().find(|(name, _)| *name == step.plugin).map_or(&fresh, |(_, m)| m);
+            let class = step.result.class();
+            let calls = || {
+                let label = PluginOutcome { tenant: t(), plugin: step.plugin.clone(), outcome: class.into() };
+                self.plugin_calls.get_or_create(&label).clone()
+            };
+            match STEPS.iter().position(|c| *c == class) {
+                Some(i) => plugin.calls[i].get_or_init(calls).inc(),
+                None => calls().inc(),
+            };
             if step.stats.warm {
-                self.warm_calls.get_or_create(&PluginLabel { tenant: t(), plugin: step.plugin.clone() }).inc();
+                plugin.warm.get_or_init(|| self.warm_calls.get_or_create(&label()).clone()).inc();
             } else if !step.stats.instantiate.is_zero() {
                 self.instantiation.observe(step.stats.instantiate.as_secs_f64());
             }
             if !step.duration.is_zero() {
-                self.plugin_duration
-                    .get_or_create(&PluginLabel { tenant: t(), plugin: step.plugin.clone() })
+                plugin
+                    .duration
+                    .get_or_init(|| self.plugin_duration.get_or_create(&label()).clone())
                     .observe(step.duration.as_secs_f64());
             }
         }

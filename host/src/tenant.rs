@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::confine::{self, Folder};
 use crate::guardrails::{FolderLimits, GuardrailSpec, Guardrails};
+use crate::metrics::Meters;
 use crate::plugin::{Loader, Plugin, PluginSource};
 use sha2::{Digest as _, Sha256};
 
@@ -26,6 +27,8 @@ pub struct Generation {
     /// by them). Reviews are checked against the rules in force, which may be newer.
     pub built_under: Guardrails,
     pub loaded_at: SystemTime,
+    /// Its metric handles (resolved once, not per review).
+    pub meters: Meters,
 }
 
 /// The operator's tenants file (`--tenants FILE`): guardrails per tenant. It lives outside the
@@ -257,7 +260,14 @@ pub fn load_generation(
         }
         plugins.push(Arc::new(plugin));
     }
-    Ok(Generation { tenant: tenant.to_owned(), number, plugins, built_under: guardrails, loaded_at: SystemTime::now() })
+    Ok(Generation {
+        tenant: tenant.to_owned(),
+        number,
+        meters: Meters::new(plugins.iter().map(|p| p.name.clone())),
+        plugins,
+        built_under: guardrails,
+        loaded_at: SystemTime::now(),
+    })
 }
 
 #[cfg(test)]
