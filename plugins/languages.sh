@@ -178,7 +178,8 @@ build_js() {
 	mkdir -p "$OUT/js"
 	for p in static-tokens group-mapper; do
 		# QuickJS backend; no WASI at all (stubbed: traps if reached) and no async intrinsics, so
-		# the component imports nothing but tollgate:policy/host (TOOLCHAINS.md pitfalls 5, 6).
+		# the component imports nothing but tollgate:policy/host: wasmtime 48 refuses the async
+		# intrinsics, and the stubs keep WASI out (at the price of exception messages: plugins/js/README.md).
 		# jco resolves the entry against its working directory.
 		(cd plugins/js && quiet node_modules/.bin/jco componentize "$p.js" -w ../../wit -n policy \
 			--backend qjs --backend-qjs-stub-wasi --backend-qjs-disable-async \
