@@ -73,11 +73,18 @@ pub struct PluginArgs {
     /// most an eighth; a review that finds no free slot is overload (503).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub max_instances: u32,
+    /// Compiled plugins are kept here (outside the plugin directory, mode 0700), so a restart
+    /// — or the next `check` of an 18 MB Python component — compiles nothing that did not change.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the compile cache; least recently used entries go first.
+    #[arg(long, default_value_t = 1024)]
+    pub cache_max_mib: u64,
 }
 
 impl PluginArgs {
-    /// The loader every command uses; `cache` is the compile cache's directory and size bound.
-    pub fn loader(&self, cache: Option<(&Path, u64)>) -> Result<Loader> {
+    /// The loader every command uses (with the compile cache when `--cache-dir` is given).
+    pub fn loader(&self) -> Result<Loader> {
         anyhow::ensure!(self.plugin_timeout_ms > 0, "--plugin-timeout-ms must be positive");
         anyhow::ensure!(
             self.plugin_timeout_ms <= self.max_plugin_timeout_ms,
@@ -93,7 +100,11 @@ impl PluginArgs {
             pool_instances: self.max_instances,
             ..SandboxConfig::default()
         })?;
-        let disk = cache.map(|(dir, max_bytes)| DiskCache::open(dir, sandbox.engine_hash(), max_bytes)).transpose()?;
+        let disk = self
+            .cache_dir
+            .as_deref()
+            .map(|dir| DiskCache::open(dir, sandbox.engine_hash(), self.cache_max_mib << 20))
+            .transpose()?;
         let defaults = PluginDefaults {
             timeout: Duration::from_millis(self.plugin_timeout_ms),
             max_timeout: Duration::from_millis(self.max_plugin_timeout_ms),

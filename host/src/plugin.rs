@@ -4,7 +4,7 @@
 //! alike: size check, manifest, compile (once per content digest), fit-the-world check, and every
 //! `[[test]]` vector. A plugin that fails any step never goes live.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
@@ -163,7 +163,17 @@ pub struct Loader {
     compiling: (Mutex<usize>, Condvar),
     /// Per digest being compiled, the lock its other builders wait on.
     compiling_digest: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// The most recently loaded code, kept alive beyond the generations that use it (newest
+    /// first; see `RECENT_CODES`).
+    recent: Mutex<VecDeque<Arc<Code>>>,
 }
+
+/// Code kept in memory after its last generation went: a rollback, or a swap back and forth
+/// between two versions, then compiles nothing. At most this many components and this many
+/// component bytes (compiled code takes a few times that): a Rust policy is 0.1-0.3 MB, so
+/// dozens of versions fit; one 18 MB Python component fits, and pins tens of MB, not hundreds.
+const RECENT_CODES: usize = 8;
+const RECENT_BYTES: usize = 32 << 20;
 
 /// Compiles at once. One compile already runs on every core (wasmtime compiles functions in
 /// parallel), so more at once only add memory; and a tenant's build waits here at most for the
@@ -184,6 +194,7 @@ impl Loader {
             warm_tenants: Mutex::default(),
             compiling: Default::default(),
             compiling_digest: Mutex::default(),
+            recent: Mutex::default(),
         }
     }
 
@@ -365,9 +376,27 @@ impl Loader {
         Ok(plugin)
     }
 
-    /// Compiled code for these bytes: from memory if any live generation already uses it, else
-    /// from the disk cache, else compiled (and cached).
+    /// Compiled code for these bytes: from memory if a live generation uses it or it is among
+    /// the recent ones, else from the disk cache, else compiled (and cached).
     pub fn code(&self, bytes: &[u8]) -> Result<Arc<Code>> {
+        let code = self.find_or_compile(bytes)?;
+        self.remember(&code);
+        Ok(code)
+    }
+
+    /// Keeps `code` among the `RECENT_CODES`, as the newest.
+    fn remember(&self, code: &Arc<Code>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|c| !Arc::ptr_eq(c, code));
+        recent.push_front(code.clone());
+        while recent.len() > RECENT_CODES
+            || (recent.len() > 1 && recent.iter().map(|c| c.size).sum::<usize>() > RECENT_BYTES)
+        {
+            recent.pop_back();
+        }
+    }
+
+    fn find_or_compile(&self, bytes: &[u8]) -> Result<Arc<Code>> {
         let digest = crate::sandbox::digest(bytes);
         let cached = || self.codes.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).and_then(Weak::upgrade);
         if let Some(code) = cached() {

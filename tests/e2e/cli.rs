@@ -147,3 +147,20 @@ fn a_manifest_typo_is_refused_not_ignored() {
     assert_eq!(code, 1);
     assert!(out.contains("unknown field `rol`"), "{out}");
 }
+
+/// `check` and `review` take `--cache-dir` as `serve` does: an author iterating on a large
+/// component pays its compile once.
+#[test]
+fn check_and_review_use_the_compile_cache() {
+    let dir = examples_dir();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("cache");
+    let plugins = dir.path().to_str().unwrap();
+    let args = ["--cache-dir", cache_dir.to_str().unwrap()];
+    let (code, out, err) = run_cli(&[&["check", plugins][..], &args].concat(), "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("compiled digest="), "{err}");
+    let (code, out, err) = run_cli(&[&["review", "--plugins", plugins][..], &args].concat(), &format!("{BOB}\n"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("loaded from the compile cache") && !err.contains("compiled digest="), "{err}");
+}

@@ -480,3 +480,30 @@ fn a_folder_removed_during_its_build_stays_removed() {
     assert!(server.logs.text().matches("tenant folder removed").count() <= 1, "{}", server.logs.text());
     wait_user(&server, "/authenticate/calm", Some("tollgate:calm:alice"));
 }
+
+/// A rollback compiles nothing (issue 13): the previous version's code is kept in memory after
+/// its generation went, without `--cache-dir`.
+#[test]
+fn a_rollback_compiles_nothing() {
+    let v1 = std::fs::read(built::PROBE).unwrap();
+    // The same component with a custom section appended: another digest, the same behaviour.
+    let mut v2 = v1.clone();
+    v2.extend_from_slice(&[0, 6, 5, b'v', b'-', b't', b'w', b'o']);
+    let dir = PluginDir::new();
+    dir.probe("10-a", &allow("alice"));
+    let server = Server::start(dir.path(), &[]);
+    let digest = || {
+        let status = server.get("/status").json();
+        status["tenants"][0]["live"]["plugins"][0]["digest"].as_str().map(str::to_owned)
+    };
+    let first = digest().unwrap();
+    for (wasm, version) in [(&v2, "v2"), (&v1, "v1 again")] {
+        let before = digest();
+        std::fs::write(dir.path().join("10-a.wasm"), wasm).unwrap();
+        wait_for(&format!("{version} live"), Duration::from_secs(15), || (digest() != before).then_some(()));
+    }
+    assert_eq!(digest().as_deref(), Some(first.as_str()));
+    let compiled: Vec<_> =
+        server.logs.text().lines().filter(|l| l.contains("compiled digest=")).map(str::to_owned).collect();
+    assert_eq!(compiled.len(), 2, "v1 and v2 once each: {compiled:#?}");
+}

@@ -28,7 +28,7 @@ pub struct CheckArgs {
 /// Prints one line per plugin; exits 1 if anything failed.
 pub fn run(args: CheckArgs) -> Result<i32> {
     let tenants = tenants_file(args.tenants.as_deref())?;
-    let mut check = Checker { loader: args.plugin.loader(None)?, tenants, passed: Vec::new(), failed: 0 };
+    let mut check = Checker { loader: args.plugin.loader()?, tenants, passed: Vec::new(), failed: 0 };
     for path in &args.paths {
         if path.is_dir() {
             match Folder::open(path) {

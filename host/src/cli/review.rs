@@ -54,7 +54,7 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
     anyhow::ensure!(args.tenant.is_empty() || tenant::valid_tenant_name(&args.tenant), "--tenant must be a DNS label");
     let token = read_token(args.token_file.as_ref())?;
     let guardrails = tenants_file(args.tenants.as_deref())?.guardrails(&args.tenant);
-    let loader = args.plugin.loader(None)?;
+    let loader = args.plugin.loader()?;
     // Read as serve reads it: beneath the plugin directory and within the tenant's bounds.
     let root = Folder::open(&dir)?;
     let snapshot = tenant::read_tenant(&root, &args.tenant, &guardrails.folder, loader.defaults().max_plugin_bytes)?;

@@ -88,13 +88,6 @@ pub struct ServeArgs {
     /// Bound on the decision cache.
     #[arg(long, default_value_t = 10_000)]
     pub cache_max_entries: usize,
-    /// Compiled plugins are kept here (outside the plugin directory, mode 0700), so a restart
-    /// compiles nothing that did not change.
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Bound on the compile cache; least recently used entries go first.
-    #[arg(long, default_value_t = 1024)]
-    pub cache_max_mib: u64,
     /// Full rescan of the plugin directory every this many seconds, a safety net for lost
     /// file events.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -133,7 +126,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let dir = plugin_dir(&args.plugins)?;
     // Tenants may be able to write the plugin directory: the operator's files stay out of it.
-    for (flag, path) in [("--tenants", &args.tenants), ("--cache-dir", &args.cache_dir)] {
+    for (flag, path) in [("--tenants", &args.tenants), ("--cache-dir", &args.plugin.cache_dir)] {
         if let Some(path) = path
             && inside(&dir, path)?
         {
@@ -158,14 +151,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let metrics = Arc::new(Metrics::new());
     let audit = AuditLog::open(&args.audit_log, fingerprints, metrics.audit_dropped.clone())?;
-    let cache = args.cache_dir.as_deref().map(|d| (d, args.cache_max_mib << 20));
-    let mut loader = args.plugin.loader(cache)?;
+    let mut loader = args.plugin.loader()?;
     // No manifest may read the server's own key material through secret_files or ca_file.
     loader.protect(
         [args.tls_key.clone(), args.tls_cert.clone(), args.fingerprint_key_file.clone()]
             .into_iter()
             .flatten()
-            .chain(args.cache_dir.as_ref().map(|d| d.join("key"))),
+            .chain(args.plugin.cache_dir.as_ref().map(|d| d.join("key"))),
     );
     let loader = Arc::new(loader);
     if !loader.sandbox().pooling() {
