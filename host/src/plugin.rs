@@ -170,8 +170,9 @@ pub struct Loader {
 
 /// Code kept in memory after its last generation went: a rollback, or a swap back and forth
 /// between two versions, then compiles nothing. At most this many components and this many
-/// component bytes (compiled code takes a few times that): a Rust policy is 0.1-0.3 MB, so
-/// dozens of versions fit; one 18 MB Python component fits, and pins tens of MB, not hundreds.
+/// component bytes (compiled code takes a few times that): eight Rust policies (0.1-0.3 MB
+/// each) stay far under the byte bound; one 18 MB Python component fits, and pins tens of MB,
+/// not hundreds.
 const RECENT_CODES: usize = 8;
 const RECENT_BYTES: usize = 32 << 20;
 
