@@ -1,8 +1,10 @@
-//! Issue 8: what verifying a JWT in the sandbox costs. The `oidc-jwt` component with a warm key
-//! cache (the JWKS already in its `tollgate:policy/kv`, so a review is: read the cache, parse the
-//! JWKS, verify the signature, check the claims) next to the very same code (`jwt-verify`) run
-//! natively, RS256 and ES256, in fresh and in warm instances (one plugin call each) — side by side in one run, each
-//! round timing a batch of every variant in turn.
+//! What verifying a JWT in the sandbox costs (issues 8 and 13). The `oidc-jwt` policy in Rust,
+//! Python and JavaScript with a warm key cache (the JWKS already in its `tollgate:policy/kv`, so a
+//! review is: read the cache, have the host verify the signature with `tollgate:policy/crypto`,
+//! check the claims) next to the same work natively (the host's own `verify_jws` behind the same
+//! key cache, and `jwt-verify`'s claim checks), RS256 and ES256, in fresh and in warm instances
+//! (one plugin call each) — side by side in one run, each round timing a batch of every variant
+//! in turn.
 //!
 //! `cargo bench -p tollgate --bench oidc` (part of `make bench`). Writes
 //! `$TOLLGATE_BENCH_OUT/oidc.json` for the report.
@@ -12,9 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use jwt_verify::{Jwt, KeySet, Rules, check_claims, string_list};
+use jwt_verify::{Rules, check_claims, claims, string_list};
 use serde_json::{Value, json};
 use tollgate::plugin::{Loader, PluginDefaults, PluginSource};
+use tollgate::sandbox::crypto::KeyCache;
 use tollgate::sandbox::{Decision, PluginEnv, Review, Sandbox, SandboxConfig};
 use tollgate::tenant::{Generation, Snapshot, TenantsFile, load_generation};
 use tollgate_bench::{fixtures, stats};
@@ -103,96 +106,72 @@ fn in_sandbox(sandbox: &Sandbox, generation: &Generation, token: &str) -> Result
     Ok(took)
 }
 
-/// What the guest does per review, natively: the cached JWKS parsed, the signature verified,
-/// the claims checked, the user and groups named.
-fn native(f: &Fixture, token: &str) -> Result<Duration> {
+/// What a review costs natively: the host's own `verify_jws` behind the same per-plugin key
+/// cache the import uses (a hash of the JWKS text, then the check), the claims checked and the
+/// user and groups named with `jwt-verify`, as the Rust guest does.
+fn native(f: &Fixture, keys: &KeyCache, token: &str) -> Result<Duration> {
     let started = Instant::now();
-    let jwt = Jwt::parse(token).context("a JWT")?;
-    let keys = KeySet::parse(std::hint::black_box(f.jwks.as_bytes())).map_err(anyhow::Error::msg)?;
-    let key = keys.find(jwt.kid.as_deref(), &jwt.alg).context("its key")?;
-    jwt.verify(key).map_err(anyhow::Error::msg)?;
+    let set = keys.key_set(std::hint::black_box(&f.jwks)).map_err(anyhow::Error::msg)?;
+    let algs = ["RS256".to_owned(), "ES256".to_owned()];
+    let verified = tollgate_crypto::verify_jws(token, &set, &algs).map_err(anyhow::Error::msg)?;
+    let claims = claims(&verified.payload).map_err(anyhow::Error::msg)?;
     let audiences = ["kubernetes".to_owned()];
     let rules = Rules { issuer: &f.issuer, audiences: &audiences, skew: 60, now: f.now };
-    check_claims(&jwt.claims, &rules).map_err(anyhow::Error::msg)?;
-    let user = format!("oidc:{}", jwt.claims.get("sub").and_then(Value::as_str).context("sub")?);
-    let groups: Vec<String> = string_list(&jwt.claims, "groups")
-        .map_err(anyhow::Error::msg)?
-        .into_iter()
-        .map(|g| format!("oidc:{g}"))
-        .collect();
+    check_claims(&claims, &rules).map_err(anyhow::Error::msg)?;
+    let user = format!("oidc:{}", claims.get("sub").and_then(Value::as_str).context("sub")?);
+    let groups: Vec<String> =
+        string_list(&claims, "groups").map_err(anyhow::Error::msg)?.into_iter().map(|g| format!("oidc:{g}")).collect();
     std::hint::black_box((user, groups));
     Ok(started.elapsed())
 }
 
-/// The signature check alone, keys parsed beforehand: what a host crypto import could speed up.
-fn native_verify_only(keys: &KeySet, token: &str) -> Result<Duration> {
-    let jwt = Jwt::parse(token).context("a JWT")?;
-    let key = keys.find(jwt.kid.as_deref(), &jwt.alg).context("its key")?;
+/// The signature check alone, as the host's import does it once the keys are parsed.
+fn verify_only(f: &Fixture, keys: &KeyCache, token: &str) -> Result<Duration> {
+    let set = keys.key_set(&f.jwks).map_err(anyhow::Error::msg)?;
+    let algs = ["RS256".to_owned(), "ES256".to_owned()];
     let started = Instant::now();
-    jwt.verify(key).map_err(anyhow::Error::msg)?;
+    tollgate_crypto::verify_jws(token, &set, &algs).map_err(anyhow::Error::msg)?;
     Ok(started.elapsed())
 }
 
-/// The same signature check with ring, the host's own crypto (rustls): what a host import
-/// `verify(alg, key, signing-input, signature)` would cost, keys decoded beforehand.
-struct RingKeys {
-    rsa: (Vec<u8>, Vec<u8>),
-    ec: Vec<u8>,
-}
-
-fn ring_keys(jwks: &str) -> Result<RingKeys> {
-    use base64::Engine as _;
-    let doc: Value = serde_json::from_str(jwks)?;
-    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v.as_str().unwrap_or_default());
-    let keys = doc["keys"].as_array().context("keys")?;
-    let rsa = keys.iter().find(|k| k["kty"] == "RSA").context("an RSA key")?;
-    let ec = keys.iter().find(|k| k["kty"] == "EC").context("an EC key")?;
-    let mut point = vec![4u8];
-    point.extend(b64(&ec["x"])?);
-    point.extend(b64(&ec["y"])?);
-    Ok(RingKeys { rsa: (b64(&rsa["n"])?, b64(&rsa["e"])?), ec: point })
-}
-
-fn ring_verify_only(keys: &RingKeys, token: &str) -> Result<Duration> {
-    use base64::Engine as _;
-    let (input, signature) = token.rsplit_once('.').context("a JWS")?;
-    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature)?;
-    let alg = Jwt::parse(token).context("a JWT")?.alg;
-    let started = Instant::now();
-    let ok = match alg.as_str() {
-        "RS256" => ring::signature::RsaPublicKeyComponents { n: &keys.rsa.0, e: &keys.rsa.1 }
-            .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, input.as_bytes(), &signature)
-            .is_ok(),
-        _ => ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &keys.ec)
-            .verify(input.as_bytes(), &signature)
-            .is_ok(),
-    };
-    let took = started.elapsed();
-    ensure!(ok, "ring refused a good {alg} signature");
-    Ok(took)
+/// The policy in each language (`target/guests/...`, built by `make plugins`/`languages.sh`).
+fn components() -> Result<Vec<(&'static str, PathBuf)>> {
+    let root = fixtures::repo_root().join("target/guests");
+    let mut all = vec![("Rust", fixtures::guest("oidc_jwt")?)];
+    for (name, dir) in [("Python", "python"), ("JavaScript", "js")] {
+        let path = root.join(dir).join("oidc-jwt.wasm");
+        ensure!(path.exists(), "{} is missing: run plugins/languages.sh {dir}", path.display());
+        all.push((name, path));
+    }
+    Ok(all)
 }
 
 fn main() -> Result<()> {
     let f = fixture()?;
-    let wasm = fixtures::guest("oidc_jwt")?;
     let sandbox = Arc::new(Sandbox::new(&SandboxConfig::default())?);
     let loader = Loader::new(sandbox.clone(), PluginDefaults::default(), None);
-    let fresh = generation(&loader, &wasm, &f, false)?;
-    let warm = generation(&loader, &wasm, &f, true)?;
+    // [language] -> (fresh, warm) generations.
+    let mut variants = Vec::new();
+    for (language, wasm) in components()? {
+        let fresh = generation(&loader, &wasm, &f, false).with_context(|| format!("{language} oidc-jwt"))?;
+        let warm = generation(&loader, &wasm, &f, true).with_context(|| format!("{language} oidc-jwt"))?;
+        variants.push((language, fresh, warm));
+    }
     let rounds: usize = std::env::var("TOLLGATE_BENCH_OIDC_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
     let batch = 30;
-    let keys = KeySet::parse(f.jwks.as_bytes()).map_err(anyhow::Error::msg)?;
-    let ring = ring_keys(&f.jwks)?;
-    // [alg][fresh, warm, native, native verify only, ring verify only] samples in microseconds.
-    let mut samples: Vec<[Vec<f64>; 5]> = vec![Default::default(), Default::default()];
+    let keys = KeyCache::new();
+    // [alg]: native, verify only, then fresh and warm per language, in microseconds.
+    let columns = 2 + 2 * variants.len();
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); columns]; f.tokens.len()];
     for round in 0..rounds {
         for (i, (token, _)) in f.tokens.iter().enumerate() {
             for _ in 0..batch {
-                samples[i][0].push(in_sandbox(&sandbox, &fresh, token)?.as_secs_f64() * 1e6);
-                samples[i][1].push(in_sandbox(&sandbox, &warm, token)?.as_secs_f64() * 1e6);
-                samples[i][2].push(native(&f, token)?.as_secs_f64() * 1e6);
-                samples[i][3].push(native_verify_only(&keys, token)?.as_secs_f64() * 1e6);
-                samples[i][4].push(ring_verify_only(&ring, token)?.as_secs_f64() * 1e6);
+                samples[i][0].push(native(&f, &keys, token)?.as_secs_f64() * 1e6);
+                samples[i][1].push(verify_only(&f, &keys, token)?.as_secs_f64() * 1e6);
+                for (v, (_, fresh, warm)) in variants.iter().enumerate() {
+                    samples[i][2 + 2 * v].push(in_sandbox(&sandbox, fresh, token)?.as_secs_f64() * 1e6);
+                    samples[i][3 + 2 * v].push(in_sandbox(&sandbox, warm, token)?.as_secs_f64() * 1e6);
+                }
             }
         }
         eprintln!("oidc: round {}/{rounds}", round + 1);
@@ -202,16 +181,28 @@ fn main() -> Result<()> {
         .iter()
         .zip(&mut samples)
         .map(|((_, alg), s)| {
-            let [fresh, warm, native, verify, ring] = s.each_mut().map(|v| stats::summarize(v));
+            let p50: Vec<(f64, f64)> =
+                s.iter_mut().map(|v| stats::summarize(v)).map(|(p50, p99, _)| (p50, p99)).collect();
+            let native = p50[0].0;
+            let languages: Vec<Value> = variants
+                .iter()
+                .enumerate()
+                .map(|(v, (language, _, _))| {
+                    let (fresh, warm) = (p50[2 + 2 * v], p50[3 + 2 * v]);
+                    json!({
+                        "language": language,
+                        "fresh_p50_us": fresh.0, "fresh_p99_us": fresh.1,
+                        "warm_p50_us": warm.0, "warm_p99_us": warm.1,
+                        "fresh_over_native": fresh.0 / native,
+                        "warm_over_native": warm.0 / native,
+                    })
+                })
+                .collect();
             json!({
                 "alg": alg,
-                "fresh_p50_us": fresh.0, "fresh_p99_us": fresh.1,
-                "warm_p50_us": warm.0, "warm_p99_us": warm.1,
-                "native_p50_us": native.0, "native_p99_us": native.1,
-                "native_verify_p50_us": verify.0,
-                "ring_verify_p50_us": ring.0,
-                "fresh_over_native": fresh.0 / native.0,
-                "warm_over_native": warm.0 / native.0,
+                "native_p50_us": native, "native_p99_us": p50[0].1,
+                "verify_p50_us": p50[1].0,
+                "languages": languages,
                 "reviews": s[0].len(),
             })
         })

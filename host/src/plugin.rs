@@ -16,6 +16,7 @@ use crate::compile_cache::DiskCache;
 use crate::confine::Folder;
 use crate::guardrails::Guardrails;
 use crate::manifest::{Manifest, Role, TestVector};
+use crate::sandbox::crypto::KeyCache;
 use crate::sandbox::kv::{KvLimits, KvStore};
 use crate::sandbox::outbound::{self, Destination, OutboundGrant};
 use crate::sandbox::{Code, PluginEnv, Sandbox, Slots, WarmBudget, WarmPool};
@@ -361,6 +362,7 @@ impl Loader {
                 outbound,
                 // A new store per load: a reload empties the plugin's cache.
                 kv: Arc::new(KvStore::new(kv_limits)),
+                keys: KeyCache::new(),
                 secrets: secret_values.into(),
                 vector: false,
                 clock: None,

@@ -4,9 +4,11 @@
 //! digest, and a fresh [`Store`] + instance for every plugin call, so no state survives from one
 //! review to the next. Every store carries an epoch deadline and a memory cap; guests get WASI p2
 //! with nothing granted (no files, environment, arguments or sockets), `wasi:http` limited to what
-//! their manifest grants ([`outbound`]), and a cache of their own ([`kv`]).
+//! their manifest grants ([`outbound`]), a cache of their own ([`kv`]), and native-speed
+//! signature checks and digests ([`crypto`]).
 
 pub mod contract;
+pub mod crypto;
 pub mod kv;
 pub mod outbound;
 mod output;
@@ -23,6 +25,7 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::scrub::Scrubber;
+use crypto::KeyCache;
 use kv::KvStore;
 use outbound::{OutboundGrant, OutboundHooks};
 use output::Capture;
@@ -35,6 +38,12 @@ mod bindings {
         path: "../wit",
         world: "policy",
         exports: { default: async },
+        // The hashes trap on input over their limit rather than make every caller handle an
+        // error that only a bug produces.
+        imports: {
+            "tollgate:policy/crypto.sha256": trappable,
+            "tollgate:policy/crypto.hmac-sha256": trappable,
+        },
         with: { "tollgate:policy/types": super::contract },
     });
 }
@@ -43,7 +52,7 @@ pub use bindings::tollgate::policy::host::Level;
 pub use contract::{Decision, Grant, Prior, Review, UserInfo};
 
 /// The name a component must export (any 0.1.x: a 0.1.0 export matches by semver).
-pub const EXPORT: &str = "tollgate:policy/authenticator@0.1.1";
+pub const EXPORT: &str = "tollgate:policy/authenticator@0.1.2";
 
 /// How often the epoch advances: at every tick a computing guest yields to the executor, and
 /// traps once past its deadline, so it runs at most one tick over and never holds a runtime
@@ -171,6 +180,8 @@ pub struct PluginEnv {
     pub outbound: Option<Arc<OutboundGrant>>,
     /// The plugin's `tollgate:policy/kv` store (one per tenant, plugin and generation).
     pub kv: Arc<KvStore>,
+    /// The key sets its `tollgate:policy/crypto` calls parsed (same scope as `kv`).
+    pub keys: Arc<KeyCache>,
     /// Values of the plugin's `secret_files` (also in `config`): scrubbed from all its output.
     pub secrets: Arc<[String]>,
     /// A test vector's run: no outbound HTTP, and the wall clock fixed at `clock` if set.
@@ -394,7 +405,7 @@ impl Sandbox {
             }
             bindings::Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
                 .map_err(anyhow::Error::from)
-                .context("linking tollgate:policy/host and kv")?;
+                .context("linking tollgate:policy/host, kv and crypto")?;
             Ok(linker)
         };
         Ok(Self {
@@ -646,19 +657,20 @@ struct NotLinked;
 
 /// Defines every wasi:http function `component` imports as a trap that says why, and the
 /// resources wasi:http introduces as opaque ones; resources it only re-exports (wasi:io's
-/// streams and pollable) keep the linker's own types.
+/// streams, pollable and error, whatever name the re-export takes: `io-error` in
+/// wasi:http/types) keep the linker's own types.
 fn stub_wasi_http(linker: &mut Linker<HostState>, engine: &Engine, component: &Component) -> Result<()> {
     use wasmtime::component::ResourceType;
     use wasmtime::component::types::ComponentItem;
     let ty = component.component_type();
-    let mut known: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut known: Vec<ResourceType> = Vec::new();
     for (name, import) in ty.imports(engine) {
         if let ComponentItem::ComponentInstance(instance) = &import.ty
             && !name.starts_with("wasi:http/")
         {
-            for (export, item) in instance.exports(engine) {
-                if matches!(item.ty, ComponentItem::Resource(_)) {
-                    known.insert(export.to_owned());
+            for (_, item) in instance.exports(engine) {
+                if let ComponentItem::Resource(resource) = item.ty {
+                    known.push(resource);
                 }
             }
         }
@@ -683,7 +695,8 @@ fn stub_wasi_http(linker: &mut Linker<HostState>, engine: &Engine, component: &C
                         })
                         .map_err(anyhow::Error::from)?;
                 }
-                ComponentItem::Resource(_) if known.insert(export.to_owned()) => {
+                ComponentItem::Resource(resource) if !known.contains(&resource) => {
+                    known.push(resource);
                     stubs
                         .resource(export, ResourceType::host::<NotLinked>(), |_, _| Ok(()))
                         .map_err(anyhow::Error::from)?;
@@ -993,7 +1006,7 @@ fn fit_message(err: &anyhow::Error) -> String {
     {
         return format!(
             "it imports `{name}`, which this host does not provide (a plugin may import only \
-             tollgate:policy/host and kv, WASI p2 and wasi:http/outgoing-handler)"
+             tollgate:policy/host, kv and crypto, WASI p2 and wasi:http/outgoing-handler)"
         );
     }
     if full.contains(EXPORT) || full.contains("tollgate:policy/authenticator") {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::manifest::{Expect, GrantSpec, TestVector};
 use crate::plugin::Plugin;
+use crate::sandbox::crypto::KeyCache;
 use crate::sandbox::kv::{KvLimits, KvStore};
 use crate::sandbox::{Decision, Grant, PluginEnv, Prior, Review, Sandbox, UserInfo};
 
@@ -82,6 +83,7 @@ async fn decide(
         vector: true,
         clock: t.now,
         kv: Arc::new(KvStore::new(KvLimits::DEFAULT)),
+        keys: KeyCache::new(),
         ..PluginEnv::clone(&plugin.env)
     });
     let review = Review {

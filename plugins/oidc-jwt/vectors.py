@@ -50,7 +50,7 @@ vec("not yet valid", token(dict(base, nbf=NOW + 600)), "deny", 'reason = "not va
 vec("wrong audience", token(dict(base, aud=["other"])), "deny", 'reason = "wrong audience"')
 tampered = token(base); tampered = tampered[:-4] + ("AAAA" if not tampered.endswith("AAAA") else "BBBB")
 vec("bad signature", tampered, "deny", 'reason = "bad signature"')
-vec("unknown key id", token(base, kid="rsa-unknown", key=other), "deny", 'reason = "unknown key id"')
+vec("unknown key id", token(base, kid="rsa-unknown", key=other), "deny", 'reason = "no key with kid"')
 vec("signed by another key under a published key id", token(base, key=other), "deny", 'reason = "bad signature"')
 vec("alg none is refused", token(base, alg="none"), "deny", 'reason = "not accepted"')
 vec("HS256 is refused", token(base, alg="HS256"), "deny", 'reason = "not accepted"')

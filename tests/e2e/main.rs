@@ -5,6 +5,7 @@ mod api;
 mod canary;
 mod chain;
 mod cli;
+mod crypto;
 mod deadlines;
 mod decision_cache;
 mod hostile;

@@ -339,3 +339,16 @@ fn a_component_built_against_0_1_0_still_loads_and_answers() {
     assert_eq!(granted_username(&answer).as_deref(), Some("old-timer"), "{}", answer.body);
     assert_eq!(answer.review_status(V1)["user"]["groups"][0], "built-against-0.1.0");
 }
+
+#[test]
+fn a_component_built_against_0_1_1_still_loads_and_keeps_its_cache() {
+    let dir = PluginDir::new();
+    dir.add("10-compat", built::COMPAT_0_1_1, "[config]\ntoken = \"compat-token-456\"\nusername = \"kv-user\"\n");
+    let server = start(&dir, &[]);
+    for seen in 1..=2 {
+        let answer = server.review("compat-token-456");
+        assert_eq!(granted_username(&answer).as_deref(), Some("kv-user"), "{}", answer.body);
+        let groups = answer.review_status(V1)["user"]["groups"].clone();
+        assert_eq!(groups, serde_json::json!(["built-against-0.1.1", format!("seen-{seen}")]));
+    }
+}

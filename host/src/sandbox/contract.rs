@@ -100,7 +100,7 @@ where
     D: HostWithStore<T>,
     for<'a> D::Data<'a>: Host,
 {
-    linker.instance("tollgate:policy/types@0.1.1")?;
+    linker.instance("tollgate:policy/types@0.1.2")?;
     Ok(())
 }
 

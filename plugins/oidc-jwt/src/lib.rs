@@ -6,7 +6,8 @@
 //! - `username_claim` (default `sub`), `username_prefix` (default: `<issuer>#`, or none for
 //!   `email`; `-` for none), `groups_claim` (default: none), `groups_prefix` (default none),
 //!   `uid_claim` (default none).
-//! - `clock_skew_seconds` (default 60), `algorithms` (default `RS256,ES256`).
+//! - `clock_skew_seconds` (default 60), `algorithms` (default `RS256,ES256`; the host verifies
+//!   RS256/384/512, PS256/384/512, ES256/384 and EdDSA).
 //! - Keys: `jwks` (a JWKS document, inline: no fetching at all), or `jwks_uri`, or discovery at
 //!   `<issuer>/.well-known/openid-configuration` (the default). The fetched JWKS is kept in the
 //!   plugin's cache (`tollgate:policy/kv`) for `jwks_cache_seconds` (default 300): one fetch
@@ -14,13 +15,17 @@
 //!   fetches once more, at most every `jwks_refetch_seconds` (default 10) so that tokens with
 //!   made-up key ids cannot make the plugin hammer its issuer.
 //!
+//! The signature is checked by the host (`tollgate:policy/crypto`, ring at native speed, the
+//! parsed keys kept per JWKS text); the claims are checked here.
+//!
 //! The manifest must grant the issuer's host (`allowed_outbound_hosts`). Answers: `abstain` for
 //! tokens that are not JWTs or not this issuer's; `deny` for a bad signature, unknown key, wrong
 //! audience, expiry...; `unavailable` when the keys cannot be had (the issuer is down and
 //! nothing is cached): 503, so kube-apiserver neither caches nor retries it.
 
-use jwt_verify::{Jwt, KeySet, Rules, check_claims, string_list};
+use jwt_verify::{Jwt, Rules, check_claims, claims, string_list};
 use serde_json::Value;
+use tollgate_sdk::crypto::{self, JwsError};
 use tollgate_sdk::{Decision, Grant, Policy, Review, config, http, info, kv, warn};
 
 pub struct OidcJwt;
@@ -74,7 +79,7 @@ impl Settings {
         };
         let algorithms = setting("algorithms").map_or_else(|| vec!["RS256".into(), "ES256".into()], |a| list(&a));
         if let Some(a) = algorithms.iter().find(|a| !jwt_verify::ALGORITHMS.contains(&a.as_str())) {
-            return Err(format!("algorithm {a} is not supported (RS256, ES256)"));
+            return Err(format!("algorithm {a} is not supported ({})", jwt_verify::ALGORITHMS.join(", ")));
         }
         Ok(Self {
             audiences,
@@ -110,7 +115,7 @@ impl Policy for OidcJwt {
         if jwt.issuer() != Some(settings.issuer.as_str()) {
             return Decision::Abstain;
         }
-        match verify(&settings, &jwt) {
+        match verify(&settings, &review.token) {
             Ok(grant) => Decision::Allow(grant),
             Err(d) => d,
         }
@@ -118,19 +123,32 @@ impl Policy for OidcJwt {
 }
 
 #[allow(clippy::result_large_err, reason = "the error is the review's answer, made once per review")]
-fn verify(s: &Settings, jwt: &Jwt) -> Result<Grant, Decision> {
-    if !s.algorithms.contains(&jwt.alg) {
-        return Err(Decision::deny(format!("algorithm {:?} is not accepted", jwt.alg)));
+fn verify(s: &Settings, token: &str) -> Result<Grant, Decision> {
+    let algorithms: Vec<&str> = s.algorithms.iter().map(String::as_str).collect();
+    let (jwks, fetched) = jwks(s)?;
+    let verified = match crypto::verify_jws(token, &jwks, &algorithms) {
+        // A key the JWKS lacks: the issuer may have rotated. Ask again, but not often.
+        Err(JwsError::NoKey(_)) if !fetched && s.jwks.is_none() && kv::get(REFETCHED).is_none() => {
+            let _ = kv::set(REFETCHED, b"1", s.refetch_every);
+            match fetch(s) {
+                Some(fresh) => crypto::verify_jws(token, &fresh, &algorithms),
+                None => crypto::verify_jws(token, &jwks, &algorithms),
+            }
+        }
+        other => other,
     }
-    let keys = key_set(s, jwt.kid.as_deref(), &jwt.alg)?;
-    let key = keys.find(jwt.kid.as_deref(), &jwt.alg).ok_or_else(|| Decision::deny("unknown key id"))?;
-    jwt.verify(key).map_err(Decision::deny)?;
+    .map_err(|e| match e {
+        JwsError::Jwks(m) => Decision::unavailable(format!("the signing keys of {} are unusable: {m}", s.issuer)),
+        JwsError::Algorithm(m) => Decision::deny(format!("algorithm not accepted: {m}")),
+        other => Decision::deny(other.to_string()),
+    })?;
+    let claims = claims(&verified.payload).map_err(Decision::deny)?;
     let rules = Rules { issuer: &s.issuer, audiences: &s.audiences, skew: s.skew, now: now() };
-    let exp = check_claims(&jwt.claims, &rules).map_err(Decision::deny)?;
-    let claim = |name: &str| jwt.claims.get(name).and_then(Value::as_str).filter(|v| !v.is_empty());
+    let exp = check_claims(&claims, &rules).map_err(Decision::deny)?;
+    let claim = |name: &str| claims.get(name).and_then(Value::as_str).filter(|v| !v.is_empty());
     let username = claim(&s.username_claim)
         .ok_or_else(|| Decision::deny(format!("no {} claim to name the user", s.username_claim)))?;
-    if s.username_claim == "email" && jwt.claims.get("email_verified") == Some(&Value::Bool(false)) {
+    if s.username_claim == "email" && claims.get("email_verified") == Some(&Value::Bool(false)) {
         return Err(Decision::deny("the email is not verified"));
     }
     let mut grant = Grant::user(format!("{}{username}", s.username_prefix)).expires_at(exp);
@@ -138,46 +156,42 @@ fn verify(s: &Settings, jwt: &Jwt) -> Result<Grant, Decision> {
         grant = grant.uid(claim(c).unwrap_or_default());
     }
     if let Some(c) = &s.groups_claim {
-        let groups = string_list(&jwt.claims, c).map_err(Decision::deny)?;
+        let groups = string_list(&claims, c).map_err(Decision::deny)?;
         grant = grant.groups(groups.into_iter().map(|g| format!("{}{g}", s.groups_prefix)));
     }
     Ok(grant)
 }
 
-/// The keys to verify with: inline, cached, or fetched (and cached).
+/// The JWKS text to verify with: inline, cached, or fetched (and cached); and whether it was
+/// fetched just now (so a missing key does not fetch it twice).
 #[allow(clippy::result_large_err, reason = "the error is the review's answer, made once per review")]
-fn key_set(s: &Settings, kid: Option<&str>, alg: &str) -> Result<KeySet, Decision> {
+fn jwks(s: &Settings) -> Result<(String, bool), Decision> {
     if let Some(inline) = &s.jwks {
-        return KeySet::parse(inline.as_bytes()).map_err(|e| Decision::unavailable(format!("the jwks setting: {e}")));
+        return Ok((inline.clone(), false));
     }
-    let cached = kv::get(JWKS).and_then(|bytes| KeySet::parse(&bytes).ok());
-    if let Some(keys) = cached {
-        if keys.find(kid, alg).is_some() {
-            return Ok(keys);
-        }
-        // A key the cached set lacks: the issuer may have rotated. Ask again, but not often.
-        if kv::get(REFETCHED).is_some() {
-            return Ok(keys);
-        }
-        let _ = kv::set(REFETCHED, b"1", s.refetch_every);
-        return Ok(fetch(s).unwrap_or(keys));
+    if let Some(cached) = kv::get(JWKS).and_then(|b| String::from_utf8(b).ok()) {
+        return Ok((cached, false));
     }
-    fetch(s).ok_or_else(|| Decision::unavailable(format!("cannot get the signing keys of {}", s.issuer)))
+    let fetched =
+        fetch(s).ok_or_else(|| Decision::unavailable(format!("cannot get the signing keys of {}", s.issuer)))?;
+    Ok((fetched, true))
 }
 
 /// Fetches the JWKS (through discovery unless `jwks_uri` is set) and caches it.
-fn fetch(s: &Settings) -> Option<KeySet> {
+fn fetch(s: &Settings) -> Option<String> {
     let result = jwks_uri(s).and_then(|uri| {
         let r = http::get(&uri, &[("accept", "application/json")])?;
         if r.status != 200 {
             return Err(format!("{uri} answered {}", r.status));
         }
-        let keys = KeySet::parse(&r.body)?;
-        info(&format!("fetched {} signing keys from {uri}", keys.keys.len()));
-        if let Err(e) = kv::set(JWKS, &r.body, s.jwks_cache) {
+        let text = String::from_utf8(r.body).map_err(|_| format!("{uri} answered with a JWKS that is not UTF-8"))?;
+        let doc: Value = serde_json::from_str(&text).map_err(|e| format!("the JWKS at {uri} is not JSON: {e}"))?;
+        let keys = doc.get("keys").and_then(Value::as_array).ok_or_else(|| format!("the JWKS at {uri} has no keys"))?;
+        info(&format!("fetched {} signing keys from {uri}", keys.len()));
+        if let Err(e) = kv::set(JWKS, text.as_bytes(), s.jwks_cache) {
             warn(&format!("cannot cache the JWKS: {e}"));
         }
-        Ok(keys)
+        Ok(text)
     });
     result.map_err(|e| warn(&format!("the issuer's keys are unavailable: {e}"))).ok()
 }
@@ -205,3 +219,44 @@ fn jwks_uri(s: &Settings) -> Result<String, String> {
 }
 
 tollgate_sdk::export_policy!(OidcJwt);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_sdk::testing::{review, set_config};
+
+    /// The manifest's first vector (RS256) and its inline JWKS.
+    fn vector() -> (String, String) {
+        let manifest = include_str!("../oidc-jwt.toml");
+        let after = |from: &str, start: &str, end: char| {
+            let rest = &manifest[manifest.find(from).unwrap()..];
+            let at = rest.find(start).unwrap() + start.len();
+            rest[at..at + rest[at..].find(end).unwrap()].to_owned()
+        };
+        (after("[[test]]", "token = \"", '"'), after("[[test]]", "jwks = '", '\''))
+    }
+
+    #[test]
+    fn natively_the_sdk_verifies_as_the_host_does() {
+        let (token, jwks) = vector();
+        let config = |algorithms: &str| {
+            set_config([
+                ("issuer", "https://issuer.test"),
+                ("audiences", "kubernetes"),
+                ("jwks", jwks.as_str()),
+                ("algorithms", algorithms),
+            ])
+        };
+        // The vector's token expired in 2023: past the signature, the claims check says so.
+        config("RS256");
+        let expired = OidcJwt::authenticate(review(&token));
+        assert!(matches!(&expired, Decision::Deny(r) if r.starts_with("expired at")), "{expired:?}");
+        config("ES256");
+        let refused = OidcJwt::authenticate(review(&token));
+        assert!(matches!(&refused, Decision::Deny(r) if r.contains("not in allowed-algs")), "{refused:?}");
+        config("RS256");
+        let forged = format!("{}AAAA", &token[..token.len() - 4]);
+        let forged = OidcJwt::authenticate(review(&forged));
+        assert!(matches!(&forged, Decision::Deny(r) if r == "bad signature"), "{forged:?}");
+    }
+}

@@ -118,6 +118,38 @@ impl Policy for Probe {
                 }
                 Decision::Allow(configured_grant(&review))
             }
+            // --- tollgate:policy/crypto (0.1.2) ---
+            // Verifies the token against `jwks` with `algs`: allows `jws:<alg>:<kid>`, or denies
+            // with the host's reason.
+            "jws" => {
+                let algs = list("algs");
+                let algs: Vec<&str> = algs.iter().map(String::as_str).collect();
+                match tollgate_sdk::crypto::verify_jws(&token, &cfg("jwks"), &algs) {
+                    Ok(v) => Decision::Allow(
+                        Grant::user(format!("jws:{}:{}", v.alg, v.key_id.unwrap_or_default()))
+                            .extra("payload-bytes", [v.payload.len().to_string()]),
+                    ),
+                    Err(e) => Decision::deny(format!("{e} [{e:?}]")),
+                }
+            }
+            // The token's SHA-256 and HMAC-SHA-256 (under `key`), and whether the digest equals
+            // `expect` (hex), in constant time: `sha256:<hex>` with groups `hmac:<hex>`, `eq:<bool>`.
+            "digest" => {
+                let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+                let digest = tollgate_sdk::crypto::sha256(token.as_bytes());
+                let mac = tollgate_sdk::crypto::hmac_sha256(cfg("key").as_bytes(), token.as_bytes());
+                let eq = tollgate_sdk::crypto::constant_time_eq(hex(&digest).as_bytes(), cfg("expect").as_bytes());
+                Decision::Allow(
+                    Grant::user(format!("sha256:{}", hex(&digest)))
+                        .groups([format!("hmac:{}", hex(&mac)), format!("eq:{eq}")]),
+                )
+            }
+            // Hashes `mib` MiB: over the host's 1 MiB limit the call traps.
+            "hash-big" => {
+                let data = vec![7u8; cfg("mib").parse::<usize>().unwrap_or(2) << 20];
+                black_box(tollgate_sdk::crypto::sha256(&data));
+                Decision::Allow(configured_grant(&review))
+            }
             // --- host allocations outside the guest's memory ---
             // Asks the host for `bytes` random bytes, then allows.
             "random" => {
