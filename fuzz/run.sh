@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-300}
-TARGETS=${FUZZ_TARGETS:-"token_review manifest tenants_file guardrails scrubber"}
+TARGETS=${FUZZ_TARGETS:-"token_review manifest tenants_file guardrails scrubber jws"}
 OUT=target/fuzz/out
 command -v afl-fuzz >/dev/null || { apt-get update -qq && apt-get install -y -qq afl++; }
 

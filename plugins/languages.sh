@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the example policies written in other languages than Rust (plugins/python, js, c, go)
-# into target/guests/LANG/{static-tokens,group-mapper}.wasm, installing each language's toolchain
-# first when it is missing: check first, install second, build only what changed.
+# into target/guests/LANG/{static-tokens,group-mapper}.wasm (python and js: oidc-jwt.wasm too, the
+# `policy-http` world), installing each language's toolchain first when it is missing: check
+# first, install second, build only what changed.
 #
 #   plugins/languages.sh [LANG...]      LANG: python js c go (default: all)
 #
@@ -137,20 +138,31 @@ inputs_digest() {
 	} | sha256sum | cut -d' ' -f1
 }
 
+# The components a language builds: the two examples, and for python and js the OIDC policy.
+outputs() {
+	case $1 in
+	python | js) echo static-tokens group-mapper oidc-jwt ;;
+	c | go) echo static-tokens group-mapper jws-check ;;
+	*) echo static-tokens group-mapper ;;
+	esac
+}
+
 # up_to_date LANG INPUT...: whether target/guests/LANG was built from exactly these inputs
 # (`built` records them after a successful build).
 up_to_date() {
-	local lang=$1
+	local lang=$1 f
 	shift
 	DIGEST=$(inputs_digest "$@")
-	[[ -f $OUT/$lang/static-tokens.wasm && -f $OUT/$lang/group-mapper.wasm &&
-		$(cat "$OUT/$lang/.inputs" 2>/dev/null) == "$DIGEST" ]]
+	for f in $(outputs "$lang"); do
+		[[ -f $OUT/$lang/$f.wasm ]] || return 1
+	done
+	[[ $(cat "$OUT/$lang/.inputs" 2>/dev/null) == "$DIGEST" ]]
 }
 
 built() {
 	local lang=$1 start=$2 f
 	echo "$DIGEST" >"$OUT/$lang/.inputs"
-	for f in static-tokens group-mapper; do
+	for f in $(outputs "$lang"); do
 		say "built $OUT/$lang/$f.wasm ($(stat -c %s "$OUT/$lang/$f.wasm") bytes)"
 	done
 	say "$lang: $((SECONDS - start)) s"
@@ -161,19 +173,44 @@ build_python() {
 	up_to_date python plugins/python/*.py plugins/python/testing/*.py wit && return 0
 	local start=$SECONDS m
 	mkdir -p "$OUT/python"
-	for m in static_tokens group_mapper testing/probe; do
-		local dir=plugins/python name=$m
+	for m in static_tokens group_mapper testing/probe oidc_jwt; do
+		local dir=plugins/python name=$m world=policy
 		[[ $m == */* ]] && dir=plugins/python/${m%/*} name=${m##*/}
-		quiet "$VENV/bin/componentize-py" -d wit -w policy componentize -p "$dir" "$name" \
+		# The OIDC policy fetches its issuer's keys: the world that names wasi:http.
+		[[ $m == oidc_jwt ]] && world=policy-http
+		quiet "$VENV/bin/componentize-py" -d wit -w "$world" componentize -p "$dir" "$name" \
 			-o "$OUT/python/${name//_/-}.wasm.tmp"
 		mv "$OUT/python/${name//_/-}.wasm.tmp" "$OUT/python/${name//_/-}.wasm"
 	done
 	built python "$start"
 }
 
+# build_js_http ENTRY OUT: a QuickJS policy of the `policy-http` world (it imports wasi:http).
+# With --backend-qjs-stub-wasi, jco stubs out every wasi: import of the world, ours included; so
+# the build sees a copy of wit/ and of the sources with every `wasi:` package renamed `shim:`,
+# and plugins/js/unshim.py names the component's own imports `wasi:` again (plugins/js/README.md).
+build_js_http() {
+	local entry=$1 out=$2 tmp f
+	tmp=$(mktemp -d)
+	mkdir -p "$tmp/wit/deps" "$tmp/src"
+	for f in wit/*.wit wit/deps/*.wit; do
+		sed 's/\bwasi:/shim:/g' "$f" >"$tmp/${f}"
+	done
+	for f in plugins/js/*.js; do
+		sed 's/"wasi:/"shim:/g' "$f" >"$tmp/src/${f##*/}"
+	done
+	(cd "$tmp/src" && quiet "$OLDPWD/plugins/js/node_modules/.bin/jco" componentize "$entry" -w ../wit \
+		-n policy-http --backend qjs --backend-qjs-stub-wasi --backend-qjs-disable-async -o "$tmp/shim.wasm")
+	quiet python3 plugins/js/unshim.py "$tmp/shim.wasm" "$out.tmp"
+	quiet "$VENV/bin/wasm-tools" validate "$out.tmp"
+	mv "$out.tmp" "$out"
+	rm -rf "$tmp"
+}
+
 build_js() {
 	need_js
-	up_to_date js plugins/js/*.js plugins/js/package-lock.json wit && return 0
+	pip_need "$WASM_TOOLS"
+	up_to_date js plugins/js/*.js plugins/js/*.py plugins/js/package-lock.json wit && return 0
 	local start=$SECONDS p
 	mkdir -p "$OUT/js"
 	for p in static-tokens group-mapper; do
@@ -186,6 +223,7 @@ build_js() {
 			-o "../../$OUT/js/$p.wasm.tmp")
 		mv "$OUT/js/$p.wasm.tmp" "$OUT/js/$p.wasm"
 	done
+	build_js_http oidc-jwt.js "$OUT/js/oidc-jwt.wasm"
 	built js "$start"
 }
 
@@ -193,17 +231,19 @@ build_c() {
 	apt_need "${APT_PACKAGES[@]}"
 	pip_need "$WASM_TOOLS"
 	need_wit_bindgen
-	up_to_date c plugins/c/*.c plugins/c/*.h wit && return 0
-	local start=$SECONDS p b=$OUT/c/build
+	up_to_date c plugins/c/*.c plugins/c/*.h plugins/c/testing/*.c wit && return 0
+	local start=$SECONDS p n b=$OUT/c/build
 	rm -rf "$b" && mkdir -p "$b"
 	quiet "$TC/bin/wit-bindgen" c wit --world policy --out-dir "$b/gen"
-	for p in static-tokens group-mapper; do
+	# testing/jws-check: a test policy of tollgate_crypto.h (tests/e2e/languages.rs), not an example.
+	for p in static-tokens group-mapper testing/jws-check; do
+		n=${p##*/}
 		# No wasip1 call is reached (no stdio, no environment), so no adapter: the component
-		# imports only tollgate:policy/host. A 64 KiB stack keeps fresh instances cheap.
+		# imports only tollgate:policy/{host,crypto}. A 64 KiB stack keeps fresh instances cheap.
 		quiet clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
 			-Wno-missing-field-initializers -I "$b/gen" -Wl,--strip-debug -Wl,-z,stack-size=65536 \
-			-o "$b/$p.core.wasm" "plugins/c/$p.c" "$b/gen/policy.c" "$b/gen/policy_component_type.o"
-		quiet "$VENV/bin/wasm-tools" component new "$b/$p.core.wasm" -o "$OUT/c/$p.wasm"
+			-o "$b/$n.core.wasm" "plugins/c/$p.c" "$b/gen/policy.c" "$b/gen/policy_component_type.o"
+		quiet "$VENV/bin/wasm-tools" component new "$b/$n.core.wasm" -o "$OUT/c/$n.wasm"
 	done
 	built c "$start"
 }
@@ -213,17 +253,20 @@ build_go() {
 	need_wit_bindgen
 	need_adapter
 	up_to_date go plugins/go wit && return 0
-	local start=$SECONDS p b=$OUT/go/build root=$PWD
+	local start=$SECONDS src b=$OUT/go/build root=$PWD
 	mkdir -p "$b"
-	for p in static-tokens group-mapper; do
+	# testing/jws-check: a test policy of tgcrypto (tests/e2e/languages.rs), not an example.
+	for src in static-tokens group-mapper testing/jws-check; do
+		local p=${src##*/}
 		local mod=$b/$p
 		rm -rf "$mod" && mkdir -p "$mod"
 		# Bindings from wit-bindgen, the policy as the export package, the shared helpers, and
 		# the local implementation of the two runtime packages the bindings import.
 		quiet "$TC/bin/wit-bindgen" go wit --world policy --out-dir "$mod"
-		mkdir -p "$mod/export_tollgate_policy_authenticator" "$mod/text"
-		cp "plugins/go/$p/policy.go" "$mod/export_tollgate_policy_authenticator/"
+		mkdir -p "$mod/export_tollgate_policy_authenticator" "$mod/text" "$mod/tgcrypto"
+		cp "plugins/go/$src/policy.go" "$mod/export_tollgate_policy_authenticator/"
 		cp plugins/go/text/*.go "$mod/text/"
+		cp plugins/go/tgcrypto/*.go "$mod/tgcrypto/"
 		echo "replace go.bytecodealliance.org/pkg => $root/plugins/go/witpkg" >>"$mod/go.mod"
 		(cd "$mod" && quiet env GOOS=wasip1 GOARCH=wasm GOPROXY=off GOFLAGS=-mod=mod GOTOOLCHAIN=local \
 			GOCACHE="$root/$TC/go-cache" "$root/$VENV/bin/go" build -buildmode=c-shared -trimpath \

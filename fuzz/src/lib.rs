@@ -107,3 +107,28 @@ pub fn scrubber(data: &[u8]) {
     assert!(!clean.chars().any(char::is_control), "{clean:?}");
     assert!(clean.len() <= max + "…[18446744073709551615 bytes cut]".len(), "{clean:?}");
 }
+
+/// A token and a JWKS (split at the first NUL) through `tollgate:policy/crypto`'s verifier: an
+/// answer, never a panic; a refusal never repeats the token; and what verifies (a seed's real
+/// token and key) stops verifying when one character of its signature changes.
+pub fn jws(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (token, jwks) = text.split_once('\0').unwrap_or((&text, ""));
+    let all: Vec<String> = tollgate_crypto::Alg::ALL.iter().map(|a| a.name().to_owned()).collect();
+    if let Ok(keys) = tollgate_crypto::KeySet::parse(jwks) {
+        let verify_jws = tollgate_crypto::verify_jws;
+        match verify_jws(token, &keys, &all) {
+            Ok(_) => {
+                let (input, signature) = token.rsplit_once('.').expect("a verified JWS has three parts");
+                let first = if signature.starts_with('A') { "B" } else { "A" };
+                let tampered = format!("{input}.{first}{}", signature.get(1..).unwrap_or_default());
+                assert!(verify_jws(&tampered, &keys, &all).is_err(), "a changed signature still verified");
+            }
+            Err(e) if token.len() >= MIN_SCRUB_LEN => {
+                let shown = e.to_string();
+                assert!(!shown.contains(token), "an error repeats the token: {shown}");
+            }
+            Err(_) => {}
+        }
+    }
+}

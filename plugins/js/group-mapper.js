@@ -10,7 +10,7 @@
 // Groups keep the order of first appearance, without duplicates. Without a current grant (not a
 // mapper) it abstains. A malformed rule throws, which traps: the plugin fails closed.
 
-import { config } from "tollgate:policy/host@0.1.1";
+import { config } from "tollgate:policy/host@0.1.2";
 import { contentLines, fields, splitList } from "./text.js";
 
 function parseRule(line) {

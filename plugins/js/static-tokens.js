@@ -7,11 +7,12 @@
 // - `audiences` (optional): comma-separated audiences every grant states.
 //
 // An unlisted token gets `abstain`. A malformed line throws, which traps: the plugin fails closed
-// (and fails its vectors at load). The token is never logged.
+// (and fails its vectors at load). The token is never logged. The hashing and the comparison are
+// the host's (`tollgate:policy/crypto`: ./crypto.js).
 
-import { config } from "tollgate:policy/host@0.1.1";
+import { config } from "tollgate:policy/host@0.1.2";
+import { constantTimeEq, sha256 } from "./crypto.js";
 import { contentLines, fields, splitList } from "./text.js";
-import { sha256 } from "./sha256.js";
 
 const HEX64 = /^[0-9a-fA-F]{64}$/;
 
@@ -36,20 +37,13 @@ function parseLine(line) {
   return { digest, grant: { user, audiences: [], expiresAt: undefined } };
 }
 
-// Constant time in the contents: every byte is looked at, whatever differs.
-function digestsEqual(a, b) {
-  let diff = 0;
-  for (let i = 0; i < 32; i++) diff |= a[i] ^ b[i];
-  return diff === 0;
-}
-
 export const authenticator = {
   authenticate(review) {
     const table = config("tokens") ?? "";
     const digest = sha256(review.token);
     let found;
     // Every line is parsed and compared, found or not: the time taken does not depend on which
-    // line (if any) matches.
+    // line (if any) matches, and the host compares in constant time.
     for (const [n, line] of contentLines(table)) {
       let entry;
       try {
@@ -57,7 +51,7 @@ export const authenticator = {
       } catch (e) {
         throw new Error(`tokens line ${n}: ${e.message}`);
       }
-      if (digestsEqual(entry.digest, digest) && found === undefined) found = entry.grant;
+      if (constantTimeEq(entry.digest, digest) && found === undefined) found = entry.grant;
     }
     if (found === undefined) return { tag: "abstain" };
     found.audiences = splitList(config("audiences") ?? "");

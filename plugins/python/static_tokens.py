@@ -7,11 +7,10 @@ Same config and behaviour as plugins/static-tokens (Rust):
 - `audiences` (optional): comma-separated audiences every grant states.
 
 An unlisted token gets `abstain`. A malformed line raises, which traps: the plugin fails closed
-(and fails its vectors at load). The token is never logged.
+(and fails its vectors at load). The token is never logged. The hashing and the comparison are
+the host's (`tollgate:policy/crypto`: tollgate_crypto.py).
 """
 
-import hashlib
-import hmac
 import re
 
 from wit_world import exports
@@ -25,6 +24,7 @@ from wit_world.imports.types import (
     UserInfo,
 )
 
+from tollgate_crypto import constant_time_eq, sha256
 from tollgate_text import content_lines, fields, split_list
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -63,16 +63,16 @@ def parse_line(line: str) -> tuple[bytes, Grant]:
 class Authenticator(exports.Authenticator):
     def authenticate(self, review: Review) -> Decision:
         table = host.config("tokens") or ""
-        digest = hashlib.sha256(review.token.encode("utf-8")).digest()
+        digest = sha256(review.token)
         found = None
         # Every line is parsed and compared, found or not: the time taken does not depend on
-        # which line (if any) matches. hmac.compare_digest is constant-time.
+        # which line (if any) matches, and the host compares in constant time.
         for n, line in content_lines(table):
             try:
                 entry_digest, grant = parse_line(line)
             except MalformedLine as e:
                 raise RuntimeError(f"tokens line {n}: {e}") from None
-            if hmac.compare_digest(entry_digest, digest) and found is None:
+            if constant_time_eq(entry_digest, digest) and found is None:
                 found = grant
         if found is None:
             return Decision_Abstain()

@@ -469,6 +469,118 @@ macro_rules! language_tests {
 
 language_tests!(python, js, c, go);
 
+// ---- the host's crypto through each language's helpers ---------------------------------
+
+/// A JWS test token and JWKS: the shipped oidc-jwt manifest's RS256 and ES256 tokens (real
+/// signatures by keys whose private halves are gone; the host does not check claims).
+fn jws_fixture() -> (String, String, String) {
+    let manifest = std::fs::read_to_string(built::OIDC_JWT_MANIFEST).unwrap();
+    let token_after = |name: &str| {
+        let rest = &manifest[manifest.find(&format!("name = \"{name}")).unwrap()..];
+        let start = rest.find("token = \"").unwrap() + "token = \"".len();
+        rest[start..start + rest[start..].find('"').unwrap()].to_owned()
+    };
+    let start = manifest.find("jwks = '").unwrap() + "jwks = '".len();
+    let jwks = manifest[start..start + manifest[start..].find('\'').unwrap()].to_owned();
+    (token_after("RS256"), token_after("ES256"), jwks)
+}
+
+/// HMAC-SHA-256 (RFC 2104) from the sha2 crate, independent of the host's ring.
+fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut k = [0u8; 64];
+    k[..key.len()].copy_from_slice(key);
+    let pad = |byte: u8| k.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(data).finalize();
+    hex::encode(Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize())
+}
+
+/// The language's helpers over `tollgate:policy/crypto` (plugins/c/tollgate_crypto.h,
+/// plugins/go/tgcrypto) really call the host: `testing/jws-check` verifies the token, hashes and
+/// MACs it, and answers with what it got back; every error kind comes back as `KIND: MESSAGE`.
+fn verifies_tokens_through_the_host(lang: &str) {
+    use base64::Engine as _;
+    let (rs256, es256, jwks) = jws_fixture();
+    let wasm = component(lang, "jws-check");
+    let manifest = |jwks: &str, algs: &str| {
+        format!(
+            "{}\n[config]\njwks = '{jwks}'\nalgs = \"{algs}\"\nmac_key = \"mac-key\"\n",
+            limits(lang, "static-tokens")
+        )
+    };
+    // The default tenant grants; the named ones (whose grants would need the tenant's prefix)
+    // only refuse.
+    let dir = PluginDir::new();
+    dir.add("10-jws", &wasm, &manifest(&jwks, "RS256, ES256"))
+        .add_in("es", "10-jws", &wasm, &manifest(&jwks, "ES256"))
+        .add_in("badjwks", "10-jws", &wasm, &manifest("{\"keys\": 7}", "ES256"));
+    let server = Server::start(dir.path(), &["--deny-reason-in-status"]);
+    let review = |tenant: &str, token: &str| {
+        let path = if tenant.is_empty() { "/authenticate".to_owned() } else { format!("/authenticate/{tenant}") };
+        server.review_at(&path, V1, Some(token), &[]).review_status(V1)
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    for (token, username) in [(&rs256, "jws:RS256:rsa-1"), (&es256, "jws:ES256:ec-1")] {
+        let mut parts = token.split('.');
+        let mut decoded = || String::from_utf8(b64.decode(parts.next().unwrap()).unwrap()).unwrap();
+        let (header, payload) = (decoded(), decoded());
+        let want = json!({"authenticated": true, "user": {
+            "username": username,
+            "groups": [
+                format!("sha256:{}", sha256_hex(token)),
+                format!("hmac:{}", hmac_sha256_hex(b"mac-key", token.as_bytes())),
+                "eq:true",
+                "ne:false",
+            ],
+            "extra": {"header": [header], "payload": [payload]}}});
+        assert_eq!(review("", token), want, "{lang}: {username}");
+    }
+
+    let error = |tenant: &str, token: &str| {
+        let status = review(tenant, token);
+        assert_eq!(status["authenticated"], false, "{lang}: {status}");
+        status["error"].as_str().unwrap_or_default().to_owned()
+    };
+    let (input, signature) = rs256.rsplit_once('.').unwrap();
+    let mut flipped = signature.as_bytes().to_vec();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{input}.{}", String::from_utf8(flipped).unwrap());
+    let header = |v: serde_json::Value| b64.encode(v.to_string());
+    let payload = input.split_once('.').unwrap().1;
+    let unknown = format!("{}.{payload}.{signature}", header(json!({"alg": "RS256", "kid": "rotated-away"})));
+    let unsigned = format!("{}.{payload}.", header(json!({"alg": "none"})));
+    for (tenant, token, want) in [
+        ("", tampered.as_str(), "bad-signature"),
+        ("", &unknown, "no-key: no key with kid \"rotated-away\""),
+        ("", &unsigned, "algorithm: alg none"),
+        ("", "opaque-token-123456", "malformed: "),
+        ("es", &rs256, "algorithm: alg RS256 is not in allowed-algs"),
+        ("badjwks", &es256, "jwks: "),
+    ] {
+        let got = error(tenant, token);
+        assert!(got.starts_with(want), "{lang}, tenant {tenant}: want {want:?}…, got {got:?}");
+        assert!(!got.contains(signature) && !got.contains(payload), "{lang}: the reason repeats the token: {got}");
+    }
+    // Verified again after the refusals: the same JWKS text, the host's parsed keys.
+    assert_eq!(granted_username(&server.review(&es256)).as_deref(), Some("jws:ES256:ec-1"));
+}
+
+macro_rules! host_crypto_tests {
+    ($($lang:ident),*) => {$(
+        mod $lang {
+            #[test]
+            fn verifies_tokens_through_the_host() {
+                super::super::verifies_tokens_through_the_host(stringify!($lang));
+            }
+        }
+    )*};
+}
+
+/// The languages whose helpers over `tollgate:policy/crypto` have a `testing/jws-check`.
+mod host_crypto {
+    host_crypto_tests!(c, go);
+}
+
 /// The core sandbox tests again, with a Python guest (18 MB of CPython): the same deadline,
 /// memory cap and lack of ambient authority hold for a heavy runtime.
 #[test]

@@ -1,6 +1,8 @@
 //! Policies that ask the token's issuer, against a real OpenID provider (npm `oidc-provider`,
 //! tests/oidc) on loopback: `oidc-jwt` verifying its JWTs with a JWKS fetched once and cached,
 //! and `introspection` asking it about opaque tokens with client credentials from a file.
+//! The Python and JavaScript ports of `oidc-jwt` (plugins/python, plugins/js: built by
+//! `plugins/languages.sh` into target/guests/LANG/oidc-jwt.wasm) go through the same scenarios.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,12 +46,19 @@ fn oidc_manifest(idp: &OpenIdProvider, timeout_ms: u64, extra_config: &str) -> S
 }
 
 /// Serves `dir` with the operator's grant of the issuer (a loopback literal: no manifest alone
-/// can open one).
+/// can open one), once its plugins are loaded (an 18 MB Python component compiles for a while:
+/// the compile cache the language tests share keeps that to once per run).
 fn start(dir: &PluginDir, idp: &OpenIdProvider) -> Server {
     let tenants = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tenants.path(), format!("[default]\noutbound_hosts = [\"{}\"]\n", idp.issuer)).unwrap();
     let (_, path) = tenants.keep().unwrap();
-    Server::start(dir.path(), &["--deny-reason-in-status", "--tenants", path.to_str().unwrap()])
+    let cache = shared_compile_cache();
+    let server = Server::start(
+        dir.path(),
+        &["--deny-reason-in-status", "--tenants", path.to_str().unwrap(), "--cache-dir", &cache],
+    );
+    wait_for("readyz", Duration::from_secs(300), || (server.get("/readyz").status == 200).then_some(()));
+    server
 }
 
 fn user(answer: &Answer) -> (String, Vec<String>) {
@@ -68,9 +77,13 @@ fn denied(answer: &Answer, why: &str) {
 
 #[test]
 fn real_tokens_are_verified_with_keys_fetched_once_and_a_rotation_is_picked_up() {
+    keys_fetched_once_and_a_rotation_picked_up(built::OIDC_JWT);
+}
+
+fn keys_fetched_once_and_a_rotation_picked_up(oidc_jwt: &str) {
     let idp = OpenIdProvider::start();
     let dir = plugin_dir(&idp);
-    dir.add("10-oidc", built::OIDC_JWT, &oidc_manifest(&idp, 2000, ""));
+    dir.add("10-oidc", oidc_jwt, &oidc_manifest(&idp, 2000, ""));
     let server = start(&dir, &idp);
     assert_eq!(idp.hits()["jwks"], 0, "the vectors asked nobody");
 
@@ -105,9 +118,13 @@ fn real_tokens_are_verified_with_keys_fetched_once_and_a_rotation_is_picked_up()
 
 #[test]
 fn forged_expired_and_misaddressed_tokens_are_denied() {
+    forged_expired_and_misaddressed_denied(built::OIDC_JWT);
+}
+
+fn forged_expired_and_misaddressed_denied(oidc_jwt: &str) {
     let idp = OpenIdProvider::start();
     let dir = plugin_dir(&idp);
-    dir.add("10-oidc", built::OIDC_JWT, &oidc_manifest(&idp, 2000, "clock_skew_seconds = \"0\""));
+    dir.add("10-oidc", oidc_jwt, &oidc_manifest(&idp, 2000, "clock_skew_seconds = \"0\""));
     let server = start(&dir, &idp);
     let good = idp.token("alice", K8S);
     let kid = header(&good)["kid"].as_str().unwrap().to_owned();
@@ -239,3 +256,93 @@ fn the_shipped_policies_pass_their_vectors_offline() {
     assert!(out.contains(&format!("{} vectors passed", vectors("introspection"))), "{out}");
     assert!(!out.contains("example-secret-0123456") && !err.contains("example-secret-0123456"));
 }
+
+// ---- the ports: Python and JavaScript ------------------------------------------------------
+
+/// `target/guests/LANG/oidc-jwt.wasm`, or a failure that says how to build it.
+fn port(lang: &str) -> String {
+    let path = std::path::Path::new(built::ROOT).join(format!("target/guests/{lang}/oidc-jwt.wasm"));
+    assert!(path.is_file(), "{} is missing: run `plugins/languages.sh {lang}`", path.display());
+    path.to_str().unwrap().to_owned()
+}
+
+/// `plugins/LANG/oidc-jwt.toml`.
+fn port_manifest(lang: &str) -> String {
+    std::path::Path::new(built::ROOT).join(format!("plugins/{lang}/oidc-jwt.toml")).to_str().unwrap().to_owned()
+}
+
+/// The `[[test]]` vectors of a manifest (all of it after the first).
+fn vectors_of(path: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split_once("[[test]]").map(|(_, v)| v.to_owned()).unwrap_or_default()
+}
+
+fn port_passes_the_rust_vectors(lang: &str) {
+    let manifest = port_manifest(lang);
+    assert_eq!(
+        vectors_of(&manifest),
+        vectors_of(built::OIDC_JWT_MANIFEST),
+        "{manifest}: not the Rust manifest's vectors"
+    );
+    let dir = PluginDir::new();
+    dir.example("oidc-jwt", &port(lang), &manifest);
+    let cache = shared_compile_cache();
+    let (code, out, err) = run_cli(&["check", "--cache-dir", &cache, dir.path().to_str().unwrap()], "");
+    assert_eq!(code, 0, "{lang}: {out}{err}");
+    let count = vectors_of(&manifest).matches("[[test]]").count() + 1;
+    assert!(out.starts_with("ok ") && out.contains(&format!("{count} vectors passed")), "{lang}: {out}");
+}
+
+/// Inline keys and no `allowed_outbound_hosts`: a component that imports wasi:http loads without
+/// any outbound grant (the host stubs what it does not grant, `io-error` included) and answers.
+fn port_with_inline_keys_needs_no_grant(lang: &str) {
+    let idp = OpenIdProvider::start();
+    let token = idp.token("alice", K8S);
+    let client = tls_client(&idp.pki.ca_pem, None, &["http/1.1"]);
+    let get = |url: &str| client.get(url).send().unwrap().text().unwrap();
+    let discovery: Value =
+        serde_json::from_str(&get(&format!("{}/.well-known/openid-configuration", idp.issuer))).unwrap();
+    let jwks = get(discovery["jwks_uri"].as_str().unwrap());
+    assert!(jwks.contains("\"keys\"") && !jwks.contains("'''"), "{jwks}");
+    let manifest = format!(
+        "role = \"authenticator\"\n[limits]\ntimeout_ms = 2000\n[config]\nissuer = \"{}\"\naudiences = \"{K8S}\"\n\
+         username_prefix = \"oidc:\"\ngroups_claim = \"groups\"\ngroups_prefix = \"oidc:\"\njwks = '''{jwks}'''\n",
+        idp.issuer
+    );
+    let dir = PluginDir::new();
+    dir.add("10-oidc", &port(lang), &manifest);
+    let server = Server::start(dir.path(), &["--deny-reason-in-status", "--cache-dir", &shared_compile_cache()]);
+    wait_for("readyz", Duration::from_secs(300), || (server.get("/readyz").status == 200).then_some(()));
+    let hits = idp.hits()["jwks"].as_u64().unwrap();
+    assert_eq!(user(&server.review(&token)), ("oidc:alice".into(), vec!["oidc:dev".into(), "oidc:ops".into()]));
+    denied(&server.review(&format!("{}AAAA", &token[..token.len() - 4])), "bad signature");
+    assert_eq!(idp.hits()["jwks"].as_u64().unwrap(), hits, "inline keys: the plugin asked nobody");
+}
+
+macro_rules! ported {
+    ($($lang:ident),*) => {$(
+        mod $lang {
+            #[test]
+            fn real_tokens_are_verified_with_keys_fetched_once_and_a_rotation_is_picked_up() {
+                super::keys_fetched_once_and_a_rotation_picked_up(&super::port(stringify!($lang)));
+            }
+
+            #[test]
+            fn forged_expired_and_misaddressed_tokens_are_denied() {
+                super::forged_expired_and_misaddressed_denied(&super::port(stringify!($lang)));
+            }
+
+            #[test]
+            fn shipped_vectors_are_the_rust_ones_and_pass_tollgate_check() {
+                super::port_passes_the_rust_vectors(stringify!($lang));
+            }
+
+            #[test]
+            fn inline_keys_without_an_outbound_grant_load_and_answer() {
+                super::port_with_inline_keys_needs_no_grant(stringify!($lang));
+            }
+        }
+    )*};
+}
+
+ported!(python, js);

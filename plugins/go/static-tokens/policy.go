@@ -11,13 +11,12 @@
 package export_tollgate_policy_authenticator
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 	"strings"
 
 	"wit_component/text"
+	"wit_component/tgcrypto"
 	host "wit_component/tollgate_policy_host"
 	types "wit_component/tollgate_policy_types"
 
@@ -63,16 +62,22 @@ next:
 func Authenticate(review types.Review) types.Decision {
 	defer witRuntime.EndCall()
 	table := host.Config("tokens")
-	digest := sha256.Sum256([]byte(review.Token))
+	// The host's SHA-256 takes at most 1 MiB (more traps). A longer token (possible only with
+	// --max-body-bytes over 1 MiB) is taken as unlisted: it matches no line.
+	listable := len(review.Token) <= tgcrypto.MaxHashBytes
+	var digest [32]byte
+	if listable {
+		digest = tgcrypto.SHA256([]byte(review.Token))
+	}
 	var found *types.Grant
 	// Every line is parsed and compared, found or not: the time taken does not depend on which
-	// line (if any) matches. subtle.ConstantTimeCompare is constant-time.
+	// line (if any) matches. The host hashes and compares (tgcrypto), in constant time.
 	for _, line := range text.ContentLines(optional(table)) {
 		entryDigest, grant, err := parseLine(line.Text)
 		if err != nil {
 			panic(fmt.Sprintf("tokens line %d: %v", line.Number, err))
 		}
-		if subtle.ConstantTimeCompare(entryDigest, digest[:]) == 1 && found == nil {
+		if tgcrypto.ConstantTimeEq(entryDigest, digest[:]) && listable && found == nil {
 			found = &grant
 		}
 	}

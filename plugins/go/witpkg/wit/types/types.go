@@ -44,3 +44,49 @@ type Tuple2[A, B any] struct {
 	F0 A
 	F1 B
 }
+
+// Unit is the empty value, the T or E of a WIT result without one (`result<_, E>`).
+type Unit struct{}
+
+// Tags of a Result.
+const (
+	ResultOk  uint8 = 0
+	ResultErr uint8 = 1
+)
+
+// Result is a WIT result<T, E>.
+type Result[T any, E any] struct {
+	tag   uint8
+	value any
+}
+
+// Ok is a successful result holding v.
+func Ok[T any, E any](v T) Result[T, E] { return Result[T, E]{ResultOk, v} }
+
+// Err is a failed result holding e.
+func Err[T any, E any](e E) Result[T, E] { return Result[T, E]{ResultErr, e} }
+
+// Tag is ResultOk or ResultErr.
+func (r Result[T, E]) Tag() uint8 { return r.tag }
+
+// IsOk tells whether the result is a success.
+func (r Result[T, E]) IsOk() bool { return r.tag == ResultOk }
+
+// IsErr tells whether the result is a failure.
+func (r Result[T, E]) IsErr() bool { return r.tag == ResultErr }
+
+// Ok is the success value; it panics (traps) on a failure.
+func (r Result[T, E]) Ok() T {
+	if r.tag != ResultOk {
+		panic("result is an error")
+	}
+	return r.value.(T)
+}
+
+// Err is the error value; it panics (traps) on a success.
+func (r Result[T, E]) Err() E {
+	if r.tag != ResultErr {
+		panic("result is not an error")
+	}
+	return r.value.(E)
+}
