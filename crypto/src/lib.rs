@@ -302,7 +302,8 @@ impl Jwk {
             "RSA" => {
                 let n = bytes("n")?;
                 let n = n[n.iter().take_while(|b| **b == 0).count()..].to_vec();
-                let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+                let Some(first) = n.first() else { return Err("its RSA modulus n is zero".into()) };
+                let bits = n.len() * 8 - first.leading_zeros() as usize;
                 if bits < 2048 {
                     return Err(format!("it is an RSA key of {bits} bits; at least 2048 are required"));
                 }
@@ -443,4 +444,15 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Option<[u8; 32]> {
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq as _;
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The build profile keeps overflow checks on for this crate (Cargo.toml): a length
+    /// computation gone wrong on hostile input panics (the host traps the call) rather than wraps.
+    #[test]
+    fn overflow_checks_are_on() {
+        let n: usize = std::hint::black_box(0);
+        assert!(std::panic::catch_unwind(|| n - 8).is_err());
+    }
 }

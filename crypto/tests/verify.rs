@@ -227,6 +227,9 @@ fn weak_and_unusable_keys_are_refused_with_their_reason() {
         with(rsa.jwk(), json!({"kid": "enc", "use": "enc"})),
         with(rsa.jwk(), json!({"kid": "ops", "key_ops": ["encrypt"]})),
         with(rsa.jwk(), json!({"kid": "even-e", "e": "AQA"})),
+        // Found by `make fuzz` (jws): an empty modulus underflowed the bit count.
+        with(rsa.jwk(), json!({"kid": "empty-n", "n": ""})),
+        with(rsa.jwk(), json!({"kid": "zero-n", "n": "AAAA"})),
         json!({"kty": "EC", "kid": "short", "crv": "P-256", "x": "AAAA", "y": "AAAA"}),
         json!({"kty": "EC", "kid": "p521", "crv": "P-521", "x": "AAAA", "y": "AAAA"}),
         json!("not an object"),
@@ -237,6 +240,8 @@ fn weak_and_unusable_keys_are_refused_with_their_reason() {
         ("enc", "use is \"enc\""),
         ("ops", "key_ops"),
         ("even-e", "exponent"),
+        ("empty-n", "modulus n is zero"),
+        ("zero-n", "modulus n is zero"),
         ("short", "x is 3 bytes, not 32"),
         ("p521", "curve \"P-521\""),
     ] {

@@ -39,8 +39,9 @@ mod bindings {
         world: "policy",
         exports: { default: async },
         // The hashes trap on input over their limit rather than make every caller handle an
-        // error that only a bug produces.
+        // error that only a bug produces; the verifier traps if it ever panics on an input.
         imports: {
+            "tollgate:policy/crypto.verify-jws": trappable,
             "tollgate:policy/crypto.sha256": trappable,
             "tollgate:policy/crypto.hmac-sha256": trappable,
         },
@@ -558,10 +559,27 @@ impl Sandbox {
             // Waiting in a host call at its deadline: the call is dropped where it stood.
             Err(_) => Err(Failure::Deadline),
         };
+        let mut last_words = None;
         if let Some(wasi) = &store.data().wasi {
             emit_output(&store, "stdout", &wasi.stdout, &scrubber);
-            emit_output(&store, "stderr", &wasi.stderr, &scrubber);
+            last_words = emit_output(&store, "stderr", &wasi.stderr, &scrubber);
         }
+        // A trap after the guest wrote to stderr (a panic message, a Python exception): its last
+        // telling line goes into the failure, where `check`, `--explain` and the audit show it.
+        // An `unreachable` with neither words nor frames of its own is what a JavaScript
+        // exception looks like in a QuickJS build whose WASI is stubbed: say where the message went.
+        let result = match (result, last_words) {
+            (Err(Failure::Trap(m)), Some(words)) => {
+                Err(Failure::Trap(format!("{m}; its last words on stderr: {words}")))
+            }
+            (Err(Failure::Trap(m)), None) if m.contains("`unreachable`") && !m.contains(" <- ") => {
+                Err(Failure::Trap(format!(
+                    "{m}; it left no message (a JavaScript exception, in a build with --backend-qjs-stub-wasi? \
+                         build without it to see the message: plugins/js/README.md)"
+                )))
+            }
+            (result, _) => result,
+        };
         let decision = match result {
             // An answer after the deadline is too late, however it got there (finishing in the
             // tick after it).
@@ -956,19 +974,33 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, scrubber: &Scrubber,
 }
 
 /// The cause first, then where: a long backtrace must not push the cause past the length cap.
+/// Frames of the guest's panic and abort machinery say nothing about where it went wrong.
+fn telling_frame(name: &str) -> bool {
+    const MACHINERY: [&str; 8] =
+        ["std::", "core::", "alloc::", "__rustc::", "__rust_", "rust_panic", "abort", "panic_"];
+    !MACHINERY.iter().any(|m| name.starts_with(m))
+}
+
 fn trap_message(err: &wasmtime::Error) -> String {
     let cause = err.root_cause().to_string();
     let frames: Vec<&str> = err
         .downcast_ref::<wasmtime::WasmBacktrace>()
-        .map(|bt| bt.frames().iter().filter_map(|f| f.func_name()).take(6).collect())
+        .map(|bt| bt.frames().iter().filter_map(|f| f.func_name()).filter(|n| telling_frame(n)).take(6).collect())
         .unwrap_or_default();
     if frames.is_empty() { cause } else { format!("{cause} (in {})", frames.join(" <- ")) }
 }
 
-fn emit_output(store: &Store<HostState>, stream: &'static str, capture: &Capture, scrubber: &Scrubber) {
+/// Logs what the guest wrote to `stream`, line by line; returns its last telling line (not a
+/// `note:` or a backtrace header), cut to [`LAST_WORDS_BYTES`].
+fn emit_output(
+    store: &Store<HostState>,
+    stream: &'static str,
+    capture: &Capture,
+    scrubber: &Scrubber,
+) -> Option<String> {
     let (bytes, dropped) = capture.take();
     if bytes.is_empty() && dropped == 0 {
-        return;
+        return None;
     }
     let env = &store.data().env;
     let text = scrubber.clean_bytes(&bytes, output::CAPTURE_BYTES);
@@ -979,7 +1011,41 @@ fn emit_output(store: &Store<HostState>, stream: &'static str, capture: &Capture
     if dropped > 0 {
         plugin_line(env, &store.data().request_id, Level::Warn, stream, &format!("{dropped} further bytes dropped"));
     }
+    last_words(&text)
 }
+
+/// The telling line of what a guest wrote to stderr before it trapped: a Python traceback's
+/// last line, or what a Rust panic (the runtime of a JavaScript guest included) says after
+/// "panicked at", else the last line that is not a `note:` or a backtrace header, cut to
+/// [`LAST_WORDS_BYTES`].
+fn last_words(text: &str) -> Option<String> {
+    let telling = |l: &&&str| {
+        let l = l.trim();
+        l.chars().filter(|c| c.is_alphanumeric()).count() >= 8
+            && !l.starts_with("note:")
+            && !l.starts_with("stack backtrace")
+            && !l.starts_with("Traceback")
+    };
+    // The scrubbed text has its newlines escaped (`\n`): lines are split on those too.
+    let lines: Vec<&str> = text.lines().flat_map(|l| l.split("\\n")).collect();
+    let panic_at = lines.iter().rposition(|l| l.contains("panicked at"));
+    let last = if text.contains("Traceback (most recent call last)") {
+        // A Python exception: its own last line (`KeyError: 'teams'`) says more than the
+        // runtime's panic that follows it ("Python function threw an unexpected exception").
+        lines[..panic_at.unwrap_or(lines.len())].iter().rev().find(telling)
+    } else {
+        panic_at.and_then(|i| lines.get(i + 1)).filter(telling)
+    };
+    let last = last.or_else(|| lines.iter().rev().find(telling))?.trim();
+    let mut end = last.len().min(LAST_WORDS_BYTES);
+    while !last.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(last[..end].to_owned())
+}
+
+/// How much of a guest's last stderr line a failure message repeats.
+const LAST_WORDS_BYTES: usize = 300;
 
 /// One line from a plugin, tagged with tenant, plugin and request id. The text is already scrubbed.
 fn plugin_line(env: &PluginEnv, request_id: &str, level: Level, stream: &'static str, message: &str) {
@@ -1013,4 +1079,32 @@ fn fit_message(err: &anyhow::Error) -> String {
         return format!("it does not export {EXPORT} as the world defines it ({full})");
     }
     full
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_repeats_what_the_guest_said_before_it_trapped() {
+        // As the scrubber leaves them: newlines escaped, one line.
+        let rust = r"\nthread '<unnamed>' (1) panicked at src/lib.rs:9:5:\nno team list configured\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(last_words(rust).as_deref(), Some("no team list configured"));
+        let js = r#"\nthread '<unnamed>' (1) panicked at crates/runtime/src/interpreter.rs:51:31:\nFailed to call 'authenticate': Exception(Exception { message: Some("team list is missing"), stack: Some("    at authenticate (/bad.js:3:15)\n") })\nnote: run with `RUST_BACKTRACE=1`"#;
+        assert!(last_words(js).unwrap().contains("message: Some(\"team list is missing\")"));
+        let python = "Traceback (most recent call last):\n  File \"app.py\", line 3, in authenticate\nKeyError: 'teams'\n\
+             thread '<unnamed>' (1) panicked at runtime/src/lib.rs:9:5:\nPython function threw an unexpected exception\n";
+        assert_eq!(last_words(python).as_deref(), Some("KeyError: 'teams'"));
+        assert_eq!(last_words("\n  \nnote: nothing\n"), None);
+        let long = "é".repeat(400);
+        assert!(last_words(&long).unwrap().len() <= LAST_WORDS_BYTES);
+    }
+
+    #[test]
+    fn the_panic_machinery_is_left_out_of_a_traps_frames() {
+        for machinery in ["std::process::abort", "__rustc::rust_panic", "core::panicking::panic_fmt", "abort"] {
+            assert!(!telling_frame(machinery), "{machinery}");
+        }
+        assert!(telling_frame("wit_dylib_pop_variant") && telling_frame("my_policy::authenticate"));
+    }
 }

@@ -192,11 +192,25 @@ function stringList(claims, name) {
 
 // ---- keys ----------------------------------------------------------------------------------
 
+// The text last decoded per kv key: a warm instance reads the same cached JWKS review after
+// review, and comparing its bytes costs less than decoding them again in QuickJS.
+const decoded = new Map();
+
+function sameBytes(a, b) {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 function kvText(key) {
   const v = kv.get(key);
   if (v === undefined || v === null) return undefined;
+  const last = decoded.get(key);
+  if (last !== undefined && sameBytes(last.bytes, v)) return last.text;
   try {
-    return utf8Decode(v);
+    const text = utf8Decode(v);
+    decoded.set(key, { bytes: v, text });
+    return text;
   } catch {
     return undefined;
   }
@@ -325,15 +339,22 @@ function verify(s, token) {
   return { user, audiences: [], expiresAt: Math.min(exp, Number.MAX_SAFE_INTEGER) };
 }
 
+let loaded;
+
 export const authenticator = {
   authenticate(review) {
-    let s;
-    try {
-      s = settings();
-    } catch (e) {
-      if (e instanceof Misconfigured) return { tag: "unavailable", val: `oidc-jwt is misconfigured: ${e.message}` };
-      throw e;
+    // The manifest's [config] is fixed for an instance's life (a reload makes new instances):
+    // a warm instance reads it once.
+    if (loaded === undefined) {
+      try {
+        loaded = { settings: settings() };
+      } catch (e) {
+        if (!(e instanceof Misconfigured)) throw e;
+        loaded = { misconfigured: `oidc-jwt is misconfigured: ${e.message}` };
+      }
     }
+    if (loaded.misconfigured !== undefined) return { tag: "unavailable", val: loaded.misconfigured };
+    const s = loaded.settings;
     const claims = unverifiedClaims(review.token);
     if (claims === undefined || own(claims, "iss") !== s.issuer) return { tag: "abstain" };
     try {

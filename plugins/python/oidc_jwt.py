@@ -370,12 +370,22 @@ def verify(s: Settings, token: str) -> Grant:
     return Grant(user=user, audiences=[], expires_at=exp)
 
 
+_loaded: "Optional[Settings | str]" = None
+
+
 class Authenticator(exports.Authenticator):
     def authenticate(self, review: Review) -> Decision:
-        try:
-            s = Settings()
-        except Misconfigured as e:
-            return Decision_Unavailable(f"oidc-jwt is misconfigured: {e}")
+        global _loaded
+        # The manifest's [config] is fixed for an instance's life (a reload makes new
+        # instances): a warm instance reads it once.
+        if _loaded is None:
+            try:
+                _loaded = Settings()
+            except Misconfigured as e:
+                _loaded = f"oidc-jwt is misconfigured: {e}"
+        if isinstance(_loaded, str):
+            return Decision_Unavailable(_loaded)
+        s = _loaded
         claims = unverified_claims(review.token)
         if claims is None or claims.get("iss") != s.issuer or not isinstance(claims.get("iss"), str):
             return Decision_Abstain()

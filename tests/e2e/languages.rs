@@ -620,6 +620,11 @@ fn a_python_guest_is_held_to_the_same_sandbox() {
         let lines = server.wait_audit("audit", |l| l.iter().any(|l| l["plugin"] == plugin));
         let line = lines.iter().find(|l| l["plugin"] == plugin).unwrap();
         assert_eq!(line["error_class"], class, "{token}");
+        if plugin == "12-raise" {
+            // The exception's message is in the failure itself, not only in the log's stderr lines.
+            let reason = line["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("probe raised on purpose"), "{line}");
+        }
         ok();
     }
     for (token, reason) in

@@ -103,6 +103,12 @@ fn resource_abuse_fails_closed() {
     assert_failed(&server, "groups-12345678", "18-groups", &["oversized-output"]);
     assert_failed(&server, "string-12345678", "19-string", &["oversized-output"]);
     assert!(server.logs.text().contains("probe panicked on purpose"), "guest stderr reaches the log");
+    // ...and the panic's message is the failure's reason, without the panic machinery's frames.
+    let lines = server.audit_lines();
+    let panicked = lines.iter().find(|l| l["plugin"] == "13-panic").unwrap();
+    let reason = panicked["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("its last words on stderr: probe panicked on purpose"), "{panicked}");
+    assert!(!reason.contains("rust_panic") && !reason.contains("abort_internal"), "{panicked}");
 }
 
 /// What a guest can make the host allocate outside its own memory limit is bounded too: host

@@ -87,10 +87,18 @@ impl wit::Host for HostState {
         compact: String,
         jwks: String,
         allowed_algs: Vec<String>,
-    ) -> Result<wit::VerifiedJws, wit::JwsError> {
-        let keys = self.env.keys.key_set(&jwks).map_err(into_wit)?;
-        let v = tollgate_crypto::verify_jws(&compact, &keys, &allowed_algs).map_err(into_wit)?;
-        Ok(wit::VerifiedJws { alg: v.alg.to_owned(), key_id: v.key_id, header: v.header, payload: v.payload })
+    ) -> wasmtime::Result<Result<wit::VerifiedJws, wit::JwsError>> {
+        // The parsers take hostile input, with overflow checks on: should one ever panic, the
+        // call fails closed (a trap) instead of unwinding through the server.
+        let keys = &self.env.keys;
+        let verified = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let keys = keys.key_set(&jwks)?;
+            tollgate_crypto::verify_jws(&compact, &keys, &allowed_algs)
+        }))
+        .map_err(|_| wasmtime::format_err!("the host's JWS verifier failed on this input (a bug: please report it)"))?;
+        Ok(verified
+            .map(|v| wit::VerifiedJws { alg: v.alg.to_owned(), key_id: v.key_id, header: v.header, payload: v.payload })
+            .map_err(into_wit))
     }
 
     fn sha256(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {

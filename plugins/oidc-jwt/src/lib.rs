@@ -23,7 +23,7 @@
 //! audience, expiry...; `unavailable` when the keys cannot be had (the issuer is down and
 //! nothing is cached): 503, so kube-apiserver neither caches nor retries it.
 
-use jwt_verify::{Jwt, Rules, check_claims, claims, string_list};
+use jwt_verify::{Jwt, Rules, check_claims, string_list};
 use serde_json::Value;
 use tollgate_sdk::crypto::{self, JwsError};
 use tollgate_sdk::{Decision, Grant, Policy, Review, config, http, info, kv, warn};
@@ -99,31 +99,45 @@ impl Settings {
     }
 }
 
+/// Runs `f` with the settings. The manifest's `[config]` is fixed for an instance's life (a
+/// reload makes new instances): a warm instance reads it once. (Natively, tests change it
+/// between calls: read each time.)
+fn with_settings<R>(f: impl FnOnce(&Settings) -> R) -> Result<R, String> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        static SETTINGS: std::sync::OnceLock<Result<Settings, String>> = std::sync::OnceLock::new();
+        SETTINGS.get_or_init(Settings::load).as_ref().map(f).map_err(Clone::clone)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        Settings::load().map(|s| f(&s))
+    }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Policy for OidcJwt {
     fn authenticate(review: Review) -> Decision {
-        let settings = match Settings::load() {
-            Ok(s) => s,
-            Err(e) => return Decision::unavailable(format!("oidc-jwt is misconfigured: {e}")),
-        };
-        let Some(jwt) = Jwt::parse(&review.token) else {
-            return Decision::Abstain;
-        };
-        if jwt.issuer() != Some(settings.issuer.as_str()) {
-            return Decision::Abstain;
-        }
-        match verify(&settings, &review.token) {
-            Ok(grant) => Decision::Allow(grant),
-            Err(d) => d,
-        }
+        with_settings(|settings| {
+            let Some(jwt) = Jwt::parse(&review.token) else {
+                return Decision::Abstain;
+            };
+            if jwt.issuer() != Some(settings.issuer.as_str()) {
+                return Decision::Abstain;
+            }
+            match verify(settings, &review.token, jwt) {
+                Ok(grant) => Decision::Allow(grant),
+                Err(d) => d,
+            }
+        })
+        .unwrap_or_else(|e| Decision::unavailable(format!("oidc-jwt is misconfigured: {e}")))
     }
 }
 
 #[allow(clippy::result_large_err, reason = "the error is the review's answer, made once per review")]
-fn verify(s: &Settings, token: &str) -> Result<Grant, Decision> {
+fn verify(s: &Settings, token: &str, jwt: Jwt) -> Result<Grant, Decision> {
     let algorithms: Vec<&str> = s.algorithms.iter().map(String::as_str).collect();
     let (jwks, fetched) = jwks(s)?;
     let verified = match crypto::verify_jws(token, &jwks, &algorithms) {
@@ -142,7 +156,7 @@ fn verify(s: &Settings, token: &str) -> Result<Grant, Decision> {
         JwsError::Algorithm(m) => Decision::deny(format!("algorithm not accepted: {m}")),
         other => Decision::deny(other.to_string()),
     })?;
-    let claims = claims(&verified.payload).map_err(Decision::deny)?;
+    let claims = jwt.into_claims(&verified.payload).map_err(Decision::deny)?;
     let rules = Rules { issuer: &s.issuer, audiences: &s.audiences, skew: s.skew, now: now() };
     let exp = check_claims(&claims, &rules).map_err(Decision::deny)?;
     let claim = |name: &str| claims.get(name).and_then(Value::as_str).filter(|v| !v.is_empty());
