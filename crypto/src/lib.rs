@@ -6,110 +6,20 @@
 //! bounded before any work, nothing panics, and each refusal says why without quoting the token.
 //! The signature checks are ring's, the same code that verifies the host's TLS peers.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::signature::{self as sig, VerificationAlgorithm};
-use serde_json::{Map, Value};
-
-/// A compact JWS longer than this is refused before it is decoded: real tokens, even with a
-/// few hundred groups, are a few KiB (and kube-apiserver's own OIDC authenticator refuses far less).
-pub const MAX_JWS_BYTES: usize = 64 << 10;
-/// A JWKS larger than this is refused: issuers publish a handful of keys, a few KiB.
-pub const MAX_JWKS_BYTES: usize = 256 << 10;
-/// Keys in one JWKS: rotation keeps two or three per algorithm.
-pub const MAX_KEYS: usize = 64;
-/// Input of one `sha256`/`hmac-sha256` call: hashing a MiB takes a few milliseconds, so a host
-/// call stays far inside any plugin's deadline (a host call cannot be interrupted midway).
-pub const MAX_HASH_INPUT: usize = 1 << 20;
-/// Entries of `allowed-algs` (there are nine algorithms).
-const MAX_ALLOWED: usize = 16;
-/// How much of an attacker-chosen name (a `kid`, an `alg`) an error message repeats.
-const ECHO_CHARS: usize = 64;
-
-/// The algorithms [`verify_jws`] accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Alg {
-    Rs256,
-    Rs384,
-    Rs512,
-    Ps256,
-    Ps384,
-    Ps512,
-    Es256,
-    Es384,
-    EdDsa,
-}
-
-impl Alg {
-    pub const ALL: [Alg; 9] =
-        [Alg::Rs256, Alg::Rs384, Alg::Rs512, Alg::Ps256, Alg::Ps384, Alg::Ps512, Alg::Es256, Alg::Es384, Alg::EdDsa];
-
-    /// The JOSE name (RFC 7518 §3.1, RFC 8037 §3.1).
-    pub fn name(self) -> &'static str {
-        match self {
-            Alg::Rs256 => "RS256",
-            Alg::Rs384 => "RS384",
-            Alg::Rs512 => "RS512",
-            Alg::Ps256 => "PS256",
-            Alg::Ps384 => "PS384",
-            Alg::Ps512 => "PS512",
-            Alg::Es256 => "ES256",
-            Alg::Es384 => "ES384",
-            Alg::EdDsa => "EdDSA",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Alg> {
-        Alg::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// The key type and curve the algorithm needs.
-    fn curve(self) -> Curve {
-        match self {
-            Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512 => Curve::Rsa,
-            Alg::Es256 => Curve::P256,
-            Alg::Es384 => Curve::P384,
-            Alg::EdDsa => Curve::Ed25519,
-        }
-    }
-
-    fn rsa(self) -> Option<&'static sig::RsaParameters> {
-        // The 2048_8192 parameters: ring refuses a modulus under 2048 bits on its own too.
-        Some(match self {
-            Alg::Rs256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-            Alg::Rs384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-            Alg::Rs512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-            Alg::Ps256 => &sig::RSA_PSS_2048_8192_SHA256,
-            Alg::Ps384 => &sig::RSA_PSS_2048_8192_SHA384,
-            Alg::Ps512 => &sig::RSA_PSS_2048_8192_SHA512,
-            _ => return None,
-        })
-    }
-
-    fn other(self) -> &'static dyn VerificationAlgorithm {
-        match self {
-            Alg::Es384 => &sig::ECDSA_P384_SHA384_FIXED,
-            Alg::EdDsa => &sig::ED25519,
-            _ => &sig::ECDSA_P256_SHA256_FIXED,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Curve {
-    Rsa,
-    P256,
-    P384,
-    Ed25519,
-}
-
-/// Why a JWS was not verified (the contract's `jws-error`).
+/// Why a JWS was not verified (the contract's `jws-error`). Without the `verify` feature this
+/// crate is only this type and [`Verified`], so the Rust SDK names them on wasm too (where the
+/// host verifies).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JwsError {
+    /// Not a JWS in compact form, `crit` in the header, a payload that is not UTF-8, too long.
     Malformed(String),
+    /// The algorithm is not allowed (or never is: `none`, HMAC).
     Algorithm(String),
+    /// No usable key fits the token's `kid` and `alg`: fetching the JWKS again may help.
     NoKey(String),
+    /// A key fits and the signature is not its.
     BadSignature,
+    /// The JWKS itself is unusable.
     Jwks(String),
 }
 
@@ -127,332 +37,27 @@ impl std::fmt::Display for JwsError {
 
 impl std::error::Error for JwsError {}
 
-/// A verified JWS (the contract's `verified-jws`).
+/// A JWS whose signature was verified (the contract's `verified-jws`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Verified {
-    pub alg: &'static str,
+    /// The algorithm it was signed with.
+    pub alg: String,
+    /// The `kid` of the key that verified it, if that key has one.
     pub key_id: Option<String>,
+    /// The protected header: JSON text.
     pub header: String,
+    /// The payload (a JWT's claims): JSON text. The claims are the caller's to check.
     pub payload: String,
 }
 
 impl std::fmt::Debug for Verified {
-    // The payload is the token's content: not for logs.
+    // The payload is the token's content: keep it out of logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verified").field("alg", &self.alg).field("key_id", &self.key_id).finish_non_exhaustive()
     }
 }
 
-/// A public key, decoded and checked for shape.
-#[derive(Debug)]
-enum Public {
-    /// Modulus (no leading zeros) and exponent, big-endian.
-    Rsa {
-        n: Vec<u8>,
-        e: Vec<u8>,
-    },
-    /// `04 || x || y`, as ring takes it.
-    Ec {
-        curve: Curve,
-        point: Vec<u8>,
-    },
-    Ed25519(Vec<u8>),
-}
-
-impl Public {
-    fn curve(&self) -> Curve {
-        match self {
-            Public::Rsa { .. } => Curve::Rsa,
-            Public::Ec { curve, .. } => *curve,
-            Public::Ed25519(_) => Curve::Ed25519,
-        }
-    }
-}
-
-/// One entry of a JWKS: a usable key, or why it is not usable (kept, so that a token naming
-/// it gets that reason rather than "unknown kid").
-#[derive(Debug)]
-struct Jwk {
-    kid: Option<String>,
-    /// The key's own `alg`, when it names one: the only algorithm it verifies.
-    alg: Option<Alg>,
-    public: Result<Public, String>,
-}
-
-/// The keys of a JWKS document, parsed once (the host caches this per JWKS text).
-#[derive(Debug)]
-pub struct KeySet {
-    keys: Vec<Jwk>,
-}
-
-fn b64(text: &str) -> Option<Vec<u8>> {
-    // Canonical base64url without padding only (the default engine refuses non-zero trailing
-    // bits): a token has one encoding, so a signature cannot be re-encoded into a second one.
-    URL_SAFE_NO_PAD.decode(text).ok()
-}
-
-/// `"..."` of an attacker-chosen string, cut short.
-fn echo(s: &str) -> String {
-    let cut: String = s.chars().take(ECHO_CHARS).collect();
-    if cut.len() < s.len() { format!("{cut:?}…") } else { format!("{cut:?}") }
-}
-
-impl KeySet {
-    pub fn parse(jwks: &str) -> Result<KeySet, JwsError> {
-        if jwks.len() > MAX_JWKS_BYTES {
-            return Err(JwsError::Jwks(format!("{} bytes, over the {} KiB limit", jwks.len(), MAX_JWKS_BYTES >> 10)));
-        }
-        let doc: Value = serde_json::from_str(jwks).map_err(|e| JwsError::Jwks(format!("not JSON: {e}")))?;
-        let keys = doc.get("keys").and_then(Value::as_array).ok_or(JwsError::Jwks("no \"keys\" array".into()))?;
-        if keys.len() > MAX_KEYS {
-            return Err(JwsError::Jwks(format!("{} keys, over the limit of {MAX_KEYS}", keys.len())));
-        }
-        let keys = keys
-            .iter()
-            .map(|k| match k.as_object() {
-                Some(jwk) => Jwk::parse(jwk),
-                None => Jwk { kid: None, alg: None, public: Err("not a JSON object".into()) },
-            })
-            .collect();
-        Ok(KeySet { keys })
-    }
-
-    /// How many keys can verify something.
-    pub fn usable(&self) -> usize {
-        self.keys.iter().filter(|k| k.public.is_ok()).count()
-    }
-
-    /// The key for a header's `kid` and algorithm (see the contract's `verify-jws`).
-    fn select(&self, kid: Option<&str>, alg: Alg) -> Result<(&Public, Option<&str>), JwsError> {
-        match kid {
-            Some(kid) => {
-                let mut why = None;
-                for k in self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)) {
-                    match k.fits(alg) {
-                        Ok(public) => return Ok((public, k.kid.as_deref())),
-                        Err(e) => why = why.or(Some(e)),
-                    }
-                }
-                Err(JwsError::NoKey(match why {
-                    Some(why) => format!("the key {} cannot verify this token: {why}", echo(kid)),
-                    None => format!("no key with kid {}", echo(kid)),
-                }))
-            }
-            None => {
-                let mut fitting = self.keys.iter().filter_map(|k| Some((k.fits(alg).ok()?, k.kid.as_deref())));
-                match (fitting.next(), fitting.next()) {
-                    (Some(found), None) => Ok(found),
-                    (None, _) => Err(JwsError::NoKey(format!("no usable key for {}", alg.name()))),
-                    (Some(_), Some(_)) => Err(JwsError::NoKey(format!(
-                        "the token names no key (kid) and several keys fit {}",
-                        alg.name()
-                    ))),
-                }
-            }
-        }
-    }
-}
-
-impl Jwk {
-    /// The key, if it can verify `alg`; otherwise why not.
-    fn fits(&self, alg: Alg) -> Result<&Public, String> {
-        let public = self.public.as_ref().map_err(Clone::clone)?;
-        if public.curve() != alg.curve() {
-            return Err(format!("it is not a key for {}", alg.name()));
-        }
-        match self.alg {
-            Some(own) if own != alg => Err(format!("it is for {}, not {}", own.name(), alg.name())),
-            _ => Ok(public),
-        }
-    }
-
-    fn parse(jwk: &Map<String, Value>) -> Jwk {
-        let text = |k: &str| jwk.get(k).and_then(Value::as_str);
-        let kid = text("kid").map(str::to_owned);
-        let alg = text("alg").and_then(Alg::from_name);
-        let public = Self::public(jwk, text("alg"));
-        Jwk { kid, alg, public }
-    }
-
-    fn public(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<Public, String> {
-        let text = |k: &str| jwk.get(k).and_then(Value::as_str);
-        if let Some(u) = text("use")
-            && u != "sig"
-        {
-            return Err(format!("its use is {}, not sig", echo(u)));
-        }
-        if let Some(ops) = jwk.get("key_ops")
-            && !ops.as_array().is_some_and(|ops| ops.iter().any(|o| o == "verify"))
-        {
-            return Err("its key_ops do not include verify".into());
-        }
-        if let Some(a) = alg
-            && Alg::from_name(a).is_none()
-        {
-            return Err(format!("its alg {} is not one the host verifies", echo(a)));
-        }
-        let bytes = |k: &str| -> Result<Vec<u8>, String> {
-            b64(text(k).ok_or_else(|| format!("it has no {k}"))?).ok_or_else(|| format!("its {k} is not base64url"))
-        };
-        let fixed = |k: &str, len: usize| -> Result<Vec<u8>, String> {
-            let b = bytes(k)?;
-            if b.len() == len { Ok(b) } else { Err(format!("its {k} is {} bytes, not {len}", b.len())) }
-        };
-        match text("kty").ok_or("it has no kty")? {
-            "RSA" => {
-                let n = bytes("n")?;
-                let n = n[n.iter().take_while(|b| **b == 0).count()..].to_vec();
-                let Some(first) = n.first() else { return Err("its RSA modulus n is zero".into()) };
-                let bits = n.len() * 8 - first.leading_zeros() as usize;
-                if bits < 2048 {
-                    return Err(format!("it is an RSA key of {bits} bits; at least 2048 are required"));
-                }
-                if bits > 8192 {
-                    return Err(format!("it is an RSA key of {bits} bits; at most 8192 are verified"));
-                }
-                let e = bytes("e")?;
-                // ring takes exponents from 3 to 2^33 - 1, odd.
-                if e.len() > 5 || e.last().is_none_or(|b| b & 1 == 0) {
-                    return Err("its RSA exponent e is not usable".into());
-                }
-                Ok(Public::Rsa { n, e })
-            }
-            "EC" => {
-                let (curve, len) = match text("crv").ok_or("it has no crv")? {
-                    "P-256" => (Curve::P256, 32),
-                    "P-384" => (Curve::P384, 48),
-                    other => return Err(format!("its curve {} is not one the host verifies", echo(other))),
-                };
-                let mut point = vec![4u8];
-                point.extend(fixed("x", len)?);
-                point.extend(fixed("y", len)?);
-                Ok(Public::Ec { curve, point })
-            }
-            "OKP" => match text("crv").ok_or("it has no crv")? {
-                "Ed25519" => Ok(Public::Ed25519(fixed("x", 32)?)),
-                other => Err(format!("its curve {} is not one the host verifies", echo(other))),
-            },
-            "oct" => Err("it is a symmetric key (oct), never used to verify".into()),
-            other => Err(format!("its kty {} is not one the host verifies", echo(other))),
-        }
-    }
-}
-
-/// Verifies a JWS in compact form against `keys` (see the contract's `verify-jws`).
-pub fn verify_jws(compact: &str, keys: &KeySet, allowed_algs: &[String]) -> Result<Verified, JwsError> {
-    let allowed = allowed(allowed_algs)?;
-    if compact.len() > MAX_JWS_BYTES {
-        return Err(JwsError::Malformed(format!("over {} KiB", MAX_JWS_BYTES >> 10)));
-    }
-    let mut parts = compact.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(JwsError::Malformed("not three dot-separated parts (a JWS in compact form)".into()));
-    };
-    let header_bytes = b64(h).ok_or(JwsError::Malformed("the header is not base64url".into()))?;
-    let header_text =
-        String::from_utf8(header_bytes).map_err(|_| JwsError::Malformed("the header is not UTF-8".into()))?;
-    let header: Map<String, Value> = serde_json::from_str(&header_text)
-        .map_err(|_| JwsError::Malformed("the header is not a JSON object".into()))?;
-    let name = header.get("alg").and_then(Value::as_str).ok_or(JwsError::Malformed("the header has no alg".into()))?;
-    let alg = match Alg::from_name(name) {
-        Some(alg) => alg,
-        None if name.eq_ignore_ascii_case("none") => {
-            return Err(JwsError::Algorithm("alg none (an unsigned token) is never accepted".into()));
-        }
-        None if name.starts_with("HS") => {
-            return Err(JwsError::Algorithm(format!(
-                "alg {} (HMAC) is never accepted against a JWKS: a public key is no secret",
-                echo(name)
-            )));
-        }
-        None => return Err(JwsError::Algorithm(format!("alg {} is not one the host verifies", echo(name)))),
-    };
-    if !allowed.contains(&alg) {
-        return Err(JwsError::Algorithm(format!("alg {} is not in allowed-algs", alg.name())));
-    }
-    if header.contains_key("crit") {
-        return Err(JwsError::Malformed(
-            "the header lists critical extensions (crit) the host does not implement".into(),
-        ));
-    }
-    let signature = b64(s).ok_or(JwsError::Malformed("the signature is not base64url".into()))?;
-    let payload = b64(p).ok_or(JwsError::Malformed("the payload is not base64url".into()))?;
-    let payload = String::from_utf8(payload).map_err(|_| JwsError::Malformed("the payload is not UTF-8".into()))?;
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.as_str()),
-        Some(_) => return Err(JwsError::Malformed("the header's kid is not a string".into())),
-    };
-    let (key, key_id) = keys.select(kid, alg)?;
-    // The signing input is the encoded header and payload, exactly as they arrived.
-    let input = &compact.as_bytes()[..h.len() + 1 + p.len()];
-    let ok = match (key, alg.rsa()) {
-        (Public::Rsa { n, e }, Some(params)) => {
-            sig::RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() }.verify(params, input, &signature).is_ok()
-        }
-        (Public::Ec { point, .. }, None) => {
-            sig::UnparsedPublicKey::new(alg.other(), point).verify(input, &signature).is_ok()
-        }
-        (Public::Ed25519(x), None) => sig::UnparsedPublicKey::new(alg.other(), x).verify(input, &signature).is_ok(),
-        _ => false, // `select` matched the key type to the algorithm
-    };
-    if !ok {
-        return Err(JwsError::BadSignature);
-    }
-    Ok(Verified { alg: alg.name(), key_id: key_id.map(str::to_owned), header: header_text, payload })
-}
-
-fn allowed(names: &[String]) -> Result<Vec<Alg>, JwsError> {
-    if names.is_empty() {
-        return Err(JwsError::Algorithm("allowed-algs is empty: name the algorithms your issuer signs with".into()));
-    }
-    if names.len() > MAX_ALLOWED {
-        return Err(JwsError::Algorithm(format!("allowed-algs has {} entries, over {MAX_ALLOWED}", names.len())));
-    }
-    names
-        .iter()
-        .map(|n| {
-            Alg::from_name(n).ok_or_else(|| {
-                let known: Vec<&str> = Alg::ALL.iter().map(|a| a.name()).collect();
-                JwsError::Algorithm(format!("allowed-algs names {}; the host verifies {}", echo(n), known.join(", ")))
-            })
-        })
-        .collect()
-}
-
-/// SHA-256 of `data`; `None` over [`MAX_HASH_INPUT`].
-pub fn sha256(data: &[u8]) -> Option<[u8; 32]> {
-    if data.len() > MAX_HASH_INPUT {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
-    Some(out)
-}
-
-/// HMAC-SHA-256 of `data` under `key`; `None` over [`MAX_HASH_INPUT`].
-pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Option<[u8; 32]> {
-    if data.len() > MAX_HASH_INPUT || key.len() > MAX_HASH_INPUT {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data).as_ref());
-    Some(out)
-}
-
-/// Equality in time that depends only on the lengths (which are not secret: digests).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq as _;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
-}
-
-#[cfg(test)]
-mod tests {
-    /// The build profile keeps overflow checks on for this crate (Cargo.toml): a length
-    /// computation gone wrong on hostile input panics (the host traps the call) rather than wraps.
-    #[test]
-    fn overflow_checks_are_on() {
-        let n: usize = std::hint::black_box(0);
-        assert!(std::panic::catch_unwind(|| n - 8).is_err());
-    }
-}
+#[cfg(feature = "verify")]
+mod verify;
+#[cfg(feature = "verify")]
+pub use verify::*;

@@ -97,7 +97,7 @@ impl wit::Host for HostState {
         }))
         .map_err(|_| wasmtime::format_err!("the host's JWS verifier failed on this input (a bug: please report it)"))?;
         Ok(verified
-            .map(|v| wit::VerifiedJws { alg: v.alg.to_owned(), key_id: v.key_id, header: v.header, payload: v.payload })
+            .map(|v| wit::VerifiedJws { alg: v.alg, key_id: v.key_id, header: v.header, payload: v.payload })
             .map_err(into_wit))
     }
 

@@ -294,54 +294,12 @@ pub mod kv {
 /// signed JWT verified in tens of microseconds instead of milliseconds of bignum arithmetic in
 /// the sandbox. On the machine itself (unit tests) the very same code runs in-process.
 pub mod crypto {
-    /// A JWS whose signature the host verified.
-    #[derive(Clone, PartialEq, Eq)]
-    pub struct Verified {
-        /// The algorithm it was signed with.
-        pub alg: String,
-        /// The `kid` of the key that verified it, if that key has one.
-        pub key_id: Option<String>,
-        /// The protected header: JSON text.
-        pub header: String,
-        /// The payload (a JWT's claims): JSON text. The claims are yours to check.
-        pub payload: String,
-    }
-
-    impl std::fmt::Debug for Verified {
-        // The payload is the token's content: keep it out of logs.
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Verified").field("alg", &self.alg).field("key_id", &self.key_id).finish_non_exhaustive()
-        }
-    }
-
-    /// Why a JWS was not verified (see `wit/policy.wit`, `jws-error`).
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub enum JwsError {
-        /// Not a JWS in compact form, `crit` in the header, a payload that is not UTF-8, too long.
-        Malformed(String),
-        /// The algorithm is not allowed (or never is: `none`, HMAC).
-        Algorithm(String),
-        /// No usable key fits the token's `kid` and `alg`: fetching the JWKS again may help.
-        NoKey(String),
-        /// A key fits and the signature is not its.
-        BadSignature,
-        /// The JWKS itself is unusable.
-        Jwks(String),
-    }
-
-    impl std::fmt::Display for JwsError {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            match self {
-                JwsError::Malformed(m) => write!(f, "malformed token: {m}"),
-                JwsError::Algorithm(m) => write!(f, "algorithm refused: {m}"),
-                JwsError::NoKey(m) => write!(f, "no key: {m}"),
-                JwsError::BadSignature => f.write_str("bad signature"),
-                JwsError::Jwks(m) => write!(f, "unusable JWKS: {m}"),
-            }
-        }
-    }
-
-    impl std::error::Error for JwsError {}
+    /// Why a JWS was not verified (see `wit/policy.wit`, `jws-error`): `Malformed`, `Algorithm`,
+    /// `NoKey` (fetching the JWKS again may help), `BadSignature`, `Jwks`.
+    pub use tollgate_crypto::JwsError;
+    /// A JWS whose signature the host verified: `alg`, `key_id`, `header` and `payload` (the
+    /// claims, JSON text: yours to check). Its `Debug` leaves the payload out.
+    pub use tollgate_crypto::Verified;
 
     /// Verifies `compact` (a signed JWT) against the keys of `jwks` (a JWKS document's text),
     /// with one of `allowed_algs` (RS256/384/512, PS256/384/512, ES256/384, EdDSA). Pass the
@@ -363,15 +321,8 @@ pub mod crypto {
         #[cfg(not(target_arch = "wasm32"))]
         {
             use tollgate_crypto as native;
-            let found = native::KeySet::parse(jwks).and_then(|keys| native::verify_jws(compact, &keys, &allowed));
-            match found {
-                Ok(v) => Ok(Verified { alg: v.alg.into(), key_id: v.key_id, header: v.header, payload: v.payload }),
-                Err(native::JwsError::Malformed(m)) => Err(JwsError::Malformed(m)),
-                Err(native::JwsError::Algorithm(m)) => Err(JwsError::Algorithm(m)),
-                Err(native::JwsError::NoKey(m)) => Err(JwsError::NoKey(m)),
-                Err(native::JwsError::BadSignature) => Err(JwsError::BadSignature),
-                Err(native::JwsError::Jwks(m)) => Err(JwsError::Jwks(m)),
-            }
+            let keys = native::KeySet::parse(jwks)?;
+            native::verify_jws(compact, &keys, &allowed)
         }
     }
 
