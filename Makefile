@@ -56,7 +56,8 @@ clean:
 	$(CARGO) clean
 
 ## Coverage-guided fuzzing (issue 12): AFL++ on the TokenReview parser, the manifest and tenants
-## file parsers, the guardrails and the scrubber, FUZZ_SECONDS each (default 300). Installs
+## file parsers, the guardrails, the scrubber and the JWS verifier (issue 13), FUZZ_SECONDS each
+## (default 300). Installs
 ## Debian's afl++ when missing; fails when any target crashed (inputs in target/fuzz/out/).
 FUZZ_SECONDS ?= 300
 fuzz:
