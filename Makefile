@@ -14,8 +14,11 @@ LANGUAGES := python js c go
 toolchain:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
+## The binary as `make test` builds it: the same command resolves the same features (dev-
+## dependencies included), so `make run` after `make test` (or the other way round) rebuilds
+## nothing, where `cargo build -p tollgate` would rebuild wasmtime for minutes.
 build: toolchain
-	$(CARGO) build --release -p tollgate
+	$(CARGO) test --release --workspace --no-run
 
 ## Builds the example plugins (Rust, then Python, JavaScript, C and Go, installing their
 ## toolchains when missing) and lays them out as a plugin directory in target/plugins: the Rust
