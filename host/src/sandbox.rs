@@ -568,14 +568,18 @@ impl Sandbox {
         // telling line goes into the failure, where `check`, `--explain` and the audit show it.
         // An `unreachable` with neither words nor frames of its own is what a JavaScript
         // exception looks like in a QuickJS build whose WASI is stubbed: say where the message went.
+        // Both within the failure message's cap.
         let result = match (result, last_words) {
             (Err(Failure::Trap(m)), Some(words)) => {
-                Err(Failure::Trap(format!("{m}; its last words on stderr: {words}")))
+                Err(Failure::Trap(scrubber.clean(&format!("{m}; its last words on stderr: {words}"), REASON_BYTES)))
             }
             (Err(Failure::Trap(m)), None) if m.contains("`unreachable`") && !m.contains(" <- ") => {
-                Err(Failure::Trap(format!(
-                    "{m}; it left no message (a JavaScript exception, in a build with --backend-qjs-stub-wasi? \
+                Err(Failure::Trap(scrubber.clean(
+                    &format!(
+                        "{m}; it left no message (a JavaScript exception, in a build with --backend-qjs-stub-wasi? \
                          build without it to see the message: plugins/js/README.md)"
+                    ),
+                    REASON_BYTES,
                 )))
             }
             (result, _) => result,
@@ -973,7 +977,6 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, scrubber: &Scrubber,
     }
 }
 
-/// The cause first, then where: a long backtrace must not push the cause past the length cap.
 /// Frames of the guest's panic and abort machinery say nothing about where it went wrong.
 fn telling_frame(name: &str) -> bool {
     const MACHINERY: [&str; 8] =
@@ -981,6 +984,7 @@ fn telling_frame(name: &str) -> bool {
     !MACHINERY.iter().any(|m| name.starts_with(m))
 }
 
+/// The cause first, then where: a long backtrace must not push the cause past the length cap.
 fn trap_message(err: &wasmtime::Error) -> String {
     let cause = err.root_cause().to_string();
     let frames: Vec<&str> = err
