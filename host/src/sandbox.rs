@@ -548,41 +548,23 @@ impl Sandbox {
                 stats.instantiate = started.elapsed();
                 match instance {
                     Ok(Ok(instance)) => (store, instance, 0),
-                    Ok(Err(e)) => return (Err(classify(e, &store, &scrubber, true)), stats),
+                    Ok(Err(e)) => return (Err(classify(e, &store, &scrubber, true, None)), stats),
                     Err(_) => return (Err(Failure::Deadline), stats),
                 }
             }
         };
         let called = instance.tollgate_policy_authenticator().call_authenticate(&mut store, review);
-        let result = match tokio::time::timeout_at(ends, called).await {
-            Ok(result) => result.map_err(|e| classify(e, &store, &scrubber, false)),
-            // Waiting in a host call at its deadline: the call is dropped where it stood.
-            Err(_) => Err(Failure::Deadline),
-        };
+        let called = tokio::time::timeout_at(ends, called).await;
+        // What the guest wrote goes to the log first: a trap's failure repeats its last words.
         let mut last_words = None;
         if let Some(wasi) = &store.data().wasi {
             emit_output(&store, "stdout", &wasi.stdout, &scrubber);
             last_words = emit_output(&store, "stderr", &wasi.stderr, &scrubber);
         }
-        // A trap after the guest wrote to stderr (a panic message, a Python exception): its last
-        // telling line goes into the failure, where `check`, `--explain` and the audit show it.
-        // An `unreachable` with neither words nor frames of its own is what a JavaScript
-        // exception looks like in a QuickJS build whose WASI is stubbed: say where the message went.
-        // Both within the failure message's cap.
-        let result = match (result, last_words) {
-            (Err(Failure::Trap(m)), Some(words)) => {
-                Err(Failure::Trap(scrubber.clean(&format!("{m}; its last words on stderr: {words}"), REASON_BYTES)))
-            }
-            (Err(Failure::Trap(m)), None) if m.contains("`unreachable`") && !m.contains(" <- ") => {
-                Err(Failure::Trap(scrubber.clean(
-                    &format!(
-                        "{m}; it left no message (a JavaScript exception, in a build with --backend-qjs-stub-wasi? \
-                         build without it to see the message: plugins/js/README.md)"
-                    ),
-                    REASON_BYTES,
-                )))
-            }
-            (result, _) => result,
+        let result = match called {
+            Ok(result) => result.map_err(|e| classify(e, &store, &scrubber, false, last_words.as_deref())),
+            // Waiting in a host call at its deadline: the call is dropped where it stood.
+            Err(_) => Err(Failure::Deadline),
         };
         let decision = match result {
             // An answer after the deadline is too late, however it got there (finishing in the
@@ -669,7 +651,7 @@ impl Sandbox {
         let scrubber = Scrubber::new("");
         let pre = Self::pre(code, env)?;
         let mut store = self.store(env, "bench", "", Instant::now() + env.timeout, env.timeout);
-        pre.instantiate_async(&mut store).await.map(drop).map_err(|e| classify(e, &store, &scrubber, true))
+        pre.instantiate_async(&mut store).await.map(drop).map_err(|e| classify(e, &store, &scrubber, true, None))
     }
 }
 
@@ -957,7 +939,14 @@ impl wasmtime::ResourceLimiter for GuestLimits {
     }
 }
 
-fn classify(err: wasmtime::Error, store: &Store<HostState>, scrubber: &Scrubber, instantiating: bool) -> Failure {
+/// `last_words`: the guest's telling stderr line (already scrubbed), which a trap's message repeats.
+fn classify(
+    err: wasmtime::Error,
+    store: &Store<HostState>,
+    scrubber: &Scrubber,
+    instantiating: bool,
+    last_words: Option<&str>,
+) -> Failure {
     if store.data().limits.exceeded {
         return Failure::Memory;
     }
@@ -969,7 +958,7 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, scrubber: &Scrubber,
         Some(wasmtime::Trap::StackOverflow) => return Failure::StackOverflow,
         _ => {}
     }
-    let message = scrubber.clean(&trap_message(&err), REASON_BYTES);
+    let message = scrubber.clean(&trap_message(&err, last_words), REASON_BYTES);
     if instantiating && err.downcast_ref::<wasmtime::Trap>().is_none() {
         Failure::Instantiate(message)
     } else {
@@ -985,13 +974,26 @@ fn telling_frame(name: &str) -> bool {
 }
 
 /// The cause first, then where: a long backtrace must not push the cause past the length cap.
-fn trap_message(err: &wasmtime::Error) -> String {
+/// Then what the guest said on stderr before it trapped (a panic message, a Python exception),
+/// or, for an `unreachable` with neither words nor frames of its own — what a JavaScript
+/// exception looks like in a QuickJS build whose WASI is stubbed — where the message went.
+fn trap_message(err: &wasmtime::Error, last_words: Option<&str>) -> String {
     let cause = err.root_cause().to_string();
     let frames: Vec<&str> = err
         .downcast_ref::<wasmtime::WasmBacktrace>()
         .map(|bt| bt.frames().iter().filter_map(|f| f.func_name()).filter(|n| telling_frame(n)).take(6).collect())
         .unwrap_or_default();
-    if frames.is_empty() { cause } else { format!("{cause} (in {})", frames.join(" <- ")) }
+    let mut message = if frames.is_empty() { cause } else { format!("{cause} (in {})", frames.join(" <- ")) };
+    let unreachable = matches!(err.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::UnreachableCodeReached));
+    match last_words {
+        Some(words) => message.push_str(&format!("; its last words on stderr: {words}")),
+        None if unreachable && frames.len() <= 1 => message.push_str(
+            "; it left no message (a JavaScript exception, in a build with --backend-qjs-stub-wasi? \
+             build without it to see the message: plugins/js/README.md)",
+        ),
+        None => {}
+    }
+    message
 }
 
 /// Logs what the guest wrote to `stream`, line by line; returns its last telling line (not a
