@@ -45,7 +45,7 @@ languages:
 ## Builds everything and serves the example plugins on $(LISTEN) (compiled code cached in
 ## target/compile-cache, so a restart is quick even with the Python components).
 run: build plugins
-	$(TOLLGATE) check $(PLUGINS_DIR)
+	$(TOLLGATE) check $(PLUGINS_DIR) --cache-dir target/compile-cache
 	$(TOLLGATE) serve --plugins $(PLUGINS_DIR) --tenants examples/tenants.toml --listen $(LISTEN) \
 	  --cache-dir target/compile-cache
 

@@ -311,11 +311,12 @@ impl Loader {
         let all_set = manifest.tests.split_first().map(|(first, rest)| {
             first.config.keys().filter(|k| rest.iter().all(|t| t.config.contains_key(*k))).collect::<Vec<_>>()
         });
-        for key in all_set.unwrap_or_default().into_iter().filter(|k| !config.contains_key(*k)) {
-            let near = config.keys().find(|c| edit_distance(c, key) <= 2);
+        let all_set: Vec<String> =
+            all_set.unwrap_or_default().into_iter().filter(|k| !config.contains_key(*k)).cloned().collect();
+        for key in &all_set {
             warnings.push(format!(
                 "every [[test]] vector sets config key {key:?}, which [config] lacks: live, the plugin never sees it{}",
-                near.map_or(String::new(), |c| format!(" ([config] has {c:?}: a typo?)"))
+                vectors::near(config.keys(), key, "[config] has")
             ));
         }
         let timeout = match manifest.limits.timeout_ms.map(Duration::from_millis) {
@@ -338,7 +339,7 @@ impl Loader {
             Some(m) => m,
             None => self.defaults.memory_bytes,
         };
-        let plugin = Plugin {
+        let mut plugin = Plugin {
             name: src.name.clone(),
             role: manifest.role,
             matcher: manifest.matcher.map(|m| Matcher { token_prefix: m.token_prefix, jwt_issuer: m.jwt_issuer }),
@@ -366,16 +367,19 @@ impl Loader {
                 secrets: secret_values.into(),
                 vector: false,
                 clock: None,
+                mute: false,
             }),
             code,
             tests: manifest.tests,
             warnings,
             files,
         };
-        let failures = vectors::run_all(&self.sandbox, &plugin);
-        if !failures.is_empty() {
-            bail!("{}: its own [[test]] vectors fail: {}", src.name, failures.join("; "));
+        let run = vectors::run_all(&self.sandbox, &plugin);
+        if !run.failures.is_empty() {
+            bail!("{}: its own [[test]] vectors fail: {}", src.name, run.failures.join("; "));
         }
+        let reported: Vec<&String> = all_set.iter().collect();
+        plugin.warnings.extend(vectors::config_warnings(&plugin, &run.config, &reported));
         Ok(plugin)
     }
 
@@ -464,7 +468,7 @@ impl Loader {
 }
 
 /// Levenshtein distance, for "did you mean" hints on short keys.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

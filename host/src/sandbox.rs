@@ -189,6 +189,9 @@ pub struct PluginEnv {
     pub vector: bool,
     /// The wall clock the guest sees (unix seconds), when a vector fixes it (`now`).
     pub clock: Option<u64>,
+    /// A vector run a second time (`check`'s live-config pass): its log lines were written the
+    /// first time, so they are not written again.
+    pub mute: bool,
 }
 
 /// Warm instances of one plugin in one tenant and generation (never shared by digest across
@@ -318,13 +321,36 @@ impl Drop for WarmPool {
     }
 }
 
-/// How a call got its instance, for metrics.
-#[derive(Clone, Copy, Debug, Default)]
+/// How a call got its instance (for metrics), and what it asked of its `[config]` (for
+/// `check`'s unread-key warnings and `review --explain`).
+#[derive(Clone, Debug, Default)]
 pub struct CallStats {
     /// Time to make a fresh instance (zero for a warm one).
     pub instantiate: Duration,
     /// A warm instance served the call.
     pub warm: bool,
+    pub config: ConfigUse,
+}
+
+/// The `[config]` keys one call asked for, each once, in the order asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigUse {
+    /// `(key, whether [config] had it)`, at most [`CONFIG_READS`] of them.
+    pub reads: Vec<(String, bool)>,
+    /// The guest listed the keys (`config-keys`): any key may have been read.
+    pub listed: bool,
+}
+
+/// Distinct keys recorded per call: enough for any real policy, and a guest that asks for
+/// millions of made-up keys cannot grow the host's memory.
+const CONFIG_READS: usize = 64;
+
+impl ConfigUse {
+    fn note(&mut self, key: String, found: bool) {
+        if self.reads.len() < CONFIG_READS && !self.reads.iter().any(|(k, _)| *k == key) {
+            self.reads.push((key, found));
+        }
+    }
 }
 
 /// Why a call produced no decision. Every case fails the review closed.
@@ -561,6 +587,7 @@ impl Sandbox {
             emit_output(&store, "stdout", &wasi.stdout, &scrubber);
             last_words = emit_output(&store, "stderr", &wasi.stderr, &scrubber);
         }
+        stats.config = std::mem::take(&mut store.data_mut().config_use);
         let result = match called {
             Ok(result) => result.map_err(|e| classify(e, &store, &scrubber, false, last_words.as_deref())),
             // Waiting in a host call at its deadline: the call is dropped where it stood.
@@ -611,6 +638,7 @@ impl Sandbox {
             request_id: request_id.to_owned(),
             token: scrub_token.to_owned(),
             log_lines: 0,
+            config_use: ConfigUse::default(),
             deadline,
             http,
             hooks: OutboundHooks {
@@ -801,6 +829,7 @@ struct HostState {
     request_id: String,
     token: String,
     log_lines: usize,
+    config_use: ConfigUse,
     /// When this call's budget ends: no host call may block past it.
     deadline: Instant,
     http: WasiHttpCtx,
@@ -869,6 +898,7 @@ impl HostState {
         request_id.clone_into(&mut self.hooks.request_id);
         token.clone_into(&mut self.token);
         self.log_lines = 0;
+        self.config_use = ConfigUse::default();
         self.limits.exceeded = false;
         self.deadline = deadline;
         self.hooks.deadline = OutboundHooks::http_deadline(deadline, budget);
@@ -905,10 +935,13 @@ impl bindings::tollgate::policy::host::Host for HostState {
     }
 
     fn config(&mut self, key: String) -> Option<String> {
-        self.env.config.get(&key).cloned()
+        let value = self.env.config.get(&key).cloned();
+        self.config_use.note(key, value.is_some());
+        value
     }
 
     fn config_keys(&mut self) -> Vec<String> {
+        self.config_use.listed = true;
         self.env.config.keys().cloned().collect()
     }
 }
@@ -1055,6 +1088,9 @@ const LAST_WORDS_BYTES: usize = 300;
 
 /// One line from a plugin, tagged with tenant, plugin and request id. The text is already scrubbed.
 fn plugin_line(env: &PluginEnv, request_id: &str, level: Level, stream: &'static str, message: &str) {
+    if env.mute {
+        return;
+    }
     macro_rules! line {
         ($lvl:expr) => {
             tracing::event!(target: "tollgate::plugin", $lvl, tenant = %env.tenant, plugin = %env.name, request_id, stream, "{message}")

@@ -6,34 +6,94 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::manifest::{Expect, GrantSpec, TestVector};
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, edit_distance};
 use crate::sandbox::crypto::KeyCache;
 use crate::sandbox::kv::{KvLimits, KvStore};
-use crate::sandbox::{Decision, Grant, PluginEnv, Prior, Review, Sandbox, UserInfo};
+use crate::sandbox::{ConfigUse, Decision, Grant, PluginEnv, Prior, Review, Sandbox, UserInfo};
 
-/// Runs every vector; returns one line per failing vector. Each runs under the plugin's own
-/// deadline, whatever it waits for: a vector can delay a load by at most its timeout.
-pub fn run_all(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
+/// What a plugin's vectors showed.
+#[derive(Debug, Default)]
+pub struct VectorRun {
+    /// One line per failing vector.
+    pub failures: Vec<String>,
+    /// Every `[config]` key the plugin asked for in any vector (with the vector's overlay).
+    pub config: ConfigUse,
+}
+
+/// Runs every vector. Each runs under the plugin's own deadline, whatever it waits for: a
+/// vector can delay a load by at most its timeout.
+pub fn run_all(sandbox: &Sandbox, plugin: &Plugin) -> VectorRun {
     crate::sandbox::block_on(async {
-        let mut failures = Vec::new();
+        let mut out = VectorRun::default();
         for (i, t) in plugin.tests.iter().enumerate() {
-            if let Err(e) = run(sandbox, plugin, i, t, true).await {
-                failures.push(format!("{}: {e}", t.label(i)));
+            let (got, config) = decide(sandbox, plugin, i, t, true).await;
+            for (key, found) in config.reads {
+                out.config.reads.retain(|(k, _)| *k != key);
+                out.config.reads.push((key, found));
+            }
+            out.config.listed |= config.listed;
+            if let Err(e) = got.and_then(|d| judge(t, &d)) {
+                out.failures.push(format!("{}: {e}", t.label(i)));
             }
         }
-        failures
+        out
     })
 }
 
+/// What the vectors' `[config]` reads say about the live `[config]`: keys it holds that the
+/// plugin never read, and keys the plugin reads that it lacks while it holds a near miss (a
+/// typo: the vectors pass with their overlays, and live the plugin gets none). A key read and
+/// absent with nothing like it is an option left at its default (`review --explain` shows
+/// it); one only some vectors set is an option under test. `reported`: keys already warned about.
+pub fn config_warnings(plugin: &Plugin, used: &ConfigUse, reported: &[&String]) -> Vec<String> {
+    let live = &plugin.env.config;
+    let mut warnings = Vec::new();
+    if plugin.tests.is_empty() {
+        return warnings;
+    }
+    for (key, _) in used.reads.iter().filter(|(k, _)| !live.contains_key(k) && !reported.contains(&k)) {
+        let hint = near(live.keys(), key, "[config] has");
+        if !hint.is_empty() {
+            warnings
+                .push(format!("the plugin reads config key {key:?}, which [config] lacks: live it gets none{hint}"));
+        }
+    }
+    if !used.listed {
+        let read: Vec<&String> = used.reads.iter().map(|(k, _)| k).collect();
+        for key in live.keys().filter(|k| !read.contains(k)) {
+            warnings.push(format!(
+                "[config] key {key:?} was never read in the {} [[test]] vectors{}",
+                plugin.tests.len(),
+                near(read.iter().copied(), key, "the plugin reads")
+            ));
+        }
+    }
+    warnings
+}
+
+/// ` (HAS "teams": a typo?)` when `key` is a near miss of one of `keys`.
+pub fn near<'a>(mut keys: impl Iterator<Item = &'a String>, key: &str, has: &str) -> String {
+    keys.find(|c| edit_distance(c, key) <= 2 && c.as_str() != key)
+        .map_or(String::new(), |c| format!(" ({has} {c:?}: a typo?)"))
+}
+
 /// Vectors whose token the plugin accepts under its live `[config]` (without the vector's
-/// overlay): most likely a real credential written into the manifest.
+/// overlay): most likely a real credential written into the manifest. A vector without an
+/// overlay already ran under the live `[config]` (and passed), so only the others run again,
+/// muted: their log lines were written the first time.
 pub fn live_secret_warnings(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
     crate::sandbox::block_on(async {
         let mut warnings = Vec::new();
         for (i, t) in plugin.tests.iter().enumerate().filter(|(_, t)| !t.token.is_empty()) {
-            if let Ok(Decision::Allow(_)) = decide(sandbox, plugin, i, t, false).await {
+            let accepted = if t.config.is_empty() {
+                t.expect == Expect::Allow
+            } else {
+                matches!(decide(sandbox, plugin, i, t, false).await.0, Ok(Decision::Allow(_)))
+            };
+            if accepted {
                 warnings.push(format!(
-                    "{}: its token is accepted under the live [config]; is a real credential in the manifest?",
+                    "{}: its token is accepted under the live [config]; is a real credential in the manifest? \
+                     (give the vector its own `config = {{ ... }}` overlay instead)",
                     t.label(i)
                 ));
             }
@@ -42,18 +102,18 @@ pub fn live_secret_warnings(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
     })
 }
 
-async fn run(sandbox: &Sandbox, plugin: &Plugin, index: usize, t: &TestVector, overlay: bool) -> Result<(), String> {
-    let got = decide(sandbox, plugin, index, t, overlay).await?;
-    let kind = match &got {
+/// Whether the decision is what the vector expects.
+fn judge(t: &TestVector, got: &Decision) -> Result<(), String> {
+    let kind = match got {
         Decision::Allow(_) => Expect::Allow,
         Decision::Deny(_) => Expect::Deny,
         Decision::Abstain => Expect::Abstain,
         Decision::Unavailable(_) => Expect::Unavailable,
     };
     if kind != t.expect {
-        return Err(format!("expected {}, got {}", t.expect.as_str(), describe(&got)));
+        return Err(format!("expected {}, got {}", t.expect.as_str(), describe(got)));
     }
-    match &got {
+    match got {
         Decision::Allow(g) => compare_grant(t, g),
         Decision::Deny(r) | Decision::Unavailable(r) => match &t.reason {
             Some(want) if !r.contains(want.as_str()) => Err(format!("reason {r:?} does not contain {want:?}")),
@@ -69,7 +129,7 @@ async fn decide(
     index: usize,
     t: &TestVector,
     overlay: bool,
-) -> Result<Decision, String> {
+) -> (Result<Decision, String>, ConfigUse) {
     let mut config = plugin.env.config.clone();
     if overlay {
         config.extend(t.config.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -82,6 +142,8 @@ async fn decide(
         warm: None,
         vector: true,
         clock: t.now,
+        // The live-config pass runs vectors already run once.
+        mute: !overlay,
         kv: Arc::new(KvStore::new(KvLimits::DEFAULT)),
         keys: KeyCache::new(),
         ..PluginEnv::clone(&plugin.env)
@@ -96,8 +158,8 @@ async fn decide(
         attributes: vec![],
     };
     let deadline = Instant::now() + env.timeout;
-    let (decision, _) = sandbox.call(&plugin.code, &env, &review.request_id, &review, &t.token, deadline).await;
-    decision.map_err(|f| format!("the plugin {f}"))
+    let (decision, stats) = sandbox.call(&plugin.code, &env, &review.request_id, &review, &t.token, deadline).await;
+    (decision.map_err(|f| format!("the plugin {f}")), stats.config)
 }
 
 fn prior(spec: &GrantSpec) -> Prior {

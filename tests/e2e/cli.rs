@@ -129,6 +129,70 @@ fn check_says_what_it_could_not_check() {
         typo.contains("config key \"username\", which [config] lacks") && typo.contains("[config] has \"usernme\""),
         "{out}"
     );
+    // What the vectors read tells the rest: the typo is never read, and `username` (set by
+    // the vector, read by the plugin) is reported once, not again by the read-based check.
+    assert!(typo.contains("[config] key \"usernme\" was never read in the 1 [[test]] vectors"), "{out}");
+    assert_eq!(typo.matches("\"username\"").count(), 2, "one warning names it (and the hint): {out}");
+}
+
+/// What the plugin reads of its `[config]` decides two warnings (issue 16): a `[config]` key
+/// it never read, and a key it reads that `[config]` lacks while holding a near miss. An option
+/// it reads and leaves at its default, or one only some vectors set (a feature under test),
+/// is no warning.
+#[test]
+fn check_warns_from_what_the_plugin_read() {
+    let dir = PluginDir::new();
+    let vector = |config: &str| format!("[[test]]\ntoken = \"t-1\"\nexpect = \"allow\"\nconfig = {{ {config} }}\n");
+    let two = format!("{}{}", vector("groups = \"a\""), vector("uid = \"u\""));
+    dir.probe("options", &probe_manifest(&two, "allow", "username = \"x\""))
+        .probe("near", &probe_manifest(&vector("username = \"x\""), "allow", "username = \"x\"\nexpire_at = \"1\""));
+    let (code, out, err) = run_cli(&["check", dir.path().to_str().unwrap()], "");
+    assert_eq!(code, 0, "{out}{err}");
+    // (The probe allows every token, so each also draws the live-credential warning.)
+    let warnings = |plugin: &str| {
+        out.lines()
+            .filter(|l| {
+                l.starts_with("warn") && l.contains(&format!("{plugin}.wasm")) && !l.contains("real credential")
+            })
+            .collect::<Vec<_>>()
+    };
+    let near = warnings("near").join("\n");
+    assert!(
+        near.contains("reads config key \"expires_at\", which [config] lacks: live it gets none ([config] has \"expire_at\": a typo?)"),
+        "{out}"
+    );
+    assert!(
+        near.contains("[config] key \"expire_at\" was never read in the 1 [[test]] vectors (the plugin reads \"expires_at\": a typo?)"),
+        "{out}"
+    );
+    assert_eq!(warnings("near").len(), 2, "{out}");
+    assert_eq!(warnings("options"), Vec::<&str>::new(), "{out}");
+}
+
+/// `check` runs a vector a second time (without its `config` overlay) to see whether the live
+/// `[config]` accepts its token; that second run says nothing in the log (issue 16).
+#[test]
+fn check_logs_each_vector_once() {
+    let dir = PluginDir::new();
+    let vector = "[[test]]\ntoken = \"t-1\"\nexpect = \"abstain\"\nconfig = { stamp = \"s\" }\n";
+    dir.probe("chatty", &probe_manifest(vector, "leak-log", ""));
+    let (code, out, err) = run_cli(&["check", dir.path().to_str().unwrap()], "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(err.matches("saw ").count(), 1, "{err}");
+}
+
+/// `review --explain` lists the `[config]` keys each plugin asked for, found or not (never
+/// their values).
+#[test]
+fn explain_shows_what_each_plugin_read_of_its_config() {
+    let dir = PluginDir::new();
+    dir.probe("10-probe", &probe_manifest("", "allow", "username = \"sekrit-name\""));
+    let (code, out, err) = run_cli(&["review", "--plugins", dir.path().to_str().unwrap(), "--explain"], "t-1\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("config(\"action\") -> found") && err.contains("config(\"username\") -> found"), "{err}");
+    assert!(err.contains("config(\"groups\") -> none") && err.contains("config(\"expires_at\") -> none"), "{err}");
+    let explain: String = err.lines().filter(|l| l.contains("config(")).collect();
+    assert!(!explain.contains("sekrit-name"), "values are never shown: {err}");
 }
 
 #[test]

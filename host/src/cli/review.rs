@@ -79,6 +79,14 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
                 StepResult::Refused(why) => format!("refused: {why}"),
             };
             writeln!(err, "{:<14} {:<24} {what} ({:?})", step.role.as_str(), step.plugin, step.duration)?;
+            // Which [config] keys it asked for (never their values: some are secrets).
+            for (key, found) in &step.stats.config.reads {
+                let key = scrubber.clean(key, 256);
+                writeln!(err, "{:<14} {:<24}   config({key:?}) -> {}", "", "", if *found { "found" } else { "none" })?;
+            }
+            if step.stats.config.listed {
+                writeln!(err, "{:<14} {:<24}   config-keys() -> every key", "", "")?;
+            }
         }
         let settled = match &verdict.outcome {
             Outcome::Denied { rule: Some(rule), reason } => {
