@@ -15,8 +15,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-use crate::metrics::Metrics;
-use crate::tls::{ClientIdentity, ReloadingTls};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::tls::{ClientIdentity, RefusalLog, ReloadingTls};
 
 /// A TLS handshake that takes longer than this is dropped: nothing legitimate is that slow on
 /// a cluster network, and a stalled handshake holds a socket.
@@ -75,6 +75,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    let refusals = Arc::new(RefusalLog::default());
     tokio::pin!(shutdown);
     loop {
         // At the cap, wait for a connection to close before accepting another.
@@ -100,6 +101,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let watcher = graceful.watcher();
         let (app, builder, tls, metrics) = (app.clone(), builder.clone(), tls.clone(), metrics.clone());
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let tcp = Watched::new(tcp);
@@ -119,12 +121,15 @@ pub async fn serve(
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
-                            metrics.tls_handshake_failures.inc();
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            let reason = crate::tls::refusal_reason(&e);
+                            metrics.tls_handshake_failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+                            refusals.note(peer, reason, &e);
                             return;
                         }
                         Err(_) => {
-                            metrics.tls_handshake_failures.inc();
+                            let reason = "timeout";
+                            metrics.tls_handshake_failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+                            refusals.note(peer, reason, &"no handshake within the time allowed");
                             return;
                         }
                     };

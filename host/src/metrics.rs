@@ -48,6 +48,11 @@ pub struct LookupLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -104,7 +109,8 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     pub instantiation: Histogram,
     pub warm_calls: Family<PluginLabel, Counter>,
-    pub tls_handshake_failures: Counter,
+    /// By `tls::refusal_reason`.
+    pub tls_handshake_failures: Family<ReasonLabel, Counter>,
     /// Audit lines dropped because the audit log's queue was full (its sink too slow).
     pub audit_dropped: Counter,
     pub decision_cache: Family<LookupLabel, Counter>,
@@ -134,7 +140,7 @@ impl Metrics {
             queue_wait: latency_histogram(),
             instantiation: latency_histogram(),
             warm_calls: Family::default(),
-            tls_handshake_failures: Counter::default(),
+            tls_handshake_failures: Family::default(),
             audit_dropped: Counter::default(),
             decision_cache: Family::default(),
             decision_cache_entries: Gauge::default(),
@@ -183,7 +189,7 @@ impl Metrics {
         );
         registry.register(
             "tollgate_tls_handshake_failures",
-            "TLS handshakes that failed (no or untrusted client certificate, bad protocol, timeout)",
+            "TLS handshakes refused, by reason (no-client-certificate, untrusted-certificate, invalid-certificate, incompatible, alert-from-client, protocol, closed, timeout, io)",
             m.tls_handshake_failures.clone(),
         );
         registry.register(

@@ -156,3 +156,71 @@ impl ClientIdentity {
         entry == self.subject || (entry.strip_prefix("CN=").is_some_and(|cn| Some(cn) == self.common_name.as_deref()))
     }
 }
+
+/// Why a handshake was refused: one of a few fixed words, the `reason` label of
+/// `tollgate_tls_handshake_failures_total` (so a flood of bad handshakes cannot mint series).
+pub fn refusal_reason(err: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match err.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => "no-client-certificate",
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature)) => {
+            "untrusted-certificate"
+        }
+        // Expired, not yet valid, an X.509 v1 certificate, a bad encoding...
+        Some(Error::InvalidCertificate(_)) => "invalid-certificate",
+        // No protocol version or cipher suite in common.
+        Some(Error::PeerIncompatible(_)) => "incompatible",
+        // Mostly the client refusing tollgate's certificate: a wrong CA bundle on its side.
+        Some(Error::AlertReceived(_)) => "alert-from-client",
+        Some(_) => "protocol",
+        None if matches!(
+            err.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ) =>
+        {
+            "closed"
+        }
+        // Most often a plain HTTP request on the TLS port.
+        None if err.kind() == std::io::ErrorKind::InvalidData => "protocol",
+        None => "io",
+    }
+}
+
+/// How often each kind of refused handshake is logged: the first at once, then at most one
+/// line per reason per period, with the count of those not logged. Enough for an operator to
+/// see that kube-apiserver's client certificate is refused, and why, without a scanner or a
+/// misconfigured client flooding the log.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Rate-limited log of refused handshakes (see [`REFUSAL_LOG_PERIOD`]).
+#[derive(Default)]
+pub struct RefusalLog {
+    /// Per reason: when it was last logged, and how many were not logged since.
+    seen: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl RefusalLog {
+    /// Logs this refusal unless its reason was logged less than a period ago. The error text is
+    /// rustls's (a certificate error's kind, an alert's name), never anything the peer sent.
+    pub fn note(&self, peer: std::net::SocketAddr, reason: &'static str, error: &dyn std::fmt::Display) {
+        let now = std::time::Instant::now();
+        let suppressed = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            match seen.get_mut(reason) {
+                Some((last, skipped)) if now.duration_since(*last) < REFUSAL_LOG_PERIOD => {
+                    *skipped += 1;
+                    return;
+                }
+                Some((last, skipped)) => {
+                    *last = now;
+                    std::mem::take(skipped)
+                }
+                None => {
+                    seen.insert(reason, (now, 0));
+                    0
+                }
+            }
+        };
+        tracing::warn!(%peer, reason, %error, suppressed, "TLS handshake refused");
+    }
+}

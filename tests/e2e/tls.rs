@@ -107,8 +107,20 @@ fn with_a_client_ca_only_trusted_client_certificates_get_an_answer() {
     for path in ["/healthz", "/readyz", "/metrics", "/status"] {
         assert_eq!(plain.get(format!("http://{probe_addr}{path}")).send().unwrap().status(), 200, "{path}");
     }
+    // Plain HTTP on the TLS port: no answer, a refused handshake.
+    assert!(plain.get(format!("http://{}/healthz", server.addr)).send().is_err());
     let metrics = plain.get(format!("http://{probe_addr}/metrics")).send().unwrap().text().unwrap();
-    assert!(metrics.contains("tollgate_tls_handshake_failures_total 2"), "{metrics}");
+    // Refused handshakes are counted by reason and logged (issue 16), the reason first.
+    for reason in ["no-client-certificate", "untrusted-certificate", "protocol"] {
+        assert!(
+            metrics.contains(&format!("tollgate_tls_handshake_failures_total{{reason=\"{reason}\"}} 1")),
+            "{metrics}"
+        );
+        assert!(
+            server.logs.text().lines().any(|l| l.contains("TLS handshake refused") && l.contains(reason)),
+            "{reason}"
+        );
+    }
     let review = plain
         .post(format!("http://{probe_addr}/authenticate"))
         .header("Content-Type", "application/json")
