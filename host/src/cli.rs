@@ -1,6 +1,8 @@
 //! The command line (SPEC §6): `serve`, `review`, `check`.
 
+mod build;
 mod check;
+mod new;
 mod review;
 mod serve;
 
@@ -45,8 +47,12 @@ pub enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Answer one TokenReview locally; the token is read from standard input (or --token-file).
     Review(review::ReviewArgs),
-    /// Validate plugins and manifests and run their [[test]] vectors.
+    /// Validate plugins and manifests and run their [[test]] vectors (--watch: again on every save).
     Check(check::CheckArgs),
+    /// Write a new policy folder: sources, a manifest whose vectors pass, a README.
+    New(new::NewArgs),
+    /// Build a policy folder into NAME.wasm with its language's toolchain (installed when missing).
+    Build(build::BuildArgs),
 }
 
 /// Sandbox and plugin limits, shared by every command so that `check` and `review` load a
@@ -133,5 +139,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Serve(args) => serve::run(*args),
         Command::Review(args) => review::run(args),
         Command::Check(args) => check::run(args),
+        Command::New(args) => new::run(args),
+        Command::Build(args) => build::run(args),
     }
 }

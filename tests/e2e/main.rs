@@ -2,6 +2,7 @@
 //! built from `plugins/`, and speaks HTTP to it.
 
 mod api;
+mod author;
 mod canary;
 mod chain;
 mod cli;

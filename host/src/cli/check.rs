@@ -1,10 +1,14 @@
 //! `tollgate check`: validate plugins as a load would, and run their vectors.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
+use notify::{RecursiveMode, Watcher as _};
 
+use super::build::{Policy, ToolchainArgs};
 use super::{PluginArgs, tenants_file};
 use crate::confine::Folder;
 use crate::plugin::{Loader, Plugin, PluginSource};
@@ -21,6 +25,12 @@ pub struct CheckArgs {
     /// (`secret_dirs`, `outbound_hosts`) as `serve` would load them.
     #[arg(long)]
     pub tenants: Option<PathBuf>,
+    /// Check again on every change under the paths, until interrupted. A policy folder (as
+    /// `tollgate new` writes it) is built first, as `tollgate build` does.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub toolchain: ToolchainArgs,
     #[command(flatten)]
     pub plugin: PluginArgs,
 }
@@ -29,28 +39,100 @@ pub struct CheckArgs {
 pub fn run(args: CheckArgs) -> Result<i32> {
     let tenants = tenants_file(args.tenants.as_deref())?;
     let mut check = Checker { loader: args.plugin.loader()?, tenants, passed: Vec::new(), failed: 0 };
-    for path in &args.paths {
-        if path.is_dir() {
-            match Folder::open(path) {
-                Ok(root) => {
-                    check.dir(&root, "");
-                    for name in tenant::scan_tenants(&root).unwrap_or_default() {
-                        check.dir(&root, &name);
-                    }
-                }
-                Err(e) => check.fail(path, &format!("{e:#}")),
+    if args.watch {
+        return watch(&args, &mut check);
+    }
+    check.paths(&args.paths);
+    Ok(if check.failed == 0 { 0 } else { 1 })
+}
+
+/// How long a burst of changes (an editor's save, a build's outputs) settles before a round.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Builds and checks, then again at each change, until interrupted. One loader throughout: a
+/// component that did not change is not compiled again.
+fn watch(args: &CheckArgs, check: &mut Checker) -> Result<i32> {
+    let roots: Vec<PathBuf> = args
+        .paths
+        .iter()
+        .map(|p| p.canonicalize().with_context(|| format!("{}", p.display())))
+        .collect::<Result<_>>()?;
+    // Policy folders are built; their component is then what is checked.
+    let policies: Vec<Option<Policy>> =
+        roots.iter().map(|p| p.is_dir().then(|| Policy::find(p, None).ok()).flatten()).collect();
+    let outputs: Vec<PathBuf> = policies.iter().flatten().map(Policy::wasm).collect();
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event.paths.iter().any(|p| !ignored(p, &outputs))
+        {
+            let _ = tx.send(());
+        }
+    })
+    .context("watching for changes")?;
+    for root in &roots {
+        watcher.watch(root, RecursiveMode::Recursive).with_context(|| format!("watching {}", root.display()))?;
+    }
+    loop {
+        check.failed = 0;
+        check.passed.clear();
+        for (root, policy) in roots.iter().zip(&policies) {
+            match policy {
+                Some(policy) => match policy.build(&args.toolchain) {
+                    Ok(wasm) => check.paths(&[wasm]),
+                    Err(e) => check.fail(root, &format!("{e:#}")),
+                },
+                None => check.paths(std::slice::from_ref(root)),
             }
-        } else {
-            match PluginSource::read(path, check.loader.defaults().max_plugin_bytes) {
-                Ok(src) => {
-                    let mut vectors_left = check.tenants.guardrails("").folder.vectors;
-                    check.one("", &src, &mut vectors_left)
+        }
+        println!(
+            "--- {}; watching {} for changes (Ctrl-C to stop)",
+            if check.failed == 0 { "all passed".to_string() } else { format!("{} failed", check.failed) },
+            roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+        rx.recv().context("the watcher stopped")?;
+        while rx.recv_timeout(SETTLE).is_ok() {}
+    }
+}
+
+/// What a round writes itself (the component, its temporary copy), or a toolchain keeps beside
+/// the sources: not a change to check.
+fn ignored(path: &Path, outputs: &[PathBuf]) -> bool {
+    let written = |out: &PathBuf| {
+        let tmp = format!("{}.tmp", out.display());
+        path == out || path.to_string_lossy().starts_with(&tmp)
+    };
+    outputs.iter().any(written)
+        || path
+            .components()
+            .any(|c| matches!(c.as_os_str().to_str(), Some("target" | "__pycache__" | "node_modules" | ".git")))
+}
+
+impl Checker {
+    /// Plugin files and plugin directories (their tenant folders included).
+    fn paths(&mut self, paths: &[PathBuf]) {
+        for path in paths {
+            if path.is_dir() {
+                match Folder::open(path) {
+                    Ok(root) => {
+                        self.dir(&root, "");
+                        for name in tenant::scan_tenants(&root).unwrap_or_default() {
+                            self.dir(&root, &name);
+                        }
+                    }
+                    Err(e) => self.fail(path, &format!("{e:#}")),
                 }
-                Err(e) => check.fail(path, &format!("{e:#}")),
+            } else {
+                match PluginSource::read(path, self.loader.defaults().max_plugin_bytes) {
+                    Ok(src) => {
+                        let mut vectors_left = self.tenants.guardrails("").folder.vectors;
+                        self.one("", &src, &mut vectors_left)
+                    }
+                    Err(e) => self.fail(path, &format!("{e:#}")),
+                }
             }
         }
     }
-    Ok(if check.failed == 0 { 0 } else { 1 })
 }
 
 struct Checker {
