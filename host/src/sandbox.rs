@@ -1016,17 +1016,48 @@ fn trap_message(err: &wasmtime::Error, last_words: Option<&str>) -> String {
         .downcast_ref::<wasmtime::WasmBacktrace>()
         .map(|bt| bt.frames().iter().filter_map(|f| f.func_name()).filter(|n| telling_frame(n)).take(6).collect())
         .unwrap_or_default();
+    if let Some(misfit) = frames.first().and_then(|f| python_misfit(f, last_words?)) {
+        return misfit;
+    }
     let mut message = if frames.is_empty() { cause } else { format!("{cause} (in {})", frames.join(" <- ")) };
     let unreachable = matches!(err.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::UnreachableCodeReached));
     match last_words {
         Some(words) => message.push_str(&format!("; its last words on stderr: {words}")),
         None if unreachable && frames.len() <= 1 => message.push_str(
-            "; it left no message (a JavaScript exception, in a build with --backend-qjs-stub-wasi? \
-             build without it to see the message: plugins/js/README.md)",
+            "; it left no message (a JavaScript exception, in a build with the WASI stubs? \
+             `tollgate build --debug` keeps its message: plugins/js/README.md)",
         ),
         None => {}
     }
     message
+}
+
+/// What a Python policy's return value got wrong, in the author's terms. componentize-py's
+/// runtime converts the returned object field by field (`wit_dylib_pop_<kind>`) and, on a
+/// mismatch, aborts with a `PyErr` that names neither the field nor the function; this says
+/// what was expected instead of that abort chain.
+fn python_misfit(frame: &str, last_words: &str) -> Option<String> {
+    let kind = frame.strip_prefix("wit_dylib_pop_")?;
+    let error = last_words.split_once(", value: ")?.1;
+    let error = error.rsplit_once(", traceback:").map_or(error, |(e, _)| e);
+    let what = if let Some(ty) = error.strip_prefix("KeyError(<class '").and_then(|t| t.split_once('\'')) {
+        format!("a {} where a Decision was expected", ty.0)
+    } else if let Some(got) =
+        error.strip_prefix("TypeError(\"").and_then(|t| t.split_once(" is not an instance of 'str'"))
+    {
+        format!(
+            "{} where a str was expected (username, uid, a group, an extra key or value, an audience, a reason)",
+            got.0
+        )
+    } else {
+        format!("{error} (converting a {kind})")
+    };
+    Some(format!(
+        "authenticate returned a value the contract does not take: {what}. A Decision is Decision_Allow(Grant(\
+         user=UserInfo(username=str, uid=str, groups=[str], extra=[(str, [str])]), audiences=[str], \
+         expires_at=int or None)), Decision_Deny(str), Decision_Abstain() or Decision_Unavailable(str), every \
+         field given (plugins/python/README.md)"
+    ))
 }
 
 /// Logs what the guest wrote to `stream`, line by line; returns its last telling line (not a
@@ -1126,6 +1157,31 @@ fn fit_message(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// componentize-py's abort on a return value of the wrong shape becomes what was expected.
+    #[test]
+    fn a_python_return_value_of_the_wrong_shape_is_named() {
+        let abort = |value: &str| {
+            format!(
+                "called `Result::unwrap()` on an `Err` value: PyErr {{ type: <class 'X'>, value: {value}, traceback: None }}"
+            )
+        };
+        let m = python_misfit("wit_dylib_pop_variant", &abort("KeyError(<class 'str'>)")).unwrap();
+        assert!(
+            m.starts_with(
+                "authenticate returned a value the contract does not take: a str where a Decision was expected"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("Decision_Abstain()"), "{m}");
+        let m =
+            python_misfit("wit_dylib_pop_string", &abort("TypeError(\"'None' is not an instance of 'str'\")")).unwrap();
+        assert!(m.contains(": 'None' where a str was expected (username, uid"), "{m}");
+        let m = python_misfit("wit_dylib_pop_list", &abort("TypeError(\"odd\")")).unwrap();
+        assert!(m.contains(": TypeError(\"odd\") (converting a list)"), "{m}");
+        assert_eq!(python_misfit("authenticate", &abort("x")), None);
+        assert_eq!(python_misfit("wit_dylib_pop_string", "a plain panic"), None);
+    }
 
     #[test]
     fn a_failure_repeats_what_the_guest_said_before_it_trapped() {

@@ -174,3 +174,60 @@ fn check_watch_rebuilds_and_rechecks_on_save() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A new policy folder of `lang`, its source edited by `edit`; returns the folder.
+fn edited(scratch: &Path, lang: &str, source: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+    assert!(author(scratch, &["new", "--lang", lang, "team-tokens"]).0);
+    let dir = scratch.join("team-tokens");
+    let path = dir.join(source);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = edit(&text);
+    assert_ne!(changed, text, "the edit of {source} applied");
+    std::fs::write(&path, changed).unwrap();
+    dir
+}
+
+/// The FAIL line of `check`: what went wrong, not componentize-py's abort chain.
+#[test]
+fn a_python_policy_returning_the_wrong_shape_is_told_what_a_decision_is() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = edited(scratch.path(), "python", "team_tokens.py", |s| {
+        s.replace(
+            "return Decision_Allow(Grant(user=found, audiences=review.audiences, expires_at=None))",
+            "return \"allow\"",
+        )
+    });
+    assert!(author(&dir, &["build"]).0);
+    let (ok, out) = author(&dir, &["check", "team-tokens.wasm", "--cache-dir", &shared_compile_cache()]);
+    let fail = out.lines().find(|l| l.starts_with("FAIL")).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        !ok && fail
+            .contains("authenticate returned a value the contract does not take: a str where a Decision was expected"),
+        "{fail}"
+    );
+    assert!(fail.contains("Decision_Allow(Grant(user=UserInfo(") && !fail.contains("unwrap"), "{fail}");
+}
+
+/// A JavaScript exception: with the WASI stubs (the shipping build) the FAIL line says how to
+/// see it; `build --debug` quotes the message and where it was thrown. console.log reaches the
+/// log either way.
+#[test]
+fn a_js_exception_is_quoted_in_a_debug_build_and_console_log_is_logged() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = edited(scratch.path(), "js", "team-tokens.js", |s| {
+        s.replace(
+            "  authenticate(review) {\n",
+            "  authenticate(review) {\n    console.log(\"looking at a review\", { audiences: review.audiences.length });\n    throw new Error(\"no such table\");\n",
+        )
+    });
+    assert!(author(&dir, &["build"]).0);
+    let (ok, out) = author(&dir, &["check", "team-tokens.wasm"]);
+    let fail = out.lines().find(|l| l.starts_with("FAIL")).unwrap_or_else(|| panic!("{out}"));
+    assert!(!ok && fail.contains("`tollgate build --debug` keeps its message"), "{fail}");
+    assert!(out.contains("looking at a review {\"audiences\":"), "console.log is logged: {out}");
+
+    assert!(author(&dir, &["build", "--debug"]).0);
+    let (ok, out) = author(&dir, &["check", "team-tokens.wasm"]);
+    let fail = out.lines().find(|l| l.starts_with("FAIL")).unwrap_or_else(|| panic!("{out}"));
+    assert!(!ok && fail.contains("no such table") && fail.contains("team-tokens.js:"), "{fail}");
+}
