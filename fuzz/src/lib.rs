@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
-use tollgate::guardrails::{GrantLimits, GuardrailSpec, Guardrails, identity_checks};
-use tollgate::manifest::Manifest;
-use tollgate::review::TokenReview;
-use tollgate::sandbox::{Grant, UserInfo};
-use tollgate::scrub::{MIN_SCRUB_LEN, Scrubber};
-use tollgate::tenant::TenantsFile;
+use tollgate::policy::guardrails::{GrantLimits, GuardrailSpec, Guardrails, identity_checks};
+use tollgate::plugins::manifest::Manifest;
+use tollgate::http::review::TokenReview;
+use tollgate::plugins::sandbox::{Grant, UserInfo};
+use tollgate::observe::scrub::{MIN_SCRUB_LEN, Scrubber};
+use tollgate::tenants::scan::TenantsFile;
 
 /// Any request body: a review or a clear error; a parsed review never prints its token.
 pub fn token_review(data: &[u8]) {

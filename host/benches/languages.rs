@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
-use tollgate::chain::{self, Outcome, ReviewInput};
-use tollgate::compile_cache::DiskCache;
-use tollgate::plugin::{Loader, PluginDefaults, PluginSource};
-use tollgate::sandbox::{Sandbox, SandboxConfig};
-use tollgate::tenant::{Generation, Snapshot, TenantsFile, load_generation};
+use tollgate::plugins::compile_cache::DiskCache;
+use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
+use tollgate::plugins::sandbox::{Sandbox, SandboxConfig};
+use tollgate::policy::chain::{self, Outcome, ReviewInput};
+use tollgate::tenants::scan::{Generation, Snapshot, TenantsFile, load_generation};
 use tollgate_bench::fixtures::{self, AUDIENCE, BENCH_TOKEN, BENCH_USER};
 use tollgate_bench::stats;
 
@@ -85,7 +85,7 @@ fn measure(sandbox: &Arc<Sandbox>, cache: &Path, lang: &Lang) -> Result<Measured
         let started = Instant::now();
         let (_, serialized) = sandbox.compile(&bytes)?;
         compile_ms[i] = started.elapsed().as_secs_f64() * 1000.0;
-        let digest = tollgate::sandbox::digest(&bytes);
+        let digest = tollgate::plugins::sandbox::digest(&bytes);
         let mut loads = Vec::new();
         for _ in 0..5 {
             let started = Instant::now();
@@ -104,7 +104,7 @@ fn measure(sandbox: &Arc<Sandbox>, cache: &Path, lang: &Lang) -> Result<Measured
             Ok(PluginSource {
                 name: name.into(),
                 wasm_path: lang.wasm[i].clone(),
-                folder: std::sync::Arc::new(tollgate::confine::Folder::open(std::path::Path::new("."))?),
+                folder: std::sync::Arc::new(tollgate::plugins::confine::Folder::open(std::path::Path::new("."))?),
                 wasm: std::fs::read(&lang.wasm[i])?.into(),
                 manifest: Some((PathBuf::from(format!("{name}.toml")), format!("{manifest}{suffix}"))),
             })

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use jwt_verify::{Rules, check_claims, claims, string_list};
 use serde_json::{Value, json};
-use tollgate::plugin::{Loader, PluginDefaults, PluginSource};
-use tollgate::sandbox::crypto::KeyCache;
-use tollgate::sandbox::{Decision, PluginEnv, Review, Sandbox, SandboxConfig};
-use tollgate::tenant::{Generation, Snapshot, TenantsFile, load_generation};
+use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
+use tollgate::plugins::sandbox::crypto::KeyCache;
+use tollgate::plugins::sandbox::{Decision, PluginEnv, Review, Sandbox, SandboxConfig};
+use tollgate::tenants::scan::{Generation, Snapshot, TenantsFile, load_generation};
 use tollgate_bench::{fixtures, stats};
 
 /// The shipped manifest's vectors: real RS256 and ES256 tokens, their JWKS, and the fixed clock
@@ -58,7 +58,7 @@ fn generation(loader: &Loader, wasm: &Path, f: &Fixture, reuse: bool) -> Result<
     let source = PluginSource {
         name: "10-oidc".into(),
         wasm_path: wasm.to_path_buf(),
-        folder: std::sync::Arc::new(tollgate::confine::Folder::open(std::path::Path::new("."))?),
+        folder: std::sync::Arc::new(tollgate::plugins::confine::Folder::open(std::path::Path::new("."))?),
         wasm: std::fs::read(wasm)?.into(),
         manifest: Some((PathBuf::from("10-oidc.toml"), manifest)),
     };

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use criterion::Criterion;
 use serde_json::json;
-use tollgate::chain::{self, Outcome, ReviewInput};
-use tollgate::plugin::{Loader, PluginDefaults, PluginSource};
-use tollgate::sandbox::{Sandbox, SandboxConfig, Tuning};
-use tollgate::tenant::{Generation, Snapshot, TenantsFile, load_generation};
+use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
+use tollgate::plugins::sandbox::{Sandbox, SandboxConfig, Tuning};
+use tollgate::policy::chain::{self, Outcome, ReviewInput};
+use tollgate::tenants::scan::{Generation, Snapshot, TenantsFile, load_generation};
 use tollgate_bench::fixtures::{self, AUDIENCE, BENCH_GROUPS, BENCH_TOKEN, BENCH_USER};
 use tollgate_bench::native::NativeChain;
 use tollgate_bench::stats;
@@ -53,7 +53,7 @@ impl Setup {
             Ok(PluginSource {
                 name: name.into(),
                 wasm_path,
-                folder: std::sync::Arc::new(tollgate::confine::Folder::open(std::path::Path::new("."))?),
+                folder: std::sync::Arc::new(tollgate::plugins::confine::Folder::open(std::path::Path::new("."))?),
                 wasm,
                 manifest: Some((PathBuf::from(format!("{name}.toml")), manifest)),
             })

@@ -13,10 +13,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::compile_cache::DiskCache;
-use crate::plugin::{Loader, PluginDefaults};
-use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::tenant::TenantsFile;
+use crate::plugins::compile_cache::DiskCache;
+use crate::plugins::loader::{Loader, PluginDefaults};
+use crate::plugins::sandbox::{Sandbox, SandboxConfig};
+use crate::tenants::scan::TenantsFile;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -7,12 +7,12 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use tollgate::guardrails::{GrantLimits, GuardrailSpec, Guardrails, glob_match, identity_checks};
-use tollgate::manifest::Manifest;
-use tollgate::review::TokenReview;
-use tollgate::sandbox::{Grant, UserInfo};
-use tollgate::scrub::{MIN_SCRUB_LEN, Scrubber};
-use tollgate::tenant::TenantsFile;
+use tollgate::http::review::TokenReview;
+use tollgate::observe::scrub::{MIN_SCRUB_LEN, Scrubber};
+use tollgate::plugins::manifest::Manifest;
+use tollgate::plugins::sandbox::{Grant, UserInfo};
+use tollgate::policy::guardrails::{GrantLimits, GuardrailSpec, Guardrails, glob_match, identity_checks};
+use tollgate::tenants::scan::TenantsFile;
 
 fn config() -> ProptestConfig {
     ProptestConfig { cases: 2_000, ..ProptestConfig::default() }

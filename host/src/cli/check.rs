@@ -10,10 +10,10 @@ use notify::{RecursiveMode, Watcher as _};
 
 use super::build::{Policy, ToolchainArgs};
 use super::{PluginArgs, tenants_file};
-use crate::confine::Folder;
-use crate::plugin::{Loader, Plugin, PluginSource};
-use crate::tenant::{self, TenantsFile};
-use crate::vectors;
+use crate::plugins::confine::Folder;
+use crate::plugins::loader::{Loader, Plugin, PluginSource};
+use crate::plugins::vectors;
+use crate::tenants::scan::{self, TenantsFile};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -116,7 +116,7 @@ impl Checker {
                 match Folder::open(path) {
                     Ok(root) => {
                         self.dir(&root, "");
-                        for name in tenant::scan_tenants(&root).unwrap_or_default() {
+                        for name in scan::scan_tenants(&root).unwrap_or_default() {
                             self.dir(&root, &name);
                         }
                     }
@@ -148,7 +148,7 @@ impl Checker {
     fn dir(&mut self, root: &Folder, tenant: &str) {
         let limits = self.tenants.guardrails(tenant).folder;
         let max = self.loader.defaults().max_plugin_bytes;
-        let snapshot = tenant::read_tenant(root, tenant, &limits, max);
+        let snapshot = scan::read_tenant(root, tenant, &limits, max);
         match snapshot {
             Ok(snapshot) => {
                 let mut vectors_left = limits.vectors;

@@ -8,13 +8,13 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use super::{PluginArgs, plugin_dir, tenants_file};
-use crate::chain::{self, Outcome, ReviewInput, StepResult};
-use crate::confine::Folder;
-use crate::review::ApiVersion;
-use crate::scrub::Scrubber;
-use crate::server::{new_request_id, render};
-use crate::tenant;
-use crate::vectors::describe;
+use crate::http::review::ApiVersion;
+use crate::http::server::{new_request_id, render};
+use crate::observe::scrub::Scrubber;
+use crate::plugins::confine::Folder;
+use crate::plugins::vectors::describe;
+use crate::policy::chain::{self, Outcome, ReviewInput, StepResult};
+use crate::tenants::scan;
 
 #[derive(Args, Debug)]
 pub struct ReviewArgs {
@@ -51,20 +51,25 @@ pub struct ReviewArgs {
 /// Exit codes: 0 authenticated, 1 not authenticated, 3 unavailable (what serve answers 503).
 pub fn run(args: ReviewArgs) -> Result<i32> {
     let dir = plugin_dir(&args.plugins)?;
-    anyhow::ensure!(args.tenant.is_empty() || tenant::valid_tenant_name(&args.tenant), "--tenant must be a DNS label");
+    anyhow::ensure!(args.tenant.is_empty() || scan::valid_tenant_name(&args.tenant), "--tenant must be a DNS label");
     let token = read_token(args.token_file.as_ref())?;
     let guardrails = tenants_file(args.tenants.as_deref())?.guardrails(&args.tenant);
     let loader = args.plugin.loader()?;
     // Read as serve reads it: beneath the plugin directory and within the tenant's bounds.
     let root = Folder::open(&dir)?;
-    let snapshot = tenant::read_tenant(&root, &args.tenant, &guardrails.folder, loader.defaults().max_plugin_bytes)?;
-    let generation = tenant::load_generation(&loader, &args.tenant, &snapshot, guardrails.clone(), 1)?;
+    let snapshot = scan::read_tenant(&root, &args.tenant, &guardrails.folder, loader.defaults().max_plugin_bytes)?;
+    let generation = scan::load_generation(&loader, &args.tenant, &snapshot, guardrails.clone(), 1)?;
 
     let request_id = new_request_id();
     let input = ReviewInput { token, audiences: args.audiences, client: None, request_id: request_id.clone() };
     let deadline = Instant::now() + Duration::from_millis(args.review_timeout_ms);
-    let verdict =
-        crate::sandbox::block_on(chain::evaluate(loader.sandbox(), &generation, &guardrails, &input, deadline));
+    let verdict = crate::plugins::sandbox::block_on(chain::evaluate(
+        loader.sandbox(),
+        &generation,
+        &guardrails,
+        &input,
+        deadline,
+    ));
     let scrubber = Scrubber::new(&input.token);
 
     if args.explain {

@@ -9,15 +9,15 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use super::{PluginArgs, plugin_dir};
-use crate::audit::{AuditLog, Fingerprinter};
-use crate::decision_cache::{CacheSettings, DecisionCache, parse_duration};
-use crate::evaluator::{Evaluator, TenantLimits};
-use crate::listener;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::reload::Reloader;
-use crate::server::{AppState, HttpSettings, app, probe_app};
-use crate::tls::{ReloadingTls, TlsFiles};
+use crate::http::listener;
+use crate::http::server::{AppState, HttpSettings, app, probe_app};
+use crate::http::tls::{ReloadingTls, TlsFiles};
+use crate::observe::audit::{AuditLog, Fingerprinter};
+use crate::observe::metrics::Metrics;
+use crate::policy::decision_cache::{CacheSettings, DecisionCache, parse_duration};
+use crate::policy::evaluator::{Evaluator, TenantLimits};
+use crate::tenants::registry::Registry;
+use crate::tenants::reload::Reloader;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::guardrails::{self, Guardrails, Violation};
-use crate::manifest::Role;
-use crate::plugin::{Plugin, unverified_issuer};
-use crate::sandbox::{CallStats, Decision, Failure, Grant, Prior, Review, Sandbox, UserInfo};
-use crate::scrub::Scrubber;
-use crate::tenant::Generation;
+use crate::observe::scrub::Scrubber;
+use crate::plugins::loader::{Plugin, unverified_issuer};
+use crate::plugins::manifest::Role;
+use crate::plugins::sandbox::{CallStats, Decision, Failure, Grant, Prior, Review, Sandbox, UserInfo};
+use crate::policy::guardrails::{self, Guardrails, Violation};
+use crate::tenants::scan::Generation;
 
 /// One TokenReview as the chain needs it.
 pub struct ReviewInput {

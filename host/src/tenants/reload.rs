@@ -20,13 +20,13 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, Result};
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use crate::confine::Folder;
-use crate::evaluator::TenantLimits;
-use crate::guardrails::Guardrails;
-use crate::metrics::{Metrics, TenantLabel, TenantResult};
-use crate::plugin::Loader;
-use crate::registry::{Refusal, Registry, TenantState};
-use crate::tenant::{self, Generation, TenantsFile};
+use crate::observe::metrics::{Metrics, TenantLabel, TenantResult};
+use crate::plugins::confine::Folder;
+use crate::plugins::loader::Loader;
+use crate::policy::evaluator::TenantLimits;
+use crate::policy::guardrails::Guardrails;
+use crate::tenants::registry::{Refusal, Registry, TenantState};
+use crate::tenants::scan::{self, Generation, TenantsFile};
 
 /// After an event, wait this long for quiet (one `cp` or kubelet swap is a burst of events)...
 const QUIET: Duration = Duration::from_millis(50);
@@ -134,7 +134,7 @@ impl Reloader {
 
     /// Scans the tenant list, and the contents of `only` (all when None) and of new tenants.
     fn scan(&mut self, only: Option<&BTreeSet<String>>) {
-        let listed = Folder::open(&self.root).and_then(|root| Ok((tenant::scan_tenants(&root)?, root)));
+        let listed = Folder::open(&self.root).and_then(|root| Ok((scan::scan_tenants(&root)?, root)));
         let (found, root) = match listed {
             Ok(listed) => listed,
             Err(e) => {
@@ -177,7 +177,7 @@ impl Reloader {
         let guardrails = self.tenants_file.guardrails(name);
         let previous = self.registry.get(name);
         let dir = if name.is_empty() { root.path().to_path_buf() } else { root.path().join(name) };
-        let snapshot = tenant::read_tenant(root, name, &guardrails.folder, self.loader.defaults().max_plugin_bytes);
+        let snapshot = scan::read_tenant(root, name, &guardrails.folder, self.loader.defaults().max_plugin_bytes);
         // The files the live generation's manifests read (secrets, CA files) count as content:
         // kubelet rotating a mounted Secret reloads the tenant (on the watcher's event when it
         // is inside the plugin directory, else at the next periodic rescan).
@@ -196,7 +196,7 @@ impl Reloader {
         let (loader, tx, tenant) = (self.loader.clone(), self.tx.clone(), name.to_owned());
         let build = move || {
             let started = Instant::now();
-            let result = snapshot.and_then(|s| tenant::load_generation(&loader, &tenant, &s, guardrails, number));
+            let result = snapshot.and_then(|s| scan::load_generation(&loader, &tenant, &s, guardrails, number));
             let _ = tx.send(Message::Built(Box::new(Built {
                 tenant,
                 dir,
@@ -424,7 +424,7 @@ impl Reloader {
                     // A file (or `..data`) right in the root is the default tenant's; anything
                     // deeper belongs to the tenant folder it is in.
                     let deeper = parts.next().is_some();
-                    if tenant::valid_tenant_name(&first) && (deeper || path.is_dir()) {
+                    if scan::valid_tenant_name(&first) && (deeper || path.is_dir()) {
                         tenants.insert(first);
                     } else {
                         tenants.insert(String::new());
@@ -444,7 +444,7 @@ fn files_digest(generation: &Generation) -> String {
     let mut h = Sha256::new();
     for file in generation.plugins.iter().flat_map(|p| &p.files) {
         h.update(file.shown().as_os_str().as_encoded_bytes());
-        match file.read(crate::secrets::MAX_CA_BYTES) {
+        match file.read(crate::plugins::secrets::MAX_CA_BYTES) {
             Ok(bytes) => h.update(Sha256::digest(&bytes)),
             Err(_) => h.update(b"\0missing"),
         }

@@ -9,9 +9,9 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use crate::sandbox::{Decision, Grant};
-use crate::scrub::Scrubber;
-use crate::tls::ClientIdentity;
+use crate::http::tls::ClientIdentity;
+use crate::observe::scrub::Scrubber;
+use crate::plugins::sandbox::{Decision, Grant};
 
 /// Bounds on one grant. Defaults are far above real identities (an Azure AD user in 200 groups,
 /// a long LDAP DN) and far below what would hurt kube-apiserver or its audit log.
@@ -311,7 +311,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::UserInfo;
+    use crate::plugins::sandbox::UserInfo;
 
     fn grant(username: &str, groups: &[&str]) -> Grant {
         Grant {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 
-use crate::confine::{self, Folder};
+use crate::plugins::confine::{self, Folder};
 
 /// Secrets are small (a client secret, a password); a CA bundle is a few hundred KiB at most.
 pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
@@ -80,7 +80,7 @@ impl Scope<'_> {
         }
         // The default tenant's folder holds the other tenants' folders: not theirs to read.
         if self.tenant.is_empty() && Arc::ptr_eq(&base, self.folder) {
-            crate::tenant::outside_tenant_folders(&base, &file, &shown)?;
+            crate::tenants::scan::outside_tenant_folders(&base, &file, &shown)?;
         }
         let bytes = confine::read_bounded(file, max, &shown, "the limit")?;
         Ok((FileRef { base, rel }, bytes))

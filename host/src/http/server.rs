@@ -17,15 +17,15 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use crate::audit::{AuditLine, AuditLog, rfc3339};
-use crate::chain::{Outcome, ReviewInput, Verdict};
-use crate::decision_cache::{DecisionCache, Lookup};
-use crate::evaluator::Evaluator;
-use crate::metrics::{LookupLabel, Metrics};
-use crate::registry::Registry;
-use crate::review::{self, Status, TokenReview, User};
-use crate::scrub::Scrubber;
-use crate::tls::ClientIdentity;
+use crate::http::review::{self, Status, TokenReview, User};
+use crate::http::tls::ClientIdentity;
+use crate::observe::audit::{AuditLine, AuditLog, rfc3339};
+use crate::observe::metrics::{LookupLabel, Metrics};
+use crate::observe::scrub::Scrubber;
+use crate::policy::chain::{Outcome, ReviewInput, Verdict};
+use crate::policy::decision_cache::{DecisionCache, Lookup};
+use crate::policy::evaluator::Evaluator;
+use crate::tenants::registry::Registry;
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
@@ -253,7 +253,7 @@ pub fn render(
     deny_reason_in_status: bool,
     scrubber: &Scrubber,
 ) -> (StatusCode, Vec<u8>, Option<String>) {
-    let clean = |s: &str| scrubber.clean(s, crate::sandbox::REASON_BYTES);
+    let clean = |s: &str| scrubber.clean(s, crate::plugins::sandbox::REASON_BYTES);
     let ok = |status: Status| (StatusCode::OK, review::answer(api_version, &status));
     let unavailable = |message: String| {
         let code = StatusCode::SERVICE_UNAVAILABLE;

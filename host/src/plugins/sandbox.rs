@@ -24,7 +24,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::scrub::Scrubber;
+use crate::observe::scrub::Scrubber;
 use crypto::KeyCache;
 use kv::KvStore;
 use outbound::{OutboundGrant, OutboundHooks};
@@ -363,7 +363,7 @@ pub enum Failure {
     StackOverflow,
     /// Any other trap (unreachable, a Rust panic, a bad memory access...), scrubbed.
     Trap(String),
-    /// Returned more than the host accepts (see [`crate::guardrails::GrantLimits`]).
+    /// Returned more than the host accepts (see [`crate::policy::guardrails::GrantLimits`]).
     Oversized(String),
     /// Could not be instantiated.
     Instantiate(String),
@@ -469,7 +469,7 @@ impl Sandbox {
         Ok((code, serialized))
     }
 
-    /// Loads code this engine compiled earlier (see [`crate::compile_cache`]), then checks that it
+    /// Loads code this engine compiled earlier (see [`crate::plugins::compile_cache`]), then checks that it
     /// fits the world like a fresh compile.
     ///
     /// # Safety
@@ -601,7 +601,7 @@ impl Sandbox {
             // A trapped instance is poisoned: it is dropped here, never reused.
             Err(failure) => return (Err(failure), stats),
         };
-        if let Err(e) = crate::guardrails::GrantLimits::DEFAULT.check_decision(&decision) {
+        if let Err(e) = crate::policy::guardrails::GrantLimits::DEFAULT.check_decision(&decision) {
             // Nor is one that answered out of bounds.
             return (Err(Failure::Oversized(e)), stats);
         }

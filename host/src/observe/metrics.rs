@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::chain::Verdict;
+use crate::policy::chain::Verdict;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantLabel {
@@ -249,7 +249,7 @@ impl Metrics {
                     .observe(step.duration.as_secs_f64());
             }
         }
-        if let crate::chain::Outcome::Denied { rule: Some(rule), .. } = &verdict.outcome {
+        if let crate::policy::chain::Outcome::Denied { rule: Some(rule), .. } = &verdict.outcome {
             self.guardrail_violations.get_or_create(&TenantRule { tenant: t(), rule: (*rule).into() }).inc();
         }
     }

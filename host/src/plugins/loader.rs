@@ -12,16 +12,16 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 
-use crate::compile_cache::DiskCache;
-use crate::confine::Folder;
-use crate::guardrails::Guardrails;
-use crate::manifest::{Manifest, Role, TestVector};
-use crate::sandbox::crypto::KeyCache;
-use crate::sandbox::kv::{KvLimits, KvStore};
-use crate::sandbox::outbound::{self, Destination, OutboundGrant};
-use crate::sandbox::{Code, PluginEnv, Sandbox, Slots, WarmBudget, WarmPool};
-use crate::secrets::{self, FileRef, Scope};
-use crate::vectors;
+use crate::plugins::compile_cache::DiskCache;
+use crate::plugins::confine::Folder;
+use crate::plugins::manifest::{Manifest, Role, TestVector};
+use crate::plugins::sandbox::crypto::KeyCache;
+use crate::plugins::sandbox::kv::{KvLimits, KvStore};
+use crate::plugins::sandbox::outbound::{self, Destination, OutboundGrant};
+use crate::plugins::sandbox::{Code, PluginEnv, Sandbox, Slots, WarmBudget, WarmPool};
+use crate::plugins::secrets::{self, FileRef, Scope};
+use crate::plugins::vectors;
+use crate::policy::guardrails::Guardrails;
 
 /// Server-wide defaults and maxima for plugins (SPEC §7).
 #[derive(Clone, Debug)]
@@ -98,9 +98,9 @@ impl PluginSource {
             let path = listing.path().join(file);
             let (opened, _) = listing.file(Path::new(file))?;
             if default_tenant {
-                crate::tenant::outside_tenant_folders(listing, &opened, &path)?;
+                crate::tenants::scan::outside_tenant_folders(listing, &opened, &path)?;
             }
-            let bytes = crate::confine::read_bounded(opened, max, &path, what)?;
+            let bytes = crate::plugins::confine::read_bounded(opened, max, &path, what)?;
             Ok((path, bytes))
         };
         let (wasm_path, wasm) = read(&format!("{name}.wasm"), max_bytes, "the plugin size limit (--max-plugin-bytes)")?;
@@ -404,7 +404,7 @@ impl Loader {
     }
 
     fn find_or_compile(&self, bytes: &[u8]) -> Result<Arc<Code>> {
-        let digest = crate::sandbox::digest(bytes);
+        let digest = crate::plugins::sandbox::digest(bytes);
         let cached = || self.codes.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).and_then(Weak::upgrade);
         if let Some(code) = cached() {
             return Ok(code);

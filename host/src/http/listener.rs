@@ -15,8 +15,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-use crate::metrics::{Metrics, ReasonLabel};
-use crate::tls::{ClientIdentity, RefusalLog, ReloadingTls};
+use crate::http::tls::{ClientIdentity, RefusalLog, ReloadingTls};
+use crate::observe::metrics::{Metrics, ReasonLabel};
 
 /// A TLS handshake that takes longer than this is dropped: nothing legitimate is that slow on
 /// a cluster network, and a stalled handshake holds a socket.
@@ -121,7 +121,7 @@ pub async fn serve(
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
-                            let reason = crate::tls::refusal_reason(&e);
+                            let reason = crate::http::tls::refusal_reason(&e);
                             metrics.tls_handshake_failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
                             refusals.note(peer, reason, &e);
                             return;

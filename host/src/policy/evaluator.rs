@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::chain::{self, Outcome, ReviewInput, Verdict};
-use crate::guardrails::Guardrails;
-use crate::metrics::Metrics;
-use crate::sandbox::Sandbox;
-use crate::tenant::Generation;
+use crate::observe::metrics::Metrics;
+use crate::plugins::sandbox::Sandbox;
+use crate::policy::chain::{self, Outcome, ReviewInput, Verdict};
+use crate::policy::guardrails::Guardrails;
+use crate::tenants::scan::Generation;
 
 /// One tenant's share of the evaluation slots, kept across its generations: so a tenant whose
 /// plugins loop or crawl cannot take every slot and starve the others.
@@ -90,7 +90,7 @@ impl Evaluator {
         let _held = (admitted, permits);
         let _in_flight = InFlight::new(&self.metrics);
         let chain = CatchPanic(chain::evaluate(&self.sandbox, &generation, &rules, &input, deadline));
-        match tokio::time::timeout_at((deadline + crate::sandbox::EPOCH_TICK * 2).into(), chain).await {
+        match tokio::time::timeout_at((deadline + crate::plugins::sandbox::EPOCH_TICK * 2).into(), chain).await {
             Ok(Some(verdict)) => verdict,
             Ok(None) => {
                 tracing::error!("a review evaluation panicked");

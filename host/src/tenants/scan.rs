@@ -9,10 +9,10 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
-use crate::confine::{self, Folder};
-use crate::guardrails::{FolderLimits, GuardrailSpec, Guardrails};
-use crate::metrics::Meters;
-use crate::plugin::{Loader, Plugin, PluginSource};
+use crate::observe::metrics::Meters;
+use crate::plugins::confine::{self, Folder};
+use crate::plugins::loader::{Loader, Plugin, PluginSource};
+use crate::policy::guardrails::{FolderLimits, GuardrailSpec, Guardrails};
 use sha2::{Digest as _, Sha256};
 
 /// One tenant's complete, checked set of plugins. Reviews run on one generation from start to
@@ -65,7 +65,7 @@ impl TenantsFile {
                 bail!("tenants file {}: secret_dirs entry {} is not an absolute path", path.display(), dir.display());
             }
             for entry in spec.outbound_hosts.iter().flatten() {
-                crate::sandbox::outbound::Destination::parse_allowed(entry)
+                crate::plugins::sandbox::outbound::Destination::parse_allowed(entry)
                     .with_context(|| format!("tenants file {}: outbound_hosts", path.display()))?;
             }
             for name in &spec.allow_system {

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::sandbox::UserInfo;
+use crate::plugins::sandbox::UserInfo;
 
 pub const V1: &str = "authentication.k8s.io/v1";
 pub const V1BETA1: &str = "authentication.k8s.io/v1beta1";

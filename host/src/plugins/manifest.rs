@@ -230,7 +230,7 @@ impl Manifest {
             bail!("secret_files: a path is empty");
         }
         for entry in &self.allowed_outbound_hosts {
-            crate::sandbox::outbound::Destination::parse_allowed(entry)?;
+            crate::plugins::sandbox::outbound::Destination::parse_allowed(entry)?;
         }
         let o = &self.outbound;
         if self.allowed_outbound_hosts.is_empty()
@@ -241,10 +241,13 @@ impl Manifest {
         if o.max_response_kib == Some(0) || o.max_concurrent_requests.is_some_and(|n| n == 0 || n > 256) {
             bail!("[outbound] max_response_kib must be positive and max_concurrent_requests between 1 and 256");
         }
-        if o.max_response_kib.is_some_and(|k| k > crate::sandbox::outbound::MAX_RESPONSE_BYTES >> 10) {
-            bail!("[outbound] max_response_kib is at most {}", crate::sandbox::outbound::MAX_RESPONSE_BYTES >> 10);
+        if o.max_response_kib.is_some_and(|k| k > crate::plugins::sandbox::outbound::MAX_RESPONSE_BYTES >> 10) {
+            bail!(
+                "[outbound] max_response_kib is at most {}",
+                crate::plugins::sandbox::outbound::MAX_RESPONSE_BYTES >> 10
+            );
         }
-        let max = crate::sandbox::kv::KvLimits::MAX;
+        let max = crate::plugins::sandbox::kv::KvLimits::MAX;
         if self.kv.max_entries.is_some_and(|n| n == 0 || n > max.max_entries)
             || self.kv.max_kib.is_some_and(|k| k == 0 || k > max.max_bytes >> 10)
         {

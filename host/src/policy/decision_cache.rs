@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::watch;
 
-use crate::chain::{Outcome, Verdict};
+use crate::policy::chain::{Outcome, Verdict};
 
 pub type Key = [u8; 32];
 
@@ -216,7 +216,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::UserInfo;
+    use crate::plugins::sandbox::UserInfo;
 
     fn settings(max: usize) -> CacheSettings {
         CacheSettings { positive_ttl: Duration::from_secs(60), negative_ttl: Duration::from_secs(60), max_entries: max }

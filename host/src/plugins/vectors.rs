@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::manifest::{Expect, GrantSpec, TestVector};
-use crate::plugin::{Plugin, edit_distance};
-use crate::sandbox::crypto::KeyCache;
-use crate::sandbox::kv::{KvLimits, KvStore};
-use crate::sandbox::{ConfigUse, Decision, Grant, PluginEnv, Prior, Review, Sandbox, UserInfo};
+use crate::plugins::loader::{Plugin, edit_distance};
+use crate::plugins::manifest::{Expect, GrantSpec, TestVector};
+use crate::plugins::sandbox::crypto::KeyCache;
+use crate::plugins::sandbox::kv::{KvLimits, KvStore};
+use crate::plugins::sandbox::{ConfigUse, Decision, Grant, PluginEnv, Prior, Review, Sandbox, UserInfo};
 
 /// What a plugin's vectors showed.
 #[derive(Debug, Default)]
@@ -23,7 +23,7 @@ pub struct VectorRun {
 /// Runs every vector. Each runs under the plugin's own deadline, whatever it waits for: a
 /// vector can delay a load by at most its timeout.
 pub fn run_all(sandbox: &Sandbox, plugin: &Plugin) -> VectorRun {
-    crate::sandbox::block_on(async {
+    crate::plugins::sandbox::block_on(async {
         let mut out = VectorRun::default();
         for (i, t) in plugin.tests.iter().enumerate() {
             let (got, config) = decide(sandbox, plugin, i, t, true).await;
@@ -82,7 +82,7 @@ pub fn near<'a>(mut keys: impl Iterator<Item = &'a String>, key: &str, has: &str
 /// overlay already ran under the live `[config]` (and passed), so only the others run again,
 /// muted: their log lines were written the first time.
 pub fn live_secret_warnings(sandbox: &Sandbox, plugin: &Plugin) -> Vec<String> {
-    crate::sandbox::block_on(async {
+    crate::plugins::sandbox::block_on(async {
         let mut warnings = Vec::new();
         for (i, t) in plugin.tests.iter().enumerate().filter(|(_, t)| !t.token.is_empty()) {
             let accepted = if t.config.is_empty() {
