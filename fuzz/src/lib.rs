@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use tollgate::policy::guardrails::{GrantLimits, GuardrailSpec, Guardrails, identity_checks};
+use tollgate::policy::guardrails::{GuardrailSpec, Guardrails, identity_checks};
+use tollgate::policy::values::GrantLimits;
 use tollgate::plugins::manifest::Manifest;
 use tollgate::http::review::TokenReview;
 use tollgate::plugins::sandbox::{Grant, UserInfo};

@@ -6,3 +6,4 @@ pub mod chain;
 pub mod decision_cache;
 pub mod evaluator;
 pub mod guardrails;
+pub mod values;

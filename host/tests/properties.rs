@@ -11,7 +11,8 @@ use tollgate::http::review::TokenReview;
 use tollgate::observe::scrub::{MIN_SCRUB_LEN, Scrubber};
 use tollgate::plugins::manifest::Manifest;
 use tollgate::plugins::sandbox::{Grant, UserInfo};
-use tollgate::policy::guardrails::{GrantLimits, GuardrailSpec, Guardrails, glob_match, identity_checks};
+use tollgate::policy::guardrails::{GuardrailSpec, Guardrails, glob_match, identity_checks};
+use tollgate::policy::values::GrantLimits;
 use tollgate::tenants::scan::TenantsFile;
 
 fn config() -> ProptestConfig {

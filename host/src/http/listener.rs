@@ -15,8 +15,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-use crate::http::tls::{ClientIdentity, RefusalLog, ReloadingTls};
+use crate::http::tls::{RefusalLog, ReloadingTls};
 use crate::observe::metrics::{Metrics, ReasonLabel};
+use crate::policy::values::ClientIdentity;
 
 /// A TLS handshake that takes longer than this is dropped: nothing legitimate is that slow on
 /// a cluster network, and a stalled handshake holds a socket.

@@ -18,13 +18,13 @@ use http_body_util::BodyExt;
 use serde_json::json;
 
 use crate::http::review::{self, Status, TokenReview, User};
-use crate::http::tls::ClientIdentity;
 use crate::observe::audit::{AuditLine, AuditLog, rfc3339};
 use crate::observe::metrics::{LookupLabel, Metrics};
 use crate::observe::scrub::Scrubber;
 use crate::policy::chain::{Outcome, ReviewInput, Verdict};
 use crate::policy::decision_cache::{DecisionCache, Lookup};
 use crate::policy::evaluator::Evaluator;
+use crate::policy::values::ClientIdentity;
 use crate::tenants::registry::Registry;
 
 /// Settings of the HTTP layer.

@@ -122,41 +122,6 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// A verified client certificate's identity: its subject DN in RFC 4514 order
-/// (`CN=kube-apiserver,O=system`), and its common name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientIdentity {
-    pub subject: String,
-    pub common_name: Option<String>,
-}
-
-impl ClientIdentity {
-    pub fn from_der(cert: &[u8]) -> Option<Self> {
-        let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
-        let subject = cert.subject();
-        let common_name = subject.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
-        let mut rdns: Vec<String> = subject
-            .iter()
-            .flat_map(|rdn| rdn.iter())
-            .filter_map(|attr| {
-                let value = attr.as_str().ok()?;
-                let name = x509_parser::objects::oid2abbrev(attr.attr_type(), x509_parser::objects::oid_registry())
-                    .map(str::to_owned)
-                    .unwrap_or_else(|_| attr.attr_type().to_id_string());
-                Some(format!("{name}={value}"))
-            })
-            .collect();
-        // RFC 4514 writes the most specific name first: the reverse of the certificate's order.
-        rdns.reverse();
-        Some(Self { subject: rdns.join(","), common_name })
-    }
-
-    /// Whether a `clients` entry names this identity: the whole subject, or `CN=<cn>`.
-    pub fn matches(&self, entry: &str) -> bool {
-        entry == self.subject || (entry.strip_prefix("CN=").is_some_and(|cn| Some(cn) == self.common_name.as_deref()))
-    }
-}
-
 /// Why a handshake was refused: one of a few fixed words, the `reason` label of
 /// `tollgate_tls_handshake_failures_total` (so a flood of bad handshakes cannot mint series).
 pub fn refusal_reason(err: &std::io::Error) -> &'static str {

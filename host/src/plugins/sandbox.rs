@@ -363,7 +363,7 @@ pub enum Failure {
     StackOverflow,
     /// Any other trap (unreachable, a Rust panic, a bad memory access...), scrubbed.
     Trap(String),
-    /// Returned more than the host accepts (see [`crate::policy::guardrails::GrantLimits`]).
+    /// Returned more than the host accepts (see [`crate::policy::values::GrantLimits`]).
     Oversized(String),
     /// Could not be instantiated.
     Instantiate(String),
@@ -601,7 +601,7 @@ impl Sandbox {
             // A trapped instance is poisoned: it is dropped here, never reused.
             Err(failure) => return (Err(failure), stats),
         };
-        if let Err(e) = crate::policy::guardrails::GrantLimits::DEFAULT.check_decision(&decision) {
+        if let Err(e) = crate::policy::values::GrantLimits::DEFAULT.check_decision(&decision) {
             // Nor is one that answered out of bounds.
             return (Err(Failure::Oversized(e)), stats);
         }

@@ -9,72 +9,9 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use crate::http::tls::ClientIdentity;
 use crate::observe::scrub::Scrubber;
-use crate::plugins::sandbox::{Decision, Grant};
-
-/// Bounds on one grant. Defaults are far above real identities (an Azure AD user in 200 groups,
-/// a long LDAP DN) and far below what would hurt kube-apiserver or its audit log.
-#[derive(Clone, Copy, Debug)]
-pub struct GrantLimits {
-    /// Any one string: username, uid, a group, an extra key or value, an audience.
-    pub string_bytes: usize,
-    pub groups: usize,
-    pub extra_keys: usize,
-    /// Values over all extra keys together.
-    pub extra_values: usize,
-    pub audiences: usize,
-    /// All strings of the grant together.
-    pub total_bytes: usize,
-}
-
-impl GrantLimits {
-    pub const DEFAULT: GrantLimits = GrantLimits {
-        string_bytes: 4 * 1024,
-        groups: 1024,
-        extra_keys: 64,
-        extra_values: 1024,
-        audiences: 64,
-        total_bytes: 64 * 1024,
-    };
-
-    /// Checks an `allow` decision; reasons are capped elsewhere, not refused.
-    pub fn check_decision(&self, decision: &Decision) -> Result<(), String> {
-        match decision {
-            Decision::Allow(grant) => self.check(grant),
-            _ => Ok(()),
-        }
-    }
-
-    pub fn check(&self, grant: &Grant) -> Result<(), String> {
-        let u = &grant.user;
-        let count = |what: &str, n: usize, max: usize| {
-            if n > max { Err(format!("{n} {what} (at most {max})")) } else { Ok(()) }
-        };
-        count("groups", u.groups.len(), self.groups)?;
-        count("extra keys", u.extra.len(), self.extra_keys)?;
-        count("extra values", u.extra.iter().map(|(_, v)| v.len()).sum(), self.extra_values)?;
-        count("audiences", grant.audiences.len(), self.audiences)?;
-        let mut total = 0usize;
-        for s in grant_strings(grant) {
-            if s.len() > self.string_bytes {
-                return Err(format!("a {}-byte string (at most {})", s.len(), self.string_bytes));
-            }
-            total += s.len();
-        }
-        count("bytes in all", total, self.total_bytes)
-    }
-}
-
-/// Every string a grant carries.
-pub fn grant_strings(grant: &Grant) -> impl Iterator<Item = &str> {
-    let u = &grant.user;
-    [u.username.as_str(), u.uid.as_str()]
-        .into_iter()
-        .chain(u.groups.iter().map(String::as_str))
-        .chain(u.extra.iter().flat_map(|(k, vs)| std::iter::once(k.as_str()).chain(vs.iter().map(String::as_str))))
-        .chain(grant.audiences.iter().map(String::as_str))
-}
+use crate::policy::values::ClientIdentity;
+use crate::policy::values::{Grant, grant_strings};
 
 /// A refused grant: the rule (audit line, metric label) and what broke it (audit line only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,7 +248,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::sandbox::UserInfo;
+    use crate::policy::values::{GrantLimits, UserInfo};
 
     fn grant(username: &str, groups: &[&str]) -> Grant {
         Grant {
