@@ -15,8 +15,9 @@ use serde_json::json;
 use tollgate::plugins::compile_cache::DiskCache;
 use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
 use tollgate::plugins::sandbox::{Sandbox, SandboxConfig};
+use tollgate::policy::chain::Generation;
 use tollgate::policy::chain::{self, Outcome, ReviewInput};
-use tollgate::tenants::scan::{Generation, Snapshot, TenantsFile, load_generation};
+use tollgate::tenants::scan::{Snapshot, TenantsFile, load_generation};
 use tollgate_bench::fixtures::{self, AUDIENCE, BENCH_TOKEN, BENCH_USER};
 use tollgate_bench::stats;
 

@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
 use tollgate::plugins::sandbox::crypto::KeyCache;
 use tollgate::plugins::sandbox::{Decision, PluginEnv, Review, Sandbox, SandboxConfig};
-use tollgate::tenants::scan::{Generation, Snapshot, TenantsFile, load_generation};
+use tollgate::policy::chain::Generation;
+use tollgate::tenants::scan::{Snapshot, TenantsFile, load_generation};
 use tollgate_bench::{fixtures, stats};
 
 /// The shipped manifest's vectors: real RS256 and ES256 tokens, their JWKS, and the fixed clock

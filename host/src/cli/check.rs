@@ -11,7 +11,8 @@ use notify::{RecursiveMode, Watcher as _};
 use super::build::{Policy, ToolchainArgs};
 use super::{PluginArgs, tenants_file};
 use crate::plugins::confine::Folder;
-use crate::plugins::loader::{Loader, Plugin, PluginSource};
+use crate::plugins::loader::{Loader, PluginSource};
+use crate::plugins::plugin::Plugin;
 use crate::plugins::vectors;
 use crate::tenants::scan::{self, TenantsFile};
 
@@ -159,7 +160,7 @@ impl Checker {
     }
 
     fn one(&mut self, tenant: &str, src: &PluginSource, vectors_left: &mut usize) {
-        match self.loader.load(tenant, src, &self.tenants.guardrails(tenant), vectors_left) {
+        match self.loader.load(tenant, src, &self.tenants.guardrails(tenant).load_rules(), vectors_left) {
             Ok(plugin) => {
                 println!(
                     "ok    {}  {} ({}, {} vectors passed)",

@@ -45,7 +45,7 @@ fn templates(lang: Lang) -> &'static [(&'static str, &'static str)] {
 
 pub fn run(args: NewArgs) -> Result<i32> {
     anyhow::ensure!(
-        crate::tenants::scan::valid_tenant_name(&args.name),
+        crate::plugins::confine::valid_tenant_name(&args.name),
         "the name {:?} must be a DNS label (lower-case letters, digits and -, e.g. team-tokens): it names the \
          plugin's .wasm and .toml",
         args.name

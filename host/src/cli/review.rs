@@ -51,7 +51,10 @@ pub struct ReviewArgs {
 /// Exit codes: 0 authenticated, 1 not authenticated, 3 unavailable (what serve answers 503).
 pub fn run(args: ReviewArgs) -> Result<i32> {
     let dir = plugin_dir(&args.plugins)?;
-    anyhow::ensure!(args.tenant.is_empty() || scan::valid_tenant_name(&args.tenant), "--tenant must be a DNS label");
+    anyhow::ensure!(
+        args.tenant.is_empty() || crate::plugins::confine::valid_tenant_name(&args.tenant),
+        "--tenant must be a DNS label"
+    );
     let token = read_token(args.token_file.as_ref())?;
     let guardrails = tenants_file(args.tenants.as_deref())?.guardrails(&args.tenant);
     let loader = args.plugin.loader()?;

@@ -204,7 +204,8 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
         None => (run.await, None),
     };
     let elapsed = started.elapsed();
-    state.metrics.record(tenant, &generation.meters, &verdict, elapsed.as_secs_f64());
+    let outcome = verdict.outcome.class();
+    state.metrics.record(tenant, &generation.meters, outcome, verdict.rule(), verdict.calls(), elapsed.as_secs_f64());
 
     let scrubber = Scrubber::new(&token_for_scrub);
     let api_version = token_review.api_version;

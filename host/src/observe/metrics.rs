@@ -10,8 +10,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::policy::chain::Verdict;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantLabel {
     pub tenant: String,
@@ -64,6 +62,17 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 const OUTCOMES: [&str; 8] =
     ["authenticated", "refused", "denied", "plugin-failed", "unavailable", "deadline", "overloaded", "internal"];
 const STEPS: [&str; 7] = ["skipped", "allow", "deny", "abstain", "unavailable", "failed", "refused"];
+
+/// One plugin call of a review, as the metrics count it.
+pub struct CallRecord<'a> {
+    pub plugin: &'a str,
+    /// `StepResult::class`.
+    pub class: &'static str,
+    pub warm: bool,
+    /// Time to make a fresh instance (zero for a warm one, or none made).
+    pub instantiate: std::time::Duration,
+    pub duration: std::time::Duration,
+}
 
 /// One generation's metric handles, each resolved (label built, family locked) at its first use
 /// and then only bumped: a review allocates no label. Kept beside the generation, so a reload
@@ -212,11 +221,20 @@ impl Metrics {
     }
 
     /// Counts one evaluated review of `tenant`, through its generation's `meters`.
-    pub fn record(&self, tenant: &str, meters: &Meters, verdict: &Verdict, seconds: f64) {
+    /// One review: its outcome (and the host rule that refused it, if one did), each plugin
+    /// call, and how long it took.
+    pub fn record<'a>(
+        &self,
+        tenant: &str,
+        meters: &Meters,
+        outcome: &str,
+        rule: Option<&str>,
+        calls: impl Iterator<Item = CallRecord<'a>>,
+        seconds: f64,
+    ) {
         let t = || tenant.to_owned();
-        let class = verdict.outcome.class();
-        let reviews = || self.reviews.get_or_create(&TenantResult { tenant: t(), result: class.into() }).clone();
-        match OUTCOMES.iter().position(|c| *c == class) {
+        let reviews = || self.reviews.get_or_create(&TenantResult { tenant: t(), result: outcome.into() }).clone();
+        match OUTCOMES.iter().position(|c| *c == outcome) {
             Some(i) => meters.reviews[i].get_or_init(reviews).inc(),
             None => reviews().inc(),
         };
@@ -224,33 +242,32 @@ impl Metrics {
             .duration
             .get_or_init(|| self.review_duration.get_or_create(&TenantLabel { tenant: t() }).clone())
             .observe(seconds);
-        for step in &verdict.steps {
-            let label = || PluginLabel { tenant: t(), plugin: step.plugin.clone() };
+        for call in calls {
+            let label = || PluginLabel { tenant: t(), plugin: call.plugin.to_owned() };
             let fresh = PluginMeters::default();
-            let plugin = meters.plugins.iter().find(|(name, _)| *name == step.plugin).map_or(&fresh, |(_, m)| m);
-            let class = step.result.class();
+            let plugin = meters.plugins.iter().find(|(name, _)| *name == call.plugin).map_or(&fresh, |(_, m)| m);
             let calls = || {
-                let label = PluginOutcome { tenant: t(), plugin: step.plugin.clone(), outcome: class.into() };
+                let label = PluginOutcome { tenant: t(), plugin: call.plugin.to_owned(), outcome: call.class.into() };
                 self.plugin_calls.get_or_create(&label).clone()
             };
-            match STEPS.iter().position(|c| *c == class) {
+            match STEPS.iter().position(|c| *c == call.class) {
                 Some(i) => plugin.calls[i].get_or_init(calls).inc(),
                 None => calls().inc(),
             };
-            if step.stats.warm {
+            if call.warm {
                 plugin.warm.get_or_init(|| self.warm_calls.get_or_create(&label()).clone()).inc();
-            } else if !step.stats.instantiate.is_zero() {
-                self.instantiation.observe(step.stats.instantiate.as_secs_f64());
+            } else if !call.instantiate.is_zero() {
+                self.instantiation.observe(call.instantiate.as_secs_f64());
             }
-            if !step.duration.is_zero() {
+            if !call.duration.is_zero() {
                 plugin
                     .duration
                     .get_or_init(|| self.plugin_duration.get_or_create(&label()).clone())
-                    .observe(step.duration.as_secs_f64());
+                    .observe(call.duration.as_secs_f64());
             }
         }
-        if let crate::policy::chain::Outcome::Denied { rule: Some(rule), .. } = &verdict.outcome {
-            self.guardrail_violations.get_or_create(&TenantRule { tenant: t(), rule: (*rule).into() }).inc();
+        if let Some(rule) = rule {
+            self.guardrail_violations.get_or_create(&TenantRule { tenant: t(), rule: rule.into() }).inc();
         }
     }
 

@@ -188,6 +188,33 @@ impl Folder {
     }
 }
 
+/// A DNS label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+pub fn valid_tenant_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Refuses an open file of the default tenant that lies in a tenant folder: a name in the
+/// plugin directory (or its `..data`) that leads into `acme/` reads acme's files.
+pub fn outside_tenant_folders(base: &Folder, file: &std::fs::File, shown: &Path) -> Result<()> {
+    let (Some(base), Some(real)) = (base.real_path(), real_path(file)) else {
+        bail!("{}: cannot tell where it leads (/proc is needed)", shown.display());
+    };
+    if let Ok(rel) = real.strip_prefix(&base) {
+        let mut parts = rel.components();
+        if let (Some(first), Some(_)) = (parts.next(), parts.next())
+            && first.as_os_str().to_str().is_some_and(valid_tenant_name)
+        {
+            bail!("{} leads into the tenant folder {:?}", shown.display(), first.as_os_str());
+        }
+    }
+    Ok(())
+}
+
 /// Reads an open file whole, refusing it past `max` bytes without reading more than that.
 pub fn read_bounded(file: File, max: u64, shown: &Path, what: &str) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();

@@ -10,18 +10,29 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use base64::Engine as _;
 
 use crate::plugins::compile_cache::DiskCache;
 use crate::plugins::confine::Folder;
-use crate::plugins::manifest::{Manifest, Role, TestVector};
+use crate::plugins::manifest::Manifest;
+use crate::plugins::plugin::{Matcher, Plugin};
 use crate::plugins::sandbox::crypto::KeyCache;
 use crate::plugins::sandbox::kv::{KvLimits, KvStore};
 use crate::plugins::sandbox::outbound::{self, Destination, OutboundGrant};
 use crate::plugins::sandbox::{Code, PluginEnv, Sandbox, Slots, WarmBudget, WarmPool};
-use crate::plugins::secrets::{self, FileRef, Scope};
+use crate::plugins::secrets::{self, Scope};
 use crate::plugins::vectors;
-use crate::policy::guardrails::Guardrails;
+
+/// What the operator allows one tenant's plugins at load, from its guardrails
+/// (`policy::guardrails::Guardrails::load_rules`).
+#[derive(Clone, Copy, Debug)]
+pub struct LoadRules<'a> {
+    /// Where `secret_files` and `[outbound] ca_file` may point besides the tenant's folder.
+    pub secret_dirs: &'a [PathBuf],
+    /// The only `allowed_outbound_hosts` its manifests may name (see `Guardrails::outbound_hosts`).
+    pub outbound_hosts: Option<&'a [String]>,
+    /// `[[test]]` vectors over all its manifests (named in the error when exceeded).
+    pub max_vectors: usize,
+}
 
 /// Server-wide defaults and maxima for plugins (SPEC §7).
 #[derive(Clone, Debug)]
@@ -98,7 +109,7 @@ impl PluginSource {
             let path = listing.path().join(file);
             let (opened, _) = listing.file(Path::new(file))?;
             if default_tenant {
-                crate::tenants::scan::outside_tenant_folders(listing, &opened, &path)?;
+                crate::plugins::confine::outside_tenant_folders(listing, &opened, &path)?;
             }
             let bytes = crate::plugins::confine::read_bounded(opened, max, &path, what)?;
             Ok((path, bytes))
@@ -123,26 +134,6 @@ pub fn plugin_name(wasm_path: &Path) -> Result<String> {
         .and_then(|n| n.strip_suffix(".wasm"))
         .with_context(|| format!("{} is not a NAME.wasm file", wasm_path.display()))?;
     Ok(name.to_owned())
-}
-
-/// A plugin ready to run.
-pub struct Plugin {
-    pub name: String,
-    pub role: Role,
-    pub matcher: Option<Matcher>,
-    pub env: Arc<PluginEnv>,
-    pub code: Arc<Code>,
-    pub tests: Vec<TestVector>,
-    /// Manifest limits above the server's maxima, which were capped.
-    pub warnings: Vec<String>,
-    /// The files it read at load (`secret_files`, `ca_file`): a change reloads the tenant.
-    pub files: Vec<FileRef>,
-}
-
-impl Plugin {
-    pub fn digest(&self) -> &str {
-        &self.code.digest
-    }
 }
 
 /// Loads plugins; remembers compiled code by digest so an unchanged file is never recompiled.
@@ -228,13 +219,13 @@ impl Loader {
     }
 
     /// Loads one plugin for `tenant` and runs its vectors. The error says which file and why.
-    /// `rules` are the operator's for this tenant (its `secret_dirs`, `outbound_hosts` and folder
-    /// bounds); `vectors_left` is what remains of the tenant's vector budget.
+    /// `rules` are the operator's for this tenant; `vectors_left` is what remains of the
+    /// tenant's vector budget.
     pub fn load(
         &self,
         tenant: &str,
         src: &PluginSource,
-        rules: &Guardrails,
+        rules: &LoadRules<'_>,
         vectors_left: &mut usize,
     ) -> Result<Plugin> {
         check_name(&src.name)?;
@@ -246,11 +237,11 @@ impl Loader {
             bail!(
                 "{}: its [[test]] vectors exceed this tenant's limit of {} (max_vectors in the tenants file)",
                 src.name,
-                rules.folder.vectors
+                rules.max_vectors
             );
         }
         *vectors_left -= manifest.tests.len();
-        let scope = Scope { tenant, folder: &src.folder, secret_dirs: &rules.secret_dirs, protected: &self.protected };
+        let scope = Scope { tenant, folder: &src.folder, secret_dirs: rules.secret_dirs, protected: &self.protected };
         let mut files = Vec::new();
         let mut config = manifest.config;
         let mut secret_values = Vec::new();
@@ -265,7 +256,7 @@ impl Loader {
         let outbound = if manifest.allowed_outbound_hosts.is_empty() {
             None
         } else {
-            egress_allowed(tenant, &manifest.allowed_outbound_hosts, rules.outbound_hosts.as_deref())
+            egress_allowed(tenant, &manifest.allowed_outbound_hosts, rules.outbound_hosts)
                 .with_context(|| format!("{}: allowed_outbound_hosts", src.name))?;
             let ca = match &manifest.outbound.ca_file {
                 Some(reference) => {
@@ -467,22 +458,6 @@ impl Loader {
     }
 }
 
-/// Levenshtein distance, for "did you mean" hints on short keys.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
-        }
-    }
-    row[b.len()]
-}
-
 /// A builder's hold on one digest's compile lock; the last one out, failed or not, removes the
 /// lock, so digests that never compile leave nothing behind.
 struct DigestTurn<'a> {
@@ -559,69 +534,9 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `[match]`: which tokens an authenticator is shown.
-#[derive(Clone, Debug)]
-pub struct Matcher {
-    pub token_prefix: Vec<String>,
-    pub jwt_issuer: Vec<String>,
-}
-
-impl Matcher {
-    /// `issuer` is the token's unverified `iss`, computed once per review.
-    pub fn matches(&self, token: &str, issuer: Option<&str>) -> bool {
-        self.token_prefix.iter().any(|p| token.starts_with(p.as_str()))
-            || issuer.is_some_and(|iss| self.jwt_issuer.iter().any(|i| i == iss))
-    }
-}
-
-/// The `iss` claim of a JWS compact token's payload, read without verifying anything: a routing
-/// hint for `[match] jwt_issuer`, never a reason to trust the token.
-pub fn unverified_issuer(token: &str) -> Option<String> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || payload.len() > 64 * 1024 {
-        return None;
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    #[derive(serde::Deserialize)]
-    struct Claims {
-        iss: Option<String>,
-    }
-    serde_json::from_slice::<Claims>(&bytes).ok()?.iss
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn jwt(payload: &str) -> String {
-        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        format!("{}.{}.sig", b(r#"{"alg":"RS256"}"#), b(payload))
-    }
-
-    #[test]
-    fn edit_distances() {
-        assert_eq!(edit_distance("username", "usernme"), 1);
-        assert_eq!(edit_distance("tokens", "tokns"), 1);
-        assert_eq!(edit_distance("abc", "xyz"), 3);
-        assert_eq!(edit_distance("", "ab"), 2);
-    }
-
-    #[test]
-    fn reads_the_unverified_issuer() {
-        assert_eq!(unverified_issuer(&jwt(r#"{"iss":"https://idp","sub":"x"}"#)).as_deref(), Some("https://idp"));
-        assert_eq!(unverified_issuer(&jwt(r#"{"iss":5}"#)), None);
-        assert_eq!(unverified_issuer("not-a-jwt"), None);
-        assert_eq!(unverified_issuer("a.b.c.d.e"), None);
-    }
-
-    #[test]
-    fn matcher_routes_by_prefix_or_issuer() {
-        let m = Matcher { token_prefix: vec!["tg_".into()], jwt_issuer: vec!["https://idp".into()] };
-        assert!(m.matches("tg_abc", None));
-        assert!(m.matches("eyJ...", Some("https://idp")));
-        assert!(!m.matches("xyz", Some("https://other")));
-    }
 
     #[test]
     fn egress_is_the_operators_to_grant() {

@@ -80,7 +80,7 @@ impl Scope<'_> {
         }
         // The default tenant's folder holds the other tenants' folders: not theirs to read.
         if self.tenant.is_empty() && Arc::ptr_eq(&base, self.folder) {
-            crate::tenants::scan::outside_tenant_folders(&base, &file, &shown)?;
+            crate::plugins::confine::outside_tenant_folders(&base, &file, &shown)?;
         }
         let bytes = confine::read_bounded(file, max, &shown, "the limit")?;
         Ok((FileRef { base, rel }, bytes))

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::plugins::loader::{Plugin, edit_distance};
 use crate::plugins::manifest::{Expect, GrantSpec, TestVector};
+use crate::plugins::plugin::Plugin;
 use crate::plugins::sandbox::crypto::KeyCache;
 use crate::plugins::sandbox::kv::{KvLimits, KvStore};
 use crate::plugins::sandbox::{ConfigUse, Decision, Grant, PluginEnv, Prior, Review, Sandbox, UserInfo};
@@ -75,6 +75,22 @@ pub fn config_warnings(plugin: &Plugin, used: &ConfigUse, reported: &[&String]) 
 pub fn near<'a>(mut keys: impl Iterator<Item = &'a String>, key: &str, has: &str) -> String {
     keys.find(|c| edit_distance(c, key) <= 2 && c.as_str() != key)
         .map_or(String::new(), |c| format!(" ({has} {c:?}: a typo?)"))
+}
+
+/// Levenshtein distance, for "did you mean" hints on short keys.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Vectors whose token the plugin accepts under its live `[config]` (without the vector's
@@ -215,5 +231,18 @@ pub fn describe(d: &Decision) -> String {
         Decision::Deny(r) => format!("deny({r:?})"),
         Decision::Abstain => "abstain".into(),
         Decision::Unavailable(r) => format!("unavailable({r:?})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("username", "usernme"), 1);
+        assert_eq!(edit_distance("tokens", "tokns"), 1);
+        assert_eq!(edit_distance("abc", "xyz"), 3);
+        assert_eq!(edit_distance("", "ab"), 2);
     }
 }

@@ -1,14 +1,15 @@
 //! Chain semantics (SPEC §3): authenticators in order until one decides, then mappers, then the
 //! host's checks on the final grant. Synchronous: it runs off the async runtime (see `evaluator`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::observe::metrics::{CallRecord, Meters};
 use crate::observe::scrub::Scrubber;
-use crate::plugins::loader::{Plugin, unverified_issuer};
 use crate::plugins::manifest::Role;
+use crate::plugins::plugin::{Plugin, unverified_issuer};
 use crate::plugins::sandbox::{CallStats, Decision, Failure, Grant, Prior, Review, Sandbox, UserInfo};
 use crate::policy::guardrails::{self, Guardrails, Violation};
-use crate::tenants::scan::Generation;
 
 /// One TokenReview as the chain needs it.
 pub struct ReviewInput {
@@ -53,6 +54,22 @@ impl Outcome {
     }
 }
 
+/// One tenant's complete, checked set of plugins. Reviews run on one generation from start to
+/// end; a reload swaps in a whole new one.
+pub struct Generation {
+    /// "" is the default tenant.
+    pub tenant: String,
+    pub number: u64,
+    /// In file-name order.
+    pub plugins: Vec<Arc<Plugin>>,
+    /// The operator's rules it was loaded under (secrets, egress and folder bounds were decided
+    /// by them). Reviews are checked against the rules in force, which may be newer.
+    pub built_under: Guardrails,
+    pub loaded_at: SystemTime,
+    /// Its metric handles (resolved once, not per review).
+    pub meters: Meters,
+}
+
 /// What one plugin did in this review (for `--explain`, metrics and the audit line).
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -95,6 +112,27 @@ pub struct Verdict {
     /// The plugin whose decision settled the review (name, digest), if one did.
     pub decided_by: Option<(String, String)>,
     pub steps: Vec<Step>,
+}
+
+impl Verdict {
+    /// The host rule that refused the grant, if one did (a metric label).
+    pub fn rule(&self) -> Option<&'static str> {
+        match &self.outcome {
+            Outcome::Denied { rule, .. } => *rule,
+            _ => None,
+        }
+    }
+
+    /// Each plugin call, as the metrics count it.
+    pub fn calls(&self) -> impl Iterator<Item = CallRecord<'_>> {
+        self.steps.iter().map(|s| CallRecord {
+            plugin: &s.plugin,
+            class: s.result.class(),
+            warm: s.stats.warm,
+            instantiate: s.stats.instantiate,
+            duration: s.duration,
+        })
+    }
 }
 
 /// Runs `generation`'s chain on one review, under `deadline`; the final grant is checked against

@@ -9,9 +9,9 @@ use tokio::sync::Semaphore;
 
 use crate::observe::metrics::Metrics;
 use crate::plugins::sandbox::Sandbox;
+use crate::policy::chain::Generation;
 use crate::policy::chain::{self, Outcome, ReviewInput, Verdict};
 use crate::policy::guardrails::Guardrails;
-use crate::tenants::scan::Generation;
 
 /// One tenant's share of the evaluation slots, kept across its generations: so a tenant whose
 /// plugins loop or crawl cannot take every slot and starve the others.

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use crate::observe::scrub::Scrubber;
+use crate::plugins::loader::LoadRules;
 use crate::policy::values::ClientIdentity;
 use crate::policy::values::{Grant, grant_strings};
 
@@ -128,6 +129,15 @@ pub struct GuardrailSpec {
 }
 
 impl Guardrails {
+    /// What the plugin loader needs of these rules.
+    pub fn load_rules(&self) -> LoadRules<'_> {
+        LoadRules {
+            secret_dirs: &self.secret_dirs,
+            outbound_hosts: self.outbound_hosts.as_deref(),
+            max_vectors: self.folder.vectors,
+        }
+    }
+
     /// The default tenant's rules when the tenants file says nothing: no `system:` identity.
     pub fn default_tenant() -> Self {
         Self::from_spec("", &GuardrailSpec::default())

@@ -8,9 +8,9 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::policy::chain::Generation;
 use crate::policy::evaluator::TenantSlots;
 use crate::policy::guardrails::Guardrails;
-use crate::tenants::scan::Generation;
 
 /// Why a tenant's newest files were not taken live.
 #[derive(Clone, Debug)]

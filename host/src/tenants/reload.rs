@@ -23,10 +23,11 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use crate::observe::metrics::{Metrics, TenantLabel, TenantResult};
 use crate::plugins::confine::Folder;
 use crate::plugins::loader::Loader;
+use crate::policy::chain::Generation;
 use crate::policy::evaluator::TenantLimits;
 use crate::policy::guardrails::Guardrails;
 use crate::tenants::registry::{Refusal, Registry, TenantState};
-use crate::tenants::scan::{self, Generation, TenantsFile};
+use crate::tenants::scan::{self, TenantsFile};
 
 /// After an event, wait this long for quiet (one `cp` or kubelet swap is a burst of events)...
 const QUIET: Duration = Duration::from_millis(50);
@@ -424,7 +425,7 @@ impl Reloader {
                     // A file (or `..data`) right in the root is the default tenant's; anything
                     // deeper belongs to the tenant folder it is in.
                     let deeper = parts.next().is_some();
-                    if scan::valid_tenant_name(&first) && (deeper || path.is_dir()) {
+                    if crate::plugins::confine::valid_tenant_name(&first) && (deeper || path.is_dir()) {
                         tenants.insert(first);
                     } else {
                         tenants.insert(String::new());

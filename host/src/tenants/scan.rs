@@ -1,5 +1,5 @@
 //! Tenants: the plugin directory's root is the default tenant, each sub-folder a named one.
-//! A tenant's plugins and manifests are loaded together into one [`Generation`].
+//! A tenant's plugins and manifests are loaded together into one [`Generation`] (`policy::chain`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -10,26 +10,11 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use crate::observe::metrics::Meters;
-use crate::plugins::confine::{self, Folder};
-use crate::plugins::loader::{Loader, Plugin, PluginSource};
+use crate::plugins::confine::{Folder, valid_tenant_name};
+use crate::plugins::loader::{Loader, PluginSource};
+use crate::policy::chain::Generation;
 use crate::policy::guardrails::{FolderLimits, GuardrailSpec, Guardrails};
 use sha2::{Digest as _, Sha256};
-
-/// One tenant's complete, checked set of plugins. Reviews run on one generation from start to
-/// end; a reload swaps in a whole new one.
-pub struct Generation {
-    /// "" is the default tenant.
-    pub tenant: String,
-    pub number: u64,
-    /// In file-name order.
-    pub plugins: Vec<Arc<Plugin>>,
-    /// The operator's rules it was loaded under (secrets, egress and folder bounds were decided
-    /// by them). Reviews are checked against the rules in force, which may be newer.
-    pub built_under: Guardrails,
-    pub loaded_at: SystemTime,
-    /// Its metric handles (resolved once, not per review).
-    pub meters: Meters,
-}
 
 /// The operator's tenants file (`--tenants FILE`): guardrails per tenant. It lives outside the
 /// plugin directory because tenants may be able to write their own folders.
@@ -83,16 +68,6 @@ impl TenantsFile {
         let spec = if tenant.is_empty() { Some(&self.default) } else { self.tenant.get(tenant) };
         Guardrails::from_spec(tenant, spec.unwrap_or(&GuardrailSpec::default()))
     }
-}
-
-/// A DNS label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
-pub fn valid_tenant_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
 }
 
 /// Kubernetes ConfigMap, Secret and projected volumes hold their files in a timestamped
@@ -202,23 +177,6 @@ fn read_listing(
     Ok(Snapshot { sources, content: hex::encode(content.finalize()) })
 }
 
-/// Refuses an open file of the default tenant that lies in a tenant folder: a name in the
-/// plugin directory (or its `..data`) that leads into `acme/` reads acme's files.
-pub fn outside_tenant_folders(base: &Folder, file: &std::fs::File, shown: &Path) -> Result<()> {
-    let (Some(base), Some(real)) = (base.real_path(), confine::real_path(file)) else {
-        bail!("{}: cannot tell where it leads (/proc is needed)", shown.display());
-    };
-    if let Ok(rel) = real.strip_prefix(&base) {
-        let mut parts = rel.components();
-        if let (Some(first), Some(_)) = (parts.next(), parts.next())
-            && first.as_os_str().to_str().is_some_and(valid_tenant_name)
-        {
-            bail!("{} leads into the tenant folder {:?}", shown.display(), first.as_os_str());
-        }
-    }
-    Ok(())
-}
-
 /// The tenant folders under the plugin directory, in name order: entries whose names are DNS
 /// labels and that are directories or symlinks (opening one checks it stays inside).
 pub fn scan_tenants(root: &Folder) -> Result<Vec<String>> {
@@ -254,7 +212,7 @@ pub fn load_generation(
     let mut plugins = Vec::with_capacity(snapshot.sources.len());
     let mut vectors_left = guardrails.folder.vectors;
     for src in &snapshot.sources {
-        let plugin = loader.load(tenant, src, &guardrails, &mut vectors_left)?;
+        let plugin = loader.load(tenant, src, &guardrails.load_rules(), &mut vectors_left)?;
         for w in &plugin.warnings {
             tracing::warn!(tenant, plugin = %plugin.name, "{w}");
         }
