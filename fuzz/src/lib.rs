@@ -4,21 +4,27 @@
 
 use std::path::Path;
 
+use tollgate::http::review::TokenReview;
+use tollgate::observe::scrub::{MIN_SCRUB_LEN, Scrubber};
+use tollgate::plugins::manifest::Manifest;
+use tollgate::plugins::sandbox::{Grant, UserInfo};
 use tollgate::policy::guardrails::{GuardrailSpec, Guardrails, identity_checks};
 use tollgate::policy::values::GrantLimits;
-use tollgate::plugins::manifest::Manifest;
-use tollgate::http::review::TokenReview;
-use tollgate::plugins::sandbox::{Grant, UserInfo};
-use tollgate::observe::scrub::{MIN_SCRUB_LEN, Scrubber};
 use tollgate::tenants::scan::TenantsFile;
 
 /// Any request body: a review or a clear error; a parsed review never prints its token.
 pub fn token_review(data: &[u8]) {
     if let Ok(review) = TokenReview::parse(data) {
         let shown = format!("{review:?}");
-        if review.token.len() >= MIN_SCRUB_LEN {
-            assert!(!shown.contains(&review.token), "Debug printed the token: {shown}");
-        }
+        // Debug shows the token's length, never its content: a review that differs only in its
+        // token's bytes prints the same. (The request may itself repeat the token elsewhere, in
+        // an audience: that copy is the caller's, not a leak.)
+        let other = TokenReview {
+            api_version: review.api_version,
+            token: "\0".repeat(review.token.len()),
+            audiences: review.audiences.clone(),
+        };
+        assert_eq!(shown, format!("{other:?}"), "Debug printed something of the token");
     }
 }
 

@@ -1096,6 +1096,9 @@ fn last_words(text: &str) -> Option<String> {
             && !l.starts_with("stack backtrace")
             && !l.starts_with("Traceback")
     };
+    if let Some(thrown) = quickjs_exception(text) {
+        return Some(cut(&thrown, LAST_WORDS_BYTES).to_owned());
+    }
     // The scrubbed text has its newlines escaped (`\n`): lines are split on those too.
     let lines: Vec<&str> = text.lines().flat_map(|l| l.split("\\n")).collect();
     let panic_at = lines.iter().rposition(|l| l.contains("panicked at"));
@@ -1107,11 +1110,33 @@ fn last_words(text: &str) -> Option<String> {
         panic_at.and_then(|i| lines.get(i + 1)).filter(telling)
     };
     let last = last.or_else(|| lines.iter().rev().find(telling))?.trim();
-    let mut end = last.len().min(LAST_WORDS_BYTES);
-    while !last.is_char_boundary(end) {
+    Some(cut(last, LAST_WORDS_BYTES).to_owned())
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    Some(last[..end].to_owned())
+    &text[..end]
+}
+
+/// What a JavaScript policy threw, from the QuickJS runtime's report (`Exception { message:
+/// Some("..."), stack: Some("    at f (/policy.js:24:12)...") }`, in a build that keeps WASI):
+/// the message and where it was thrown, without the runtime's wrapping.
+fn quickjs_exception(text: &str) -> Option<String> {
+    let message = text.split_once("Exception { message: Some(\"")?.1;
+    let (message, rest) = message.split_once("\"), stack: ")?;
+    let at = rest
+        .strip_prefix("Some(\"")
+        .and_then(|s| s.trim_start().split(['\\', '"']).next())
+        .map(str::trim)
+        .filter(|f| !f.is_empty());
+    Some(match at {
+        Some(at) => format!("{message} ({at})"),
+        None => message.to_owned(),
+    })
 }
 
 /// How much of a guest's last stderr line a failure message repeats.
@@ -1157,6 +1182,18 @@ fn fit_message(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A QuickJS exception report becomes the message and where it was thrown.
+    #[test]
+    fn a_javascript_exception_is_its_message_and_place() {
+        let report = "Failed to call 'authenticate': Exception(Exception { message: Some(\"cannot read property 'lookup' of undefined\"), stack: Some(\"    at authenticate (/team-tokens.js:24:12)\\n    at <eval>\") })";
+        assert_eq!(
+            last_words(report).as_deref(),
+            Some("cannot read property 'lookup' of undefined (at authenticate (/team-tokens.js:24:12))")
+        );
+        let no_stack = "Exception(Exception { message: Some(\"no such table\"), stack: None })";
+        assert_eq!(last_words(no_stack).as_deref(), Some("no such table"));
+    }
 
     /// componentize-py's abort on a return value of the wrong shape becomes what was expected.
     #[test]
