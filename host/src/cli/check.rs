@@ -63,9 +63,10 @@ fn watch(args: &CheckArgs, check: &mut Checker) -> Result<i32> {
         roots.iter().map(|p| p.is_dir().then(|| Policy::find(p, None).ok()).flatten()).collect();
     let outputs: Vec<PathBuf> = policies.iter().flatten().map(Policy::wasm).collect();
     let (tx, rx) = mpsc::channel();
+    let watched = roots.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && event.paths.iter().any(|p| !ignored(p, &outputs))
+            && event.paths.iter().any(|p| !ignored(p, &watched, &outputs))
         {
             let _ = tx.send(());
         }
@@ -97,14 +98,15 @@ fn watch(args: &CheckArgs, check: &mut Checker) -> Result<i32> {
 }
 
 /// What a round writes itself (the component, its temporary copy), or a toolchain keeps beside
-/// the sources: not a change to check.
-fn ignored(path: &Path, outputs: &[PathBuf]) -> bool {
+/// the sources (below a watched root: the root's own path may hold any name).
+fn ignored(path: &Path, roots: &[PathBuf], outputs: &[PathBuf]) -> bool {
     let written = |out: &PathBuf| {
         let tmp = format!("{}.tmp", out.display());
         path == out || path.to_string_lossy().starts_with(&tmp)
     };
+    let below = roots.iter().find_map(|r| path.strip_prefix(r).ok()).unwrap_or(path);
     outputs.iter().any(written)
-        || path
+        || below
             .components()
             .any(|c| matches!(c.as_os_str().to_str(), Some("target" | "__pycache__" | "node_modules" | ".git")))
 }
@@ -181,5 +183,21 @@ impl Checker {
     fn fail(&mut self, path: &Path, why: &str) {
         println!("FAIL  {}  {why}", path.display());
         self.failed += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_ignores_its_own_outputs_and_toolchain_folders_below_the_root() {
+        let roots = [PathBuf::from("/work/target/plugins"), PathBuf::from("/p/team")];
+        let outputs = [PathBuf::from("/p/team/team.wasm")];
+        let ignored = |p: &str| ignored(Path::new(p), &roots, &outputs);
+        assert!(!ignored("/work/target/plugins/10-x.wasm"), "a root under target/ is still watched");
+        assert!(!ignored("/p/team/team.toml") && !ignored("/p/team/team.c"));
+        assert!(ignored("/p/team/team.wasm") && ignored("/p/team/team.wasm.tmp.123"));
+        assert!(ignored("/p/team/target/release/x") && ignored("/p/team/__pycache__/a.pyc"));
     }
 }
