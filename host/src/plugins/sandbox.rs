@@ -1226,7 +1226,7 @@ mod tests {
         let rust = r"\nthread '<unnamed>' (1) panicked at src/lib.rs:9:5:\nno team list configured\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
         assert_eq!(last_words(rust).as_deref(), Some("no team list configured"));
         let js = r#"\nthread '<unnamed>' (1) panicked at crates/runtime/src/interpreter.rs:51:31:\nFailed to call 'authenticate': Exception(Exception { message: Some("team list is missing"), stack: Some("    at authenticate (/bad.js:3:15)\n") })\nnote: run with `RUST_BACKTRACE=1`"#;
-        assert!(last_words(js).unwrap().contains("message: Some(\"team list is missing\")"));
+        assert_eq!(last_words(js).as_deref(), Some("team list is missing (at authenticate (/bad.js:3:15))"));
         let python = "Traceback (most recent call last):\n  File \"app.py\", line 3, in authenticate\nKeyError: 'teams'\n\
              thread '<unnamed>' (1) panicked at runtime/src/lib.rs:9:5:\nPython function threw an unexpected exception\n";
         assert_eq!(last_words(python).as_deref(), Some("KeyError: 'teams'"));
