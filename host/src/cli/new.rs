@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use super::build::Lang;
+use super::build::{Lang, module_name};
 
 #[derive(Args, Debug)]
 pub struct NewArgs {
@@ -68,7 +68,7 @@ fn write(lang: Lang, name: &str, dir: &Path) -> Result<Vec<String>> {
     } else if dir.exists() {
         bail!("{} exists and is not a folder", dir.display());
     }
-    let module = name.replace('-', "_");
+    let module = module_name(name);
     let fill = |s: &str| s.replace("{{name}}", name).replace("{{module}}", &module);
     let mut written = Vec::new();
     for (path, text) in templates(lang).iter().chain([&CONTRACT]) {

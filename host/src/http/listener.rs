@@ -15,8 +15,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-use crate::http::tls::{RefusalLog, ReloadingTls};
-use crate::observe::metrics::{Metrics, ReasonLabel};
+use crate::http::tls::{Refusals, ReloadingTls};
+use crate::observe::metrics::Metrics;
 use crate::policy::values::ClientIdentity;
 
 /// A TLS handshake that takes longer than this is dropped: nothing legitimate is that slow on
@@ -76,7 +76,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
-    let refusals = Arc::new(RefusalLog::default());
+    let refusals = Arc::new(Refusals::new(metrics.tls_handshake_failures.clone()));
     tokio::pin!(shutdown);
     loop {
         // At the cap, wait for a connection to close before accepting another.
@@ -101,7 +101,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let watcher = graceful.watcher();
-        let (app, builder, tls, metrics) = (app.clone(), builder.clone(), tls.clone(), metrics.clone());
+        let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
         let refusals = refusals.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -121,18 +121,8 @@ pub async fn serve(
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            let reason = crate::http::tls::refusal_reason(&e);
-                            metrics.tls_handshake_failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
-                            refusals.note(peer, reason, &e);
-                            return;
-                        }
-                        Err(_) => {
-                            let reason = "timeout";
-                            metrics.tls_handshake_failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
-                            refusals.note(peer, reason, &"no handshake within the time allowed");
-                            return;
-                        }
+                        Ok(Err(e)) => return refusals.note(peer, crate::http::tls::refusal_reason(&e), &e),
+                        Err(_) => return refusals.note(peer, "timeout", &"no handshake within the time allowed"),
                     };
                     let client = stream
                         .get_ref()

@@ -8,10 +8,14 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::observe::metrics::ReasonLabel;
 
 /// How often the certificate files are checked for a change. cert-manager renews days ahead of
 /// expiry; a few seconds of delay costs nothing.
@@ -157,17 +161,25 @@ pub fn refusal_reason(err: &std::io::Error) -> &'static str {
 /// misconfigured client flooding the log.
 const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
 
-/// Rate-limited log of refused handshakes (see [`REFUSAL_LOG_PERIOD`]).
-#[derive(Default)]
-pub struct RefusalLog {
+/// Refused handshakes: each counted by reason, and logged at most once per reason per
+/// [`REFUSAL_LOG_PERIOD`].
+pub struct Refusals {
+    counted: Family<ReasonLabel, Counter>,
     /// Per reason: when it was last logged, and how many were not logged since.
     seen: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
 }
 
-impl RefusalLog {
-    /// Logs this refusal unless its reason was logged less than a period ago. The error text is
-    /// rustls's (a certificate error's kind, an alert's name), never anything the peer sent.
+impl Refusals {
+    /// Counting into `tollgate_tls_handshake_failures_total`.
+    pub fn new(counted: Family<ReasonLabel, Counter>) -> Self {
+        Self { counted, seen: Default::default() }
+    }
+
+    /// Counts this refusal, and logs it unless its reason was logged less than a period ago.
+    /// The error text is rustls's (a certificate error's kind, an alert's name), never anything
+    /// the peer sent.
     pub fn note(&self, peer: std::net::SocketAddr, reason: &'static str, error: &dyn std::fmt::Display) {
+        self.counted.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
         let now = std::time::Instant::now();
         let suppressed = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -53,10 +53,7 @@ impl<'a> Scrubber<'a> {
                 scrubbed = scrubbed.replace(secret.as_str(), REDACTED_SECRET);
             }
         }
-        let mut end = scrubbed.len().min(max);
-        while !scrubbed.is_char_boundary(end) {
-            end -= 1;
-        }
+        let end = scrubbed.floor_char_boundary(max);
         let cut = scrubbed.len() - end;
         scrubbed.truncate(end);
         // Parts are looked for after escaping, so an escape cannot complete one (`\n` + 7 bytes).
@@ -107,14 +104,8 @@ fn without_parts_of(token: &str, text: String) -> String {
             i += 1;
             continue;
         }
-        let mut start = i;
-        while !text.is_char_boundary(start) {
-            start -= 1;
-        }
-        let mut end = covered[i..].iter().position(|&c| !c).map_or(bytes.len(), |n| i + n);
-        while !text.is_char_boundary(end) {
-            end += 1;
-        }
+        let start = text.floor_char_boundary(i);
+        let end = text.ceil_char_boundary(covered[i..].iter().position(|&c| !c).map_or(bytes.len(), |n| i + n));
         covered[start..end].fill(true);
         i = end;
     }
@@ -155,10 +146,7 @@ pub fn cap(text: String, max: usize) -> String {
 
 /// As [`cap`], the marker also counting the `already` bytes an earlier cut dropped.
 fn cap_counting(mut text: String, max: usize, already: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = text.floor_char_boundary(max);
     let dropped = text.len() - end + already;
     if dropped == 0 {
         return text;

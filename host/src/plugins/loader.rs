@@ -296,20 +296,6 @@ impl Loader {
         } else if manifest.tests.is_empty() {
             warnings.push("no [[test]] vectors: only the component's world and the manifest were checked".into());
         }
-        // A key every vector sets and [config] lacks is one the live plugin never sees: most
-        // often a typo in [config] (the vectors pass, and live every review abstains). A key only
-        // some vectors set is an optional feature under test.
-        let all_set = manifest.tests.split_first().map(|(first, rest)| {
-            first.config.keys().filter(|k| rest.iter().all(|t| t.config.contains_key(*k))).collect::<Vec<_>>()
-        });
-        let all_set: Vec<String> =
-            all_set.unwrap_or_default().into_iter().filter(|k| !config.contains_key(*k)).cloned().collect();
-        for key in &all_set {
-            warnings.push(format!(
-                "every [[test]] vector sets config key {key:?}, which [config] lacks: live, the plugin never sees it{}",
-                vectors::near(config.keys(), key, "[config] has")
-            ));
-        }
         let timeout = match manifest.limits.timeout_ms.map(Duration::from_millis) {
             Some(t) if t > self.defaults.max_timeout => {
                 warnings
@@ -369,8 +355,7 @@ impl Loader {
         if !run.failures.is_empty() {
             bail!("{}: its own [[test]] vectors fail: {}", src.name, run.failures.join("; "));
         }
-        let reported: Vec<&String> = all_set.iter().collect();
-        plugin.warnings.extend(vectors::config_warnings(&plugin, &run.config, &reported));
+        plugin.warnings.extend(vectors::config_warnings(&plugin, &run.config));
         Ok(plugin)
     }
 

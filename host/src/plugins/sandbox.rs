@@ -1097,7 +1097,7 @@ fn last_words(text: &str) -> Option<String> {
             && !l.starts_with("Traceback")
     };
     if let Some(thrown) = quickjs_exception(text) {
-        return Some(cut(&thrown, LAST_WORDS_BYTES).to_owned());
+        return Some(thrown[..thrown.floor_char_boundary(LAST_WORDS_BYTES)].to_owned());
     }
     // The scrubbed text has its newlines escaped (`\n`): lines are split on those too.
     let lines: Vec<&str> = text.lines().flat_map(|l| l.split("\\n")).collect();
@@ -1110,16 +1110,7 @@ fn last_words(text: &str) -> Option<String> {
         panic_at.and_then(|i| lines.get(i + 1)).filter(telling)
     };
     let last = last.or_else(|| lines.iter().rev().find(telling))?.trim();
-    Some(cut(last, LAST_WORDS_BYTES).to_owned())
-}
-
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn cut(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    Some(last[..last.floor_char_boundary(LAST_WORDS_BYTES)].to_owned())
 }
 
 /// What a JavaScript policy threw, from the QuickJS runtime's report (`Exception { message:

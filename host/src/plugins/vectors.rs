@@ -40,18 +40,30 @@ pub fn run_all(sandbox: &Sandbox, plugin: &Plugin) -> VectorRun {
     })
 }
 
-/// What the vectors' `[config]` reads say about the live `[config]`: keys it holds that the
-/// plugin never read, and keys the plugin reads that it lacks while it holds a near miss (a
-/// typo: the vectors pass with their overlays, and live the plugin gets none). A key read and
-/// absent with nothing like it is an option left at its default (`review --explain` shows
-/// it); one only some vectors set is an option under test. `reported`: keys already warned about.
-pub fn config_warnings(plugin: &Plugin, used: &ConfigUse, reported: &[&String]) -> Vec<String> {
+/// What the vectors say about the live `[config]`, from what they set and what the plugin read:
+/// - a key every vector sets and `[config]` lacks is one the live plugin never sees: most often
+///   a typo in `[config]` (the vectors pass, and live every review abstains); a key only some
+///   vectors set is an optional feature under test;
+/// - a key the plugin reads that `[config]` lacks while holding a near miss: a typo again;
+///   a key read and absent with nothing like it is an option left at its default
+///   (`review --explain` shows it);
+/// - a key `[config]` holds that the plugin never read.
+pub fn config_warnings(plugin: &Plugin, used: &ConfigUse) -> Vec<String> {
     let live = &plugin.env.config;
     let mut warnings = Vec::new();
-    if plugin.tests.is_empty() {
-        return warnings;
+    let Some((first, rest)) = plugin.tests.split_first() else { return warnings };
+    let all_set: Vec<&String> = first
+        .config
+        .keys()
+        .filter(|k| !live.contains_key(*k) && rest.iter().all(|t| t.config.contains_key(*k)))
+        .collect();
+    for key in &all_set {
+        warnings.push(format!(
+            "every [[test]] vector sets config key {key:?}, which [config] lacks: live, the plugin never sees it{}",
+            near(live.keys(), key, "[config] has")
+        ));
     }
-    for (key, _) in used.reads.iter().filter(|(k, _)| !live.contains_key(k) && !reported.contains(&k)) {
+    for (key, _) in used.reads.iter().filter(|(k, _)| !live.contains_key(k) && !all_set.contains(&k)) {
         let hint = near(live.keys(), key, "[config] has");
         if !hint.is_empty() {
             warnings
@@ -72,13 +84,13 @@ pub fn config_warnings(plugin: &Plugin, used: &ConfigUse, reported: &[&String]) 
 }
 
 /// ` (HAS "teams": a typo?)` when `key` is a near miss of one of `keys`.
-pub fn near<'a>(mut keys: impl Iterator<Item = &'a String>, key: &str, has: &str) -> String {
+fn near<'a>(mut keys: impl Iterator<Item = &'a String>, key: &str, has: &str) -> String {
     keys.find(|c| edit_distance(c, key) <= 2 && c.as_str() != key)
         .map_or(String::new(), |c| format!(" ({has} {c:?}: a typo?)"))
 }
 
 /// Levenshtein distance, for "did you mean" hints on short keys.
-pub fn edit_distance(a: &str, b: &str) -> usize {
+fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
