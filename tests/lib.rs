@@ -145,10 +145,20 @@ impl Server {
 
     /// As [`Self::start`], returning the error and the log when it does not come up.
     pub fn try_start(dir: &Path, args: &[&str]) -> Result<Server, (String, String)> {
+        Self::try_start_at(dir, "127.0.0.1:0", args)
+    }
+
+    /// As [`Self::start`], listening on `listen`.
+    pub fn start_at(dir: &Path, listen: &str, args: &[&str]) -> Server {
+        Self::try_start_at(dir, listen, args)
+            .unwrap_or_else(|(e, logs)| panic!("tollgate did not start: {e}\n--- its log ---\n{logs}"))
+    }
+
+    fn try_start_at(dir: &Path, listen: &str, args: &[&str]) -> Result<Server, (String, String)> {
         let mut child = Command::new(tollgate_bin())
             .args(["serve", "--plugins"])
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .env("TOLLGATE_LOG", "info,tollgate=debug")
             .stdout(Stdio::piped())
@@ -540,6 +550,11 @@ pub fn install_crypto_provider() {
 
 /// An HTTPS client trusting `ca_pem` only, offering `alpn`, presenting `identity` if given.
 pub fn tls_client(ca_pem: &str, identity: Option<&Leaf>, alpn: &[&str]) -> reqwest::blocking::Client {
+    tls_client_builder(ca_pem, identity, alpn).build().unwrap()
+}
+
+/// As [`tls_client`], for callers that set more (such as no connection reuse).
+pub fn tls_client_builder(ca_pem: &str, identity: Option<&Leaf>, alpn: &[&str]) -> reqwest::blocking::ClientBuilder {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -565,8 +580,6 @@ pub fn tls_client(ca_pem: &str, identity: Option<&Leaf>, alpn: &[&str]) -> reqwe
         .tls_backend_preconfigured(config)
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 /// A compile cache shared by the test servers of one checkout (`target/e2e-compile-cache`), so

@@ -423,6 +423,17 @@ fn pod_templates_follow_the_rules() {
                 let kubeconfig = &files["apiserver/webhook-kubeconfig-control-plane.yaml"][0];
                 let server = s(&kubeconfig["clusters"][0]["cluster"]["server"]);
                 assert_eq!(server, format!("https://{listen}/authenticate/demo"), "{at}");
+                // Upgrades hand the node's port over (tests/e2e/handover.rs).
+                assert!(flags.contains_key("--reuse-port"), "{at}: --reuse-port, or an upgrade refuses connections");
+                assert!(
+                    c.get("ports").is_none(),
+                    "{at}: ports on a hostNetwork pod are host ports, which block the surge pod"
+                );
+                if t.kind == "DaemonSet" {
+                    let rolling = &t.owner["spec"]["updateStrategy"]["rollingUpdate"];
+                    assert_eq!(rolling["maxSurge"], 1, "{at}: the new pod starts beside the old one");
+                    assert_eq!(rolling["maxUnavailable"], 0, "{at}: the old pod stops only once the new one is ready");
+                }
             }
             other => panic!("{other}"),
         }

@@ -9,6 +9,7 @@ mod cli;
 mod crypto;
 mod deadlines;
 mod decision_cache;
+mod handover;
 mod hostile;
 mod instances;
 mod kubernetes;

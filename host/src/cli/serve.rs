@@ -30,6 +30,11 @@ pub struct ServeArgs {
     /// Address to listen on. Without TLS only a loopback address is accepted.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Let a second tollgate (same user) listen on the same addresses, and send it every new
+    /// connection once it does: the old process then drains and exits without a connection
+    /// refused in between (an upgrade on a control-plane node: README "Upgrades").
+    #[arg(long)]
+    pub reuse_port: bool,
     /// Server certificate chain (PEM); re-read when it changes on disk.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -197,7 +202,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // Probes first: kubelet sees the process alive (and not ready) during the first load.
     let mut probe_task = None;
     if let Some(addr) = args.probe_listen {
-        let listener = listener::bind(addr).await?;
+        let listener = listener::bind(addr, args.reuse_port).await?;
         tracing::info!("probe listener on http://{} (healthz, readyz, metrics, status)", listener.local_addr()?);
         let app = probe_app().with_state(state.clone());
         probe_task = Some(tokio::spawn(listener::serve(
@@ -220,7 +225,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     registry.set_ready();
     reloader.watch(Duration::from_secs(args.rescan_interval_secs))?;
 
-    let listener = listener::bind(args.listen).await?;
+    let listener = listener::bind(args.listen, args.reuse_port).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     match &tls {
         Some(tls) => {

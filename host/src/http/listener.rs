@@ -11,7 +11,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
@@ -51,6 +51,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// How long a shutdown waits for requests in flight (kubelet's default grace period is 30 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A connection accepted just before a shutdown may not have sent its request yet (kube-apiserver
+/// sends it within milliseconds of connecting): it gets this long to, and is then served like
+/// the others, instead of being closed unanswered.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves `app` on `listener` until `shutdown` resolves, then drains open connections.
 pub async fn serve(
     listener: TcpListener,
@@ -73,10 +78,16 @@ pub async fn serve(
         .max_header_list_size(MAX_HEADER_BYTES)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
-    let refusals = Arc::new(Refusals::new(metrics.tls_handshake_failures.clone()));
+    let max_connections = max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let connections = Connections {
+        builder: Arc::new(builder),
+        app,
+        tls,
+        refusals: Arc::new(Refusals::new(metrics.tls_handshake_failures.clone())),
+        stopping,
+    };
     tokio::pin!(shutdown);
     loop {
         // At the cap, wait for a connection to close before accepting another.
@@ -99,23 +110,66 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        connections.serve(tcp, peer, slot);
+    }
+    // Connections the kernel completed but nobody accepted yet would be reset when the listener
+    // closes: serve them too. With --reuse-port and a newer process bound there are none (new
+    // connections go to it); alone, this narrows the window to the close itself.
+    for (tcp, peer) in backlog(listener) {
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => connections.serve(tcp, peer, slot),
+            Err(_) => break,
+        }
+    }
+    tracing::info!("draining connections in flight");
+    let _ = stop.send(true);
+    // Every connection holds a slot until it ends: all slots back means all drained.
+    if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(max_connections as u32)).await.is_err() {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}: closing them");
+    }
+    Ok(())
+}
+
+/// Accepts, without waiting, what is already in `listener`'s queue, then closes it.
+fn backlog(listener: TcpListener) -> Vec<(tokio::net::TcpStream, SocketAddr)> {
+    let mut queued = Vec::new();
+    let Ok(listener) = listener.into_std() else { return queued };
+    if listener.set_nonblocking(true).is_err() {
+        return queued;
+    }
+    while let Ok((tcp, peer)) = listener.accept() {
+        if let Ok(tcp) = tcp.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(tcp)) {
+            queued.push((tcp, peer));
+        }
+    }
+    queued
+}
+
+/// What every connection of one listener shares.
+struct Connections {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    tls: Option<Arc<ReloadingTls>>,
+    refusals: Arc<Refusals>,
+    /// Turns true when the listener shuts down.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connections {
+    /// Serves one accepted connection on its own task, which holds `slot` until it ends.
+    fn serve(&self, tcp: tokio::net::TcpStream, peer: SocketAddr, slot: tokio::sync::OwnedSemaphorePermit) {
         let _ = tcp.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
-        let refusals = refusals.clone();
+        let (app, builder, tls) = (self.app.clone(), self.builder.clone(), self.tls.clone());
+        let (refusals, stopping) = (self.refusals.clone(), self.stopping.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let tcp = Watched::new(tcp);
             let idle = tcp.idle();
-            tokio::pin!(idle);
             let served = tcp.served.clone();
             match tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service(app, None, served));
-                    tokio::select! {
-                        _ = watcher.watch(conn) => {}
-                        () = &mut idle => tracing::debug!(%peer, "idle connection closed"),
-                    }
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service(app, None, served.clone()));
+                    drive(conn, peer, idle, served, stopping).await;
                 }
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
@@ -130,21 +184,43 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .and_then(|cert| ClientIdentity::from_der(cert));
-                    let conn = builder.serve_connection(TokioIo::new(stream), service(app, client, served));
-                    tokio::select! {
-                        _ = watcher.watch(conn) => {}
-                        () = &mut idle => tracing::debug!(%peer, "idle connection closed"),
-                    }
+                    let conn = builder.serve_connection(TokioIo::new(stream), service(app, client, served.clone()));
+                    drive(conn, peer, idle, served, stopping).await;
                 }
             }
         });
     }
-    drop(listener);
-    tracing::info!("draining connections in flight");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}: closing them");
+}
+
+/// Runs a connection until it ends, goes idle, or the listener stops; then lets it finish what
+/// it is answering (HTTP/1.1: the response in progress, then close; HTTP/2: GOAWAY, then the
+/// streams already open). A connection that has not sent its first request when the listener
+/// stops gets [`FIRST_REQUEST_GRACE`] to send it.
+async fn drive(
+    conn: impl GracefulConnection,
+    peer: SocketAddr,
+    idle: impl std::future::Future<Output = ()>,
+    served: Arc<std::sync::atomic::AtomicBool>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::pin!(conn, idle);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = &mut idle => return tracing::debug!(%peer, "idle connection closed"),
+        _ = stopping.wait_for(|s| *s) => {}
     }
-    Ok(())
+    let grace = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+    while !served.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < grace {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = conn => {}
+        () = &mut idle => tracing::debug!(%peer, "idle connection closed while draining"),
+    }
 }
 
 /// The router as a hyper service, with the connection's verified client identity (if any) in
@@ -273,7 +349,61 @@ pub fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// Binds `addr`, naming it in the error.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+/// Completed connections the kernel queues until accepted: tokio's default, which a listener
+/// bound with `TcpListener::bind` had before (the kernel caps it at `somaxconn`).
+const BACKLOG: u32 = 1024;
+
+/// Binds `addr`, naming it in the error. With `reuse_port`, several tollgate processes (of the
+/// same user) can listen on it at once, and the kernel hands each new connection to the one
+/// that bound last: an upgrade starts the new process, which binds only once it is ready, and
+/// stops the old one, which finishes what it accepted, with no connection refused in between.
+pub async fn bind(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener> {
+    let bound = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        if reuse_port {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        let listener = socket.listen(BACKLOG)?;
+        if reuse_port && let Err(e) = steer_to_newest(&listener) {
+            // Still correct, just not seamless: connections are spread by hash, and those
+            // queued at the old process when it closes are reset.
+            tracing::warn!(error = %e, %addr, "could not steer new connections to the newest process");
+        }
+        Ok(listener)
+    };
+    bound().with_context(|| format!("binding {addr}"))
+}
+
+/// Attaches to the listener's `SO_REUSEPORT` group a classic BPF program that picks socket 1:
+/// the kernel keeps a group's sockets in the order they joined, so during a hand-over (old
+/// process at 0, new at 1) every new connection goes to the new process and the old one's queue
+/// empties before it closes. Alone in the group, index 1 does not exist and the kernel falls
+/// back to its hash, i.e. to the only socket.
+#[cfg(all(target_os = "linux", not(any(target_arch = "mips", target_arch = "mips64", target_arch = "sparc64"))))]
+fn steer_to_newest(listener: &TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    /// From the kernel's asm-generic/socket.h (libc exports it for Android only).
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    /// `BPF_RET | BPF_K`: return the constant `k`.
+    const RET_K: u16 = 0x06;
+    let mut program = [libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: 1 }];
+    let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_mut_ptr() };
+    // SAFETY: a valid socket descriptor and a program that outlives the call, which copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(all(target_os = "linux", not(any(target_arch = "mips", target_arch = "mips64", target_arch = "sparc64")))))]
+fn steer_to_newest(_: &TcpListener) -> std::io::Result<()> {
+    Err(std::io::Error::other("steering SO_REUSEPORT connections needs Linux"))
 }
