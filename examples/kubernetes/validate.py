@@ -9,14 +9,18 @@
                                 get structural checks of their own. Exit 1 on any failure.
     validate.py json PATH...    the parsed documents as JSON: {"file": [doc, ...], ...}
 
-PATH is a file or a directory (its *.yaml files, recursively). No network: the schemas ship in
-the kubernetes_validate package.
+PATH is a file or a directory (its *.yaml files, recursively). A directory holding a
+kustomization.yaml is a kustomization: what `kubectl kustomize` renders of it is checked (keyed
+"DIR/"), not its files one by one (they may be patches); a Component is checked through the
+kustomizations that use it. Its `# minimum-kubernetes:` line is in kustomization.yaml. No
+network: the schemas ship in the kubernetes_validate package; kubectl ($KUBECTL) renders.
 """
 
 import functools
 import json
 import os
 import re
+import subprocess
 import sys
 
 import yaml
@@ -30,24 +34,50 @@ DEFAULT_MINIMUM = "1.31"
 kv.schema_contents = functools.lru_cache(maxsize=None)(kv.schema_contents)
 
 
-def files(paths):
+KUSTOMIZATION = "kustomization.yaml"
+
+
+def kustomization_kind(directory):
+    with open(os.path.join(directory, KUSTOMIZATION)) as f:
+        return (yaml.safe_load(f) or {}).get("kind", "Kustomization")
+
+
+def sources(paths):
+    """(label, path, is_kustomization) for every YAML file and kustomization under paths."""
     for path in paths:
-        if os.path.isdir(path):
-            for root, dirs, names in os.walk(path):
-                dirs.sort()
-                for name in sorted(names):
-                    if name.endswith((".yaml", ".yml")):
-                        yield os.path.join(root, name)
-        else:
-            yield path
+        if not os.path.isdir(path):
+            yield path, path, False
+            continue
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            if KUSTOMIZATION in names:
+                if kustomization_kind(root) == "Kustomization":
+                    yield root.rstrip("/") + "/", root, True
+                continue
+            for name in sorted(names):
+                if name.endswith((".yaml", ".yml")):
+                    yield os.path.join(root, name), os.path.join(root, name), False
 
 
-def documents(path):
-    with open(path) as f:
-        text = f.read()
-    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+def minimum_of(text):
     match = re.search(r"^# minimum-kubernetes: (1\.\d+)\b", text, re.M)
-    return docs, (match.group(1) if match else DEFAULT_MINIMUM)
+    return match.group(1) if match else DEFAULT_MINIMUM
+
+
+def documents(path, is_kustomization=False):
+    if is_kustomization:
+        rendered = subprocess.run([os.environ.get("KUBECTL", "kubectl"), "kustomize", path],
+                                  capture_output=True, text=True)
+        if rendered.returncode != 0:
+            raise ValueError("kubectl kustomize failed: " + rendered.stderr.strip())
+        text = rendered.stdout
+        with open(os.path.join(path, KUSTOMIZATION)) as f:
+            minimum = minimum_of(f.read())
+    else:
+        with open(path) as f:
+            text = f.read()
+        minimum = minimum_of(text)
+    return [d for d in yaml.safe_load_all(text) if d is not None], minimum
 
 
 def minor(version):
@@ -106,6 +136,47 @@ def check_cert_manager(doc, errors, where):
         errors.append("%s: no check for cert-manager kind %s" % (where, kind))
 
 
+def check_pinniped(doc, errors, where):
+    """Pinniped Concierge's WebhookAuthenticator (authentication.concierge.pinniped.dev/v1alpha1,
+    cluster-scoped), as its CRD (deploy/concierge/authentication.concierge.pinniped.dev_
+    webhookauthenticators.yaml, v0.47) and its controller's own checks define it."""
+    kind, spec = doc.get("kind"), doc.get("spec")
+    need(doc.get("apiVersion") == "authentication.concierge.pinniped.dev/v1alpha1", errors, where,
+         "apiVersion must be authentication.concierge.pinniped.dev/v1alpha1")
+    need(kind == "WebhookAuthenticator", errors, where, "no check for Pinniped kind %s" % kind)
+    meta = doc.get("metadata") or {}
+    need(isinstance(meta.get("name"), str) and meta["name"], errors, where, "metadata.name is required")
+    need("namespace" not in meta, errors, where, "a WebhookAuthenticator is cluster-scoped: no metadata.namespace")
+    need(set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, errors, where, "unknown top-level fields")
+    if not isinstance(spec, dict):
+        errors.append("%s: spec is required" % where)
+        return
+    need(set(spec) <= {"endpoint", "tls"}, errors, where, "unknown spec fields %s" % sorted(set(spec) - {"endpoint", "tls"}))
+    endpoint = spec.get("endpoint")
+    need(isinstance(endpoint, str) and re.match(r"^https://", endpoint) is not None, errors, where,
+         "spec.endpoint is required and starts with https://")
+    tls = spec.get("tls") or {}
+    need(set(tls) <= {"certificateAuthorityData", "certificateAuthorityDataSource"}, errors, where,
+         "unknown spec.tls fields %s" % sorted(set(tls) - {"certificateAuthorityData", "certificateAuthorityDataSource"}))
+    need(not ("certificateAuthorityData" in tls and "certificateAuthorityDataSource" in tls), errors, where,
+         "spec.tls: certificateAuthorityData or certificateAuthorityDataSource, not both")
+    need(tls, errors, where, "spec.tls: pin tollgate's CA (without it the Concierge trusts the system roots)")
+    if "certificateAuthorityData" in tls:
+        import base64
+        try:
+            pem = base64.b64decode(tls["certificateAuthorityData"], validate=True).decode()
+        except Exception:
+            pem = ""
+        need("-----BEGIN CERTIFICATE-----" in pem, errors, where,
+             "spec.tls.certificateAuthorityData must be base64 of PEM certificates")
+    if "certificateAuthorityDataSource" in tls:
+        src = tls["certificateAuthorityDataSource"] or {}
+        need(src.get("kind") in ("Secret", "ConfigMap"), errors, where, "certificateAuthorityDataSource.kind: Secret or ConfigMap")
+        for field in ("name", "key"):
+            need(isinstance(src.get(field), str) and src[field], errors, where, "certificateAuthorityDataSource.%s is required" % field)
+        need(set(src) <= {"kind", "name", "key"}, errors, where, "unknown certificateAuthorityDataSource fields")
+
+
 def check_kubeconfig(doc, errors, where):
     need(doc.get("apiVersion") == "v1", errors, where, "a kubeconfig is apiVersion v1")
     clusters = {c["name"]: c.get("cluster") or {} for c in doc.get("clusters") or []}
@@ -130,11 +201,11 @@ def check(paths):
     errors, validated, other = [], 0, []
     all_versions = set()
     nfiles = 0
-    for path in files(paths):
+    for path, source, is_kustomization in sources(paths):
         nfiles += 1
         try:
-            docs, minimum = documents(path)
-        except yaml.YAMLError as e:
+            docs, minimum = documents(source, is_kustomization)
+        except (yaml.YAMLError, ValueError) as e:
             errors.append("%s: does not parse: %s" % (path, e))
             continue
         if not docs:
@@ -147,6 +218,10 @@ def check(paths):
             if doc["apiVersion"].startswith("cert-manager.io/"):
                 check_cert_manager(doc, errors, where)
                 other.append("cert-manager")
+                continue
+            if doc["apiVersion"].startswith("authentication.concierge.pinniped.dev/"):
+                check_pinniped(doc, errors, where)
+                other.append("pinniped")
                 continue
             if doc["kind"] == "Config" and doc["apiVersion"] == "v1":
                 check_kubeconfig(doc, errors, where)
@@ -164,17 +239,18 @@ def check(paths):
     for e in errors:
         print("ERROR " + e)
     versions = sorted(all_versions, key=minor)
-    print("kubernetes-validate %s (strict, offline schemas): %d Kubernetes objects in %d files checked against "
-          "Kubernetes %s; %d cert-manager objects and %d kubeconfigs checked structurally; %d errors"
+    print("kubernetes-validate %s (strict, offline schemas): %d Kubernetes objects in %d files and kustomizations "
+          "checked against Kubernetes %s; %d cert-manager objects, %d Pinniped objects and %d kubeconfigs checked "
+          "structurally; %d errors"
           % (KV_VERSION, validated, nfiles, ", ".join(versions) or "-", other.count("cert-manager"),
-             other.count("kubeconfig"), len(errors)))
+             other.count("pinniped"), other.count("kubeconfig"), len(errors)))
     return 1 if errors else 0
 
 
 def dump(paths):
     out = {}
-    for path in files(paths):
-        out[path] = documents(path)[0]
+    for path, source, is_kustomization in sources(paths):
+        out[path] = documents(source, is_kustomization)[0]
     json.dump(out, sys.stdout)
     return 0
 

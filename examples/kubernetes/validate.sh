@@ -23,6 +23,23 @@ if ! have; then
 	have || { echo "validate.sh: $requirement did not install" >&2; exit 1; }
 fi
 
+# kubectl renders the kustomizations (`kubectl kustomize`); components need the kustomize that
+# kubectl embeds since 1.21 (kustomize v4). Check first, install second (Debian's package).
+export KUBECTL=${KUBECTL:-kubectl}
+kustomize_major() { "$KUBECTL" version --client -o json 2>/dev/null | python3 -c 'import json, re, sys
+v = json.load(sys.stdin).get("kustomizeVersion", "")
+m = re.match(r"v(\d+)\.", v)
+print(m.group(1) if m else 0)' 2>/dev/null || echo 0; }
+if (($(kustomize_major) < 4)); then
+	echo "validate.sh: installing kubectl (for kubectl kustomize)" >&2
+	sudo=; (($(id -u) == 0)) || sudo=sudo
+	$sudo apt-get install -y -q kubectl >&2 || $sudo apt-get install -y -q kubernetes-client >&2 || true
+	(($(kustomize_major) >= 4)) || {
+		echo "validate.sh: needs kubectl >= 1.21 (kustomize v4 or newer) to render the kustomizations; set KUBECTL to one" >&2
+		exit 1
+	}
+fi
+
 mode=check
 if [[ ${1:-} == check || ${1:-} == json ]]; then
 	mode=$1

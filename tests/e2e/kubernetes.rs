@@ -1,8 +1,11 @@
 //! The Kubernetes examples (examples/kubernetes/), the Containerfile and the walkthrough
 //! (examples/walkthrough.md), checked without a cluster:
 //!
-//! - every manifest parses and validates, strictly, against the Kubernetes OpenAPI schemas that
-//!   `kubernetes-validate` carries (examples/kubernetes/validate.sh installs it when missing);
+//! - every manifest, and what `kubectl kustomize` renders of every kustomization (the layouts,
+//!   the large-plugin variants, an operator's overlay), parses and validates, strictly, against
+//!   the Kubernetes OpenAPI schemas that `kubernetes-validate` carries
+//!   (examples/kubernetes/validate.sh installs it, and kubectl, when missing); the checks below
+//!   run on the rendered objects, keyed by the kustomization's folder (`control-plane/`);
 //! - what a schema cannot see: the flags are real `tollgate serve` flags, tenant folders are
 //!   volumes mounted right under `--plugins`, the files the arguments name are where the mounts
 //!   put them, probes reach the probe listener, the security fields are set, Service,
@@ -59,7 +62,14 @@ fn manifests() -> BTreeMap<String, Vec<Value>> {
     let (ok, out, err) = validate_sh(&["json", k8s().to_str().unwrap()]);
     assert!(ok, "the manifests do not parse:\n{out}\n{err}");
     let parsed: BTreeMap<String, Vec<Value>> = serde_json::from_str(&out).unwrap();
-    parsed.into_iter().map(|(k, v)| (Path::new(&k).strip_prefix(k8s()).unwrap().display().to_string(), v)).collect()
+    parsed
+        .into_iter()
+        .map(|(k, v)| {
+            let rel = Path::new(&k).strip_prefix(k8s()).unwrap().display().to_string();
+            // A kustomization is keyed by its folder, with the slash.
+            (if k.ends_with('/') { format!("{rel}/") } else { rel }, v)
+        })
+        .collect()
 }
 
 /// Cluster objects by (kind, namespace, name).
@@ -237,10 +247,10 @@ fn pod_templates_follow_the_rules() {
     let files = manifests();
     let flags_known = real_serve_flags();
     let all = objects_of(&files, "");
-    let canonical_tenants = std::fs::read_to_string(k8s().join("tenants.toml")).unwrap();
+    let canonical_tenants = std::fs::read_to_string(k8s().join("base/tenants.toml")).unwrap();
     let templates = templates(&files);
     let names: Vec<_> = templates.iter().map(|t| format!("{} {}", t.file, t.kind)).collect();
-    assert_eq!(templates.len(), 5, "the pod templates: {names:?}");
+    assert_eq!(templates.len(), 6, "the pod templates: {names:?}");
 
     for t in &templates {
         let at = format!("{} ({})", t.file, t.kind);
@@ -368,7 +378,11 @@ fn pod_templates_follow_the_rules() {
             "configMap" => {
                 let cm = get(&all, "ConfigMap", &t.namespace, s(&volume["configMap"]["name"]));
                 let key = tenants.strip_prefix(&format!("{mp}/")).unwrap();
-                assert_eq!(s(&cm["data"][key]), canonical_tenants, "{at}: tenants.toml and the ConfigMap differ");
+                // The base's tenants.toml, or the one an overlay replaces it with.
+                let own = k8s().join(&t.file).join("tenants.toml");
+                let source =
+                    if own.is_file() { std::fs::read_to_string(own).unwrap() } else { canonical_tenants.clone() };
+                assert_eq!(s(&cm["data"][key]), source, "{at}: tenants.toml and the ConfigMap differ");
             }
             "hostPath" => assert_eq!(s(&volume["hostPath"]["path"]), mp, "{at}"),
             other => panic!("{at}: the tenants file from a {other} volume"),
@@ -400,7 +414,11 @@ fn pod_templates_follow_the_rules() {
                     assert!(["tls.crt", "tls.key", "ca.crt"].contains(&file), "{at}: {flag} {file}");
                     let certificate = all
                         .values()
-                        .find(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == secret)
+                        .find(|d| {
+                            d["kind"] == "Certificate"
+                                && d["spec"]["secretName"] == secret
+                                && d["metadata"]["namespace"] == t.namespace.as_str()
+                        })
                         .unwrap_or_else(|| panic!("{at}: no cert-manager Certificate writes Secret {secret}"));
                     assert_eq!(certificate["metadata"]["namespace"], t.namespace.as_str(), "{at}");
                 }
@@ -483,9 +501,12 @@ fn check_deployment(at: &str, t: &Template, all: &Objects, c: &Value, flags: &BT
         "{at}: the certificate names the ClusterIP"
     );
     assert!(arr(&cert["spec"]["usages"]).contains(&json!("server auth")));
-    let kubeconfig = std::fs::read_to_string(k8s().join("apiserver/webhook-kubeconfig-service.yaml")).unwrap();
-    let server = format!("server: https://{cluster_ip}:{}/authenticate/demo", port["port"]);
-    assert!(kubeconfig.contains(&server), "{at}: the service kubeconfig says {server}");
+    // The example kubeconfig goes with the example address (an overlay's operator writes theirs).
+    if !t.file.starts_with("my-cluster/") {
+        let kubeconfig = std::fs::read_to_string(k8s().join("apiserver/webhook-kubeconfig-service.yaml")).unwrap();
+        let server = format!("server: https://{cluster_ip}:{}/authenticate/demo", port["port"]);
+        assert!(kubeconfig.contains(&server), "{at}: the service kubeconfig says {server}");
+    }
     let metrics = get(all, "Service", ns, "tollgate-metrics");
     assert_eq!(
         metrics["spec"]["ports"][0]["targetPort"],
@@ -720,6 +741,16 @@ fn emulate(dir: &Path, block: &Block, objects: &mut Objects, applied: &mut Vec<P
                 }
                 "-f" => {
                     applied.push(dir.join(words[i + 1]));
+                    i += 1;
+                }
+                "-k" => {
+                    let kustomization = dir.join(words[i + 1]);
+                    assert!(
+                        kustomization.join("kustomization.yaml").is_file(),
+                        "line {}: apply -k {first}",
+                        block.line
+                    );
+                    applied.push(kustomization);
                     i += 1;
                 }
                 "-o" => i += 1,
@@ -1214,4 +1245,106 @@ fn python_components_do_not_fit_in_a_configmap() {
         let size = std::fs::metadata(name).unwrap().len() as usize;
         assert!(size < CONFIGMAP_MAX / 4, "{name}: {size} bytes");
     }
+}
+
+// ---- kustomize ------------------------------------------------------------------------------
+
+/// The operator's overlay (examples/kubernetes/my-cluster) turns every knob, and each reaches
+/// every object it must: no object is left in the old namespace, with the old image, the old
+/// Service address or the bootstrap CA.
+#[test]
+fn the_overlay_knobs_reach_every_object_they_must() {
+    let files = manifests();
+    let base = objects_of(&files, "deployment/");
+    let mine = objects_of(&files, "my-cluster/");
+    assert_eq!(
+        base.len(),
+        mine.len() + 3,
+        "the overlay drops the bootstrap CA's Issuers and Certificate, nothing else"
+    );
+    let text = serde_json::to_string(&files["my-cluster/"]).unwrap();
+    for gone in ["tollgate-system", "registry.example.com/tollgate", "10.96.100.100", "tollgate-selfsigned"] {
+        assert!(!text.contains(gone), "{gone} is still in the overlay's output");
+    }
+    for ((kind, ns, name), object) in &mine {
+        let cluster_scoped = ["Namespace", "PriorityClass", "ClusterRoleBinding"].contains(&kind.as_str());
+        assert_eq!(ns.is_empty(), cluster_scoped, "{kind}/{name} in {ns:?}");
+        if !cluster_scoped {
+            assert_eq!(ns, "auth-system", "{kind}/{name}");
+        }
+        if kind == "Certificate" {
+            assert_eq!(
+                object["spec"]["issuerRef"],
+                json!({"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+            );
+        }
+    }
+    assert!(
+        get(&mine, "Namespace", "", "auth-system")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+            == "restricted"
+    );
+    let deployment = get(&mine, "Deployment", "auth-system", "tollgate");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.corp.example/platform/tollgate:0.1.0"
+    );
+    let service = get(&mine, "Service", "auth-system", "tollgate");
+    assert_eq!(service["spec"]["clusterIP"], "10.100.0.53");
+    let cert = get(&mine, "Certificate", "auth-system", "tollgate-tls");
+    assert_eq!(cert["spec"]["ipAddresses"], json!(["10.100.0.53"]));
+    assert_eq!(
+        cert["spec"]["dnsNames"],
+        json!(["tollgate", "tollgate.auth-system.svc", "tollgate.auth-system.svc.cluster.local"])
+    );
+    let tenants = get(&mine, "ConfigMap", "auth-system", "tollgate-tenants");
+    let own = std::fs::read_to_string(k8s().join("my-cluster/tenants.toml")).unwrap();
+    assert_eq!(tenants["data"]["tenants.toml"], own.as_str(), "the overlay's own tenants file");
+    assert_ne!(own, std::fs::read_to_string(k8s().join("base/tenants.toml")).unwrap());
+
+    // The bases render what their files say (kustomize adds nothing but the namespace), and
+    // the tenants ConfigMap is the canonical file itself, one copy for both layouts.
+    let static_pod = &files["static-pod/"];
+    assert_eq!(static_pod.len(), 1);
+    assert_eq!(static_pod[0]["kind"], "Pod");
+    let canonical = std::fs::read_to_string(k8s().join("base/tenants.toml")).unwrap();
+    for (layout, ns) in [("control-plane/", "kube-system"), ("deployment/", "tollgate-system")] {
+        let objects = objects_of(&files, layout);
+        assert_eq!(get(&objects, "ConfigMap", ns, "tollgate-tenants")["data"]["tenants.toml"], canonical.as_str());
+        assert!(objects.contains_key(&(
+            "ClusterRoleBinding".into(),
+            String::new(),
+            "tollgate-demo-admins-view".into()
+        )));
+    }
+}
+
+/// `kubectl kustomize` is the real one, and a broken overlay fails the validation.
+#[test]
+fn a_broken_kustomization_fails_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let overlay = dir.path().join("overlay");
+    std::fs::create_dir(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {}\npatches:\n- target: {{kind: Deployment, name: tollgate}}\n  patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: two\n",
+            // kustomize takes relative paths only: up to / and down to the base.
+            format!(
+                "{}{}",
+                "../".repeat(overlay.components().count() - 1),
+                k8s().join("deployment").strip_prefix("/").unwrap().display()
+            )
+        ),
+    )
+    .unwrap();
+    let (ok, out, _) = validate_sh(&["check", dir.path().to_str().unwrap()]);
+    assert!(!ok && out.contains("replicas") && out.contains("is not of type 'integer'"), "{out}");
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- missing.yaml\n",
+    )
+    .unwrap();
+    let (ok, out, _) = validate_sh(&["check", dir.path().to_str().unwrap()]);
+    assert!(!ok && out.contains("kubectl kustomize failed"), "{out}");
 }
