@@ -519,6 +519,12 @@ impl Pki {
         self.leaf(file, "tollgate", None, sans, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate for these DNS names (and 127.0.0.1), as cert-manager writes one.
+    pub fn server_for(&self, file: &str, names: &[&str]) -> Leaf {
+        let sans = names.iter().map(|n| n.to_string()).chain(["127.0.0.1".to_string()]).collect();
+        self.leaf(file, "tollgate", None, sans, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
     /// A client certificate (as kube-apiserver's webhook kubeconfig presents).
     pub fn client(&self, file: &str, cn: &str, org: Option<&str>) -> Leaf {
         self.leaf(file, cn, org, vec![], rcgen::ExtendedKeyUsagePurpose::ClientAuth)

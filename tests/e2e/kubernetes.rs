@@ -35,11 +35,11 @@ const K8S_VERSIONS: &str = "1.31, 1.32, 1.33, 1.34, 1.35, 1.36, 1.37";
 /// kube-apiserver's ConfigMap size limit (data and binaryData values together).
 const CONFIGMAP_MAX: usize = 1 << 20;
 
-fn repo() -> PathBuf {
+pub(super) fn repo() -> PathBuf {
     PathBuf::from(built::ROOT)
 }
 
-fn k8s() -> PathBuf {
+pub(super) fn k8s() -> PathBuf {
     repo().join("examples/kubernetes")
 }
 
@@ -47,7 +47,7 @@ static VALIDATOR: Mutex<()> = Mutex::new(());
 
 /// Runs examples/kubernetes/validate.sh (which installs the validator when it is missing; one
 /// at a time, so two tests never install it at once): (success, stdout, stderr).
-fn validate_sh(args: &[&str]) -> (bool, String, String) {
+pub(super) fn validate_sh(args: &[&str]) -> (bool, String, String) {
     let _one = VALIDATOR.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new("bash")
         .arg(k8s().join("validate.sh"))
@@ -73,14 +73,14 @@ fn manifests() -> BTreeMap<String, Vec<Value>> {
 }
 
 /// Cluster objects by (kind, namespace, name).
-type Objects = BTreeMap<(String, String, String), Value>;
+pub(super) type Objects = BTreeMap<(String, String, String), Value>;
 
-fn key_of(doc: &Value) -> (String, String, String) {
+pub(super) fn key_of(doc: &Value) -> (String, String, String) {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     (s(&doc["kind"]), s(&doc["metadata"]["namespace"]), s(&doc["metadata"]["name"]))
 }
 
-fn objects_of(files: &BTreeMap<String, Vec<Value>>, prefix: &str) -> Objects {
+pub(super) fn objects_of(files: &BTreeMap<String, Vec<Value>>, prefix: &str) -> Objects {
     files
         .iter()
         .filter(|(f, _)| f.starts_with(prefix))
@@ -89,17 +89,17 @@ fn objects_of(files: &BTreeMap<String, Vec<Value>>, prefix: &str) -> Objects {
         .collect()
 }
 
-fn get<'a>(objects: &'a Objects, kind: &str, ns: &str, name: &str) -> &'a Value {
+pub(super) fn get<'a>(objects: &'a Objects, kind: &str, ns: &str, name: &str) -> &'a Value {
     objects
         .get(&(kind.into(), ns.into(), name.into()))
         .unwrap_or_else(|| panic!("no {kind} {ns}/{name} among {:?}", objects.keys().collect::<Vec<_>>()))
 }
 
-fn s(v: &Value) -> &str {
+pub(super) fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
 }
 
-fn arr(v: &Value) -> &Vec<Value> {
+pub(super) fn arr(v: &Value) -> &Vec<Value> {
     v.as_array().unwrap_or_else(|| panic!("not a list: {v}"))
 }
 
@@ -164,7 +164,7 @@ fn templates(files: &BTreeMap<String, Vec<Value>>) -> Vec<Template> {
 }
 
 /// `--flag=value` arguments (and bare boolean flags) of a container, after `serve`.
-fn serve_flags(container: &Value) -> BTreeMap<String, String> {
+pub(super) fn serve_flags(container: &Value) -> BTreeMap<String, String> {
     let args: Vec<&str> = arr(&container["args"]).iter().map(s).collect();
     assert_eq!(args.first(), Some(&"serve"), "the container runs `tollgate serve`: {args:?}");
     args[1..]
@@ -210,7 +210,7 @@ fn volume_type(volume: &Value) -> &str {
         .unwrap_or_else(|| panic!("an unexpected volume type: {volume}"))
 }
 
-fn port_of(addr: &str) -> u16 {
+pub(super) fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
@@ -703,7 +703,7 @@ fn bash(dir: &Path, script: &str) -> (i32, String, String) {
 }
 
 /// The address of the probe listener, from the server's log.
-fn probe_addr(server: &Server) -> String {
+pub(super) fn probe_addr(server: &Server) -> String {
     wait_for("the probe listener's address", Duration::from_secs(10), || {
         let logs = server.logs.text();
         let rest = logs.split("probe listener on http://").nth(1)?;
@@ -862,7 +862,7 @@ fn volume_files(volume: &Value, ns: &str, objects: &Objects) -> Vec<(String, Vec
 }
 
 /// A pod's file system as kubelet lays it out for one container, under a scratch root.
-struct Pod {
+pub(super) struct Pod {
     root: tempfile::TempDir,
     volumes: BTreeMap<String, KubeVolume>,
     namespace: String,
@@ -870,7 +870,7 @@ struct Pod {
 }
 
 impl Pod {
-    fn new(spec: &Value, namespace: &str, objects: &Objects, host_paths: &[(&str, &Path)]) -> Pod {
+    pub(super) fn new(spec: &Value, namespace: &str, objects: &Objects, host_paths: &[(&str, &Path)]) -> Pod {
         let root = tempfile::tempdir().unwrap();
         let c = &spec["containers"][0];
         let mut mounts: Vec<&Value> = arr(&c["volumeMounts"]).iter().collect();
@@ -905,7 +905,7 @@ impl Pod {
 
     /// Starts tollgate with the container's own arguments, paths under the pod's root; the
     /// listeners on 127.0.0.1:0 (the harness finds the main one, the log the probe one).
-    fn start(&self) -> (Server, String) {
+    pub(super) fn start(&self) -> (Server, String) {
         let flags = serve_flags(&self.spec["containers"][0]);
         let rebase = |v: &str| self.root.path().join(v.trim_start_matches('/')).display().to_string();
         let mut args = Vec::new();

@@ -14,6 +14,7 @@ mod hostile;
 mod instances;
 mod kubernetes;
 mod languages;
+mod managed;
 mod observability;
 mod oidc;
 mod outbound;
