@@ -1325,16 +1325,16 @@ fn a_broken_kustomization_fails_validation() {
     let dir = tempfile::tempdir().unwrap();
     let overlay = dir.path().join("overlay");
     std::fs::create_dir(&overlay).unwrap();
+    // kustomize takes relative paths only: up to / and down to the base.
+    let base = format!(
+        "{}{}",
+        "../".repeat(overlay.components().count() - 1),
+        k8s().join("deployment").strip_prefix("/").unwrap().display()
+    );
     std::fs::write(
         overlay.join("kustomization.yaml"),
         format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {}\npatches:\n- target: {{kind: Deployment, name: tollgate}}\n  patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: two\n",
-            // kustomize takes relative paths only: up to / and down to the base.
-            format!(
-                "{}{}",
-                "../".repeat(overlay.components().count() - 1),
-                k8s().join("deployment").strip_prefix("/").unwrap().display()
-            )
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {base}\npatches:\n- target: {{kind: Deployment, name: tollgate}}\n  patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: two\n"
         ),
     )
     .unwrap();
