@@ -8,7 +8,7 @@ PLUGINS_DIR := target/plugins
 TOLLGATE := target/release/tollgate
 LANGUAGES := python js c go
 
-.PHONY: run plugins languages test build toolchain clean bench fuzz
+.PHONY: run plugins languages test build toolchain registry clean bench fuzz
 
 ## Installs the guest target when missing (rust-toolchain.toml does not install targets).
 toolchain:
@@ -49,9 +49,15 @@ run: build plugins
 	$(TOLLGATE) serve --plugins $(PLUGINS_DIR) --tenants examples/tenants.toml --listen $(LISTEN) \
 	  --cache-dir target/compile-cache
 
+## The OCI registry the end-to-end tests push to and pull from (Debian's docker-registry: the
+## CNCF distribution registry), and htpasswd for its basic auth; installed when missing.
+registry:
+	@command -v docker-registry >/dev/null && command -v htpasswd >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry apache2-utils; }
+
 ## The whole suite: host unit tests, end-to-end tests against the real binary, guest unit tests.
 ## One release build serves the binary and the tests (wasmtime is built once).
-test: toolchain languages
+test: toolchain languages registry
 	$(CARGO) test --release --workspace
 	cd plugins && $(CARGO) test --release --target $(HOST_TRIPLE)
 

@@ -802,3 +802,102 @@ impl LocalHttp {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A real OCI registry on loopback (Debian's docker-registry: the CNCF distribution registry,
+/// installed by `make test`), with TLS (its own CA) and basic auth (htpasswd), storing in a
+/// temporary folder. Stopped (killed) on drop.
+pub struct OciRegistry {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub host: String,
+    /// A Docker config.json with the registry's credentials.
+    pub auth_file: PathBuf,
+    pub user: &'static str,
+    pub password: &'static str,
+}
+
+impl OciRegistry {
+    pub fn start() -> Self {
+        let pki = Pki::new("registry");
+        let dir = tempfile::tempdir().unwrap();
+        let (user, password) = ("pusher", "s3cret-registry-password");
+        let htpasswd =
+            Command::new("htpasswd").args(["-Bbn", user, password]).output().expect("htpasswd (apache2-utils)");
+        assert!(htpasswd.status.success());
+        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+        use base64::Engine as _;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let host = format!("127.0.0.1:{port}");
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let auth_file = dir.path().join("config.json");
+        std::fs::write(&auth_file, format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#)).unwrap();
+        let mut registry = Self { child: None, dir, pki, host, auth_file, user, password };
+        registry.run();
+        registry
+    }
+
+    /// Starts (or starts again, on the same port and storage) the registry process.
+    pub fn run(&mut self) {
+        let leaf = self.pki.server("registry");
+        let d = self.dir.path();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: tollgate-tests\n    path: {}\n",
+            d.join("data").display(),
+            self.host,
+            leaf.cert_path.display(),
+            leaf.key_path.display(),
+            d.join("htpasswd").display()
+        );
+        std::fs::write(d.join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(d.join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian's package; make test installs it)");
+        self.child = Some(child);
+        wait_for("the registry to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&self.host).ok().map(|_| ())
+        });
+    }
+
+    /// Stops the registry process (its storage stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn reference(&self, path: &str) -> String {
+        format!("{}/{path}", self.host)
+    }
+
+    /// `--registry-auth F --registry-ca F`.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--registry-auth".into(),
+            self.auth_file.display().to_string(),
+            "--registry-ca".into(),
+            self.pki.ca_path.display().to_string(),
+        ]
+    }
+}
+
+impl Drop for OciRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An ECDSA P-256 signing key pair as cosign uses them: (private PKCS#8 PEM, public PEM) files.
+pub fn signing_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (private, public) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
+    std::fs::write(&private, key.serialize_pem()).unwrap();
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    (private, public)
+}

@@ -3,6 +3,7 @@
 mod build;
 mod check;
 mod new;
+mod oci;
 mod review;
 mod serve;
 
@@ -53,6 +54,18 @@ pub enum Command {
     New(new::NewArgs),
     /// Build a policy folder into NAME.wasm with its language's toolchain (installed when missing).
     Build(build::BuildArgs),
+    /// Push DIR/NAME.wasm (and NAME.toml) to an OCI registry.
+    Push(oci::PushArgs),
+    /// Pull a plugin from an OCI registry into a folder (--key: only if signed).
+    Pull(oci::PullArgs),
+    /// Sign a plugin in a registry (cosign-compatible, key-based).
+    Sign(oci::SignArgs),
+    /// Verify a plugin's signature in a registry (exit 1 when none verifies).
+    Verify(oci::VerifyArgs),
+    /// Save plugins from registries into an OCI image layout folder (for air-gapped clusters).
+    Save(oci::SaveArgs),
+    /// Load the plugins of an OCI image layout folder into a plugin folder.
+    Load(oci::LoadArgs),
 }
 
 /// Sandbox and plugin limits, shared by every command so that `check` and `review` load a
@@ -141,5 +154,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Check(args) => check::run(args),
         Command::New(args) => new::run(args),
         Command::Build(args) => build::run(args),
+        Command::Push(args) => oci::push(args),
+        Command::Pull(args) => oci::pull(args),
+        Command::Sign(args) => oci::sign(args),
+        Command::Verify(args) => oci::verify(args),
+        Command::Save(args) => oci::save(args),
+        Command::Load(args) => oci::load(args),
     }
 }

@@ -6,6 +6,7 @@ pub mod compile_cache;
 pub mod confine;
 pub mod loader;
 pub mod manifest;
+pub mod oci;
 pub mod plugin;
 pub mod sandbox;
 pub mod secrets;

@@ -19,6 +19,7 @@ mod observability;
 mod oidc;
 mod outbound;
 mod overload;
+mod registry;
 mod reload;
 mod sandbox;
 mod slow_clients;

@@ -1,0 +1,332 @@
+//! Plugins in OCI registries. One reference carries a whole plugin: the CNCF Wasm OCI artifact
+//! that `wkg` and `oci-wasm` write (config `application/vnd.wasm.config.v0+json`, one
+//! `application/wasm` layer) and, when the plugin has one, its manifest (`NAME.toml`) as a
+//! second layer of its own media type. A plain component pushed by other tools (any config, one
+//! `application/wasm` layer) is accepted too. The registry protocol is `oci-client`'s; cosign's
+//! signatures are `sigstore`'s (`oci/signature.rs`); an OCI image layout on disk, for
+//! air-gapped clusters, is `oci/layout.rs`.
+
+pub mod layout;
+pub mod signature;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+/// The CNCF Wasm OCI artifact's config (the format `wkg` and `oci-wasm` write).
+pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
+/// The component's layer.
+pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
+/// The plugin's manifest (`NAME.toml`), beside the component.
+pub const MANIFEST_LAYER_MEDIA_TYPE: &str = "application/vnd.tollgate.plugin.manifest.v1+toml";
+/// The layer's file name, as ORAS and `wkg` annotate it.
+const TITLE: &str = "org.opencontainers.image.title";
+
+/// A manifest is a page of TOML: a larger layer is not one.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// A registry is slow or gone after this long: a poll fails, the last good generation stays.
+const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How to reach registries: credentials from a Docker `config.json` (what `kubectl create secret
+/// docker-registry` stores as `.dockerconfigjson`) and a CA for private registries. Always HTTPS.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub auth_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Access {
+    /// The credentials the auth file holds for `registry` (anonymous when it names none).
+    pub fn credentials(&self, registry: &str) -> Result<Option<(String, String)>> {
+        let Some(path) = &self.auth_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a Docker config.json", path.display()))?;
+        let auths = config.get("auths").and_then(|a| a.as_object());
+        let Some(entry) = auths.and_then(|a| {
+            a.iter().find(|(host, _)| {
+                let host = host.trim_start_matches("https://").trim_end_matches('/');
+                host == registry || host.split('/').next() == Some(registry)
+            })
+        }) else {
+            return Ok(None);
+        };
+        let entry = entry.1;
+        let field = |k: &str| entry.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        if let (Some(user), Some(pass)) = (field("username"), field("password")) {
+            return Ok(Some((user, pass)));
+        }
+        let encoded = field("auth").with_context(|| format!("{}: no credentials for {registry}", path.display()))?;
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .with_context(|| format!("{}: the auth of {registry} is not base64 of user:password", path.display()))?;
+        let (user, pass) = decoded
+            .split_once(':')
+            .with_context(|| format!("{}: the auth of {registry} is not user:password", path.display()))?;
+        Ok(Some((user.to_owned(), pass.to_owned())))
+    }
+
+    fn auth(&self, registry: &str) -> Result<RegistryAuth> {
+        Ok(match self.credentials(registry)? {
+            Some((user, pass)) => RegistryAuth::Basic(user, pass),
+            None => RegistryAuth::Anonymous,
+        })
+    }
+
+    /// The CA file's certificates, PEM.
+    fn extra_roots(&self) -> Result<Vec<Vec<u8>>> {
+        let Some(path) = &self.ca_file else { return Ok(Vec::new()) };
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        anyhow::ensure!(
+            pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"),
+            "{}: no PEM certificate",
+            path.display()
+        );
+        Ok(vec![pem])
+    }
+
+    fn client(&self) -> Result<Client> {
+        install_crypto_provider();
+        let config = ClientConfig {
+            protocol: ClientProtocol::Https,
+            extra_root_certificates: self
+                .extra_roots()?
+                .into_iter()
+                .map(|data| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data,
+                })
+                .collect(),
+            read_timeout: Some(REGISTRY_TIMEOUT),
+            connect_timeout: Some(REGISTRY_TIMEOUT),
+            ..Default::default()
+        };
+        Ok(Client::new(config))
+    }
+}
+
+/// reqwest (under oci-client and sigstore) uses rustls without a default provider: ring, once.
+pub(crate) fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A plugin as a registry holds it.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub wasm: Vec<u8>,
+    pub manifest: Option<String>,
+    /// The digest of the OCI manifest that carried them (what a signature signs, a pin names).
+    pub digest: String,
+    /// The component's file name in the artifact (`NAME.wasm`), when it says.
+    pub title: Option<String>,
+}
+
+pub fn parse_reference(reference: &str) -> Result<Reference> {
+    reference
+        .parse()
+        .with_context(|| format!("{reference:?} is not an OCI reference (registry/repository:tag or @sha256:...)"))
+}
+
+/// Pushes a component (and its manifest) to `reference`; returns the pushed manifest's digest.
+pub async fn push(reference: &str, name: &str, wasm: &[u8], manifest: Option<&str>, access: &Access) -> Result<String> {
+    let image = parse_reference(reference)?;
+    let client = access.client()?;
+    let auth = access.auth(image.resolve_registry())?;
+    let titled = |file: String| Some([(TITLE.to_owned(), file)].into_iter().collect());
+    let mut layers =
+        vec![ImageLayer::new(wasm.to_vec(), WASM_LAYER_MEDIA_TYPE.to_owned(), titled(format!("{name}.wasm")))];
+    if let Some(text) = manifest {
+        layers.push(ImageLayer::new(
+            text.as_bytes().to_vec(),
+            MANIFEST_LAYER_MEDIA_TYPE.to_owned(),
+            titled(format!("{name}.toml")),
+        ));
+    }
+    let config = wasm_config(wasm, &layers);
+    let manifest = OciImageManifest::build(&layers, &config, None);
+    client
+        .push(&image, &layers, config, &auth, Some(manifest))
+        .await
+        .with_context(|| format!("pushing to {reference}"))?;
+    client.fetch_manifest_digest(&image, &auth).await.with_context(|| format!("resolving {reference} after the push"))
+}
+
+/// The config of the CNCF Wasm OCI artifact: what the component is, for tools that look.
+fn wasm_config(wasm: &[u8], layers: &[ImageLayer]) -> Config {
+    let config = serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": layers.iter().filter(|l| l.media_type == WASM_LAYER_MEDIA_TYPE).map(|l| l.sha256_digest()).collect::<Vec<_>>(),
+        "component": {"exports": ["tollgate:policy/policy"], "imports": [], "target": null},
+        "size": wasm.len(),
+    });
+    Config::new(config.to_string().into_bytes(), WASM_CONFIG_MEDIA_TYPE.to_owned(), None)
+}
+
+/// The digest `reference` (a tag, or already a digest) points to now: what a poll compares.
+pub async fn resolve(reference: &str, access: &Access) -> Result<String> {
+    let image = parse_reference(reference)?;
+    let client = access.client()?;
+    let auth = access.auth(image.resolve_registry())?;
+    client.fetch_manifest_digest(&image, &auth).await.with_context(|| format!("resolving {reference}"))
+}
+
+/// Pulls the plugin `reference` names: the component (at most `max_wasm_bytes`) and its
+/// manifest, each checked against its digest. Anything but one component layer and at most one
+/// manifest layer is refused.
+pub async fn pull(reference: &str, access: &Access, max_wasm_bytes: u64) -> Result<Artifact> {
+    let image = parse_reference(reference)?;
+    let client = access.client()?;
+    let auth = access.auth(image.resolve_registry())?;
+    let (manifest, digest, _config) =
+        client.pull_manifest_and_config(&image, &auth).await.with_context(|| format!("pulling {reference}"))?;
+    let (wasm_layer, manifest_layer) = plugin_layers(&manifest.layers).with_context(|| reference.to_string())?;
+    let wasm = pull_layer(&client, &image, wasm_layer, max_wasm_bytes).await?;
+    let manifest_text = match manifest_layer {
+        Some(layer) => {
+            let bytes = pull_layer(&client, &image, layer, MAX_MANIFEST_BYTES).await?;
+            Some(String::from_utf8(bytes).with_context(|| format!("{reference}: its manifest layer is not UTF-8"))?)
+        }
+        None => None,
+    };
+    let title = wasm_layer.annotations.as_ref().and_then(|a| a.get(TITLE)).cloned();
+    Ok(Artifact { wasm, manifest: manifest_text, digest, title })
+}
+
+/// The component layer and the manifest layer, if any; any other layer refuses the artifact.
+pub fn plugin_layers(layers: &[OciDescriptor]) -> Result<(&OciDescriptor, Option<&OciDescriptor>)> {
+    let (mut wasm, mut manifest) = (None, None);
+    for layer in layers {
+        let slot = match layer.media_type.as_str() {
+            WASM_LAYER_MEDIA_TYPE => &mut wasm,
+            MANIFEST_LAYER_MEDIA_TYPE => &mut manifest,
+            other => bail!(
+                "a layer of type {other:?}: a plugin is one {WASM_LAYER_MEDIA_TYPE} layer and at most one manifest layer"
+            ),
+        };
+        if slot.replace(layer).is_some() {
+            bail!("two layers of type {:?}", layer.media_type);
+        }
+    }
+    let wasm = wasm.with_context(|| format!("no {WASM_LAYER_MEDIA_TYPE} layer: not a Wasm artifact"))?;
+    Ok((wasm, manifest))
+}
+
+/// One layer, refused before the download when it says it is larger than `max`, and cut off if
+/// the registry sends more than it said; `oci-client` checks the digest.
+async fn pull_layer(client: &Client, image: &Reference, layer: &OciDescriptor, max: u64) -> Result<Vec<u8>> {
+    let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
+    if size > max {
+        bail!("layer {} is {size} bytes, more than the {max} allowed", layer.digest);
+    }
+    let mut out = Bounded { data: Vec::with_capacity(size as usize), max: size };
+    client.pull_blob(image, layer, &mut out).await.with_context(|| format!("pulling layer {}", layer.digest))?;
+    Ok(out.data)
+}
+
+/// A writer that refuses more bytes than the layer's descriptor declared.
+struct Bounded {
+    data: Vec<u8>,
+    max: u64,
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if (self.data.len() + buf.len()) as u64 > self.max {
+            return std::task::Poll::Ready(Err(std::io::Error::other("the registry sent more than the layer's size")));
+        }
+        self.data.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// `reference` pinned to `digest`: `registry/repository@digest`.
+pub fn pinned(reference: &str, digest: &str) -> Result<String> {
+    let image = parse_reference(reference)?;
+    Ok(format!("{}/{}@{digest}", image.registry(), image.repository()))
+}
+
+/// `dir/NAME.wasm` and, beside it, `dir/NAME.toml` if it exists: what `push` sends.
+pub fn read_plugin_files(wasm_path: &Path) -> Result<(String, Vec<u8>, Option<String>)> {
+    let name = wasm_path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|_| wasm_path.extension().is_some_and(|e| e == "wasm"))
+        .with_context(|| format!("{}: not a NAME.wasm file", wasm_path.display()))?
+        .to_owned();
+    let wasm = std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
+    let manifest_path = wasm_path.with_extension("toml");
+    let manifest = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", manifest_path.display())),
+    };
+    Ok((name, wasm, manifest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(media_type: &str) -> OciDescriptor {
+        OciDescriptor { media_type: media_type.into(), digest: "sha256:00".into(), size: 1, ..Default::default() }
+    }
+
+    #[test]
+    fn an_artifact_is_one_component_and_at_most_one_manifest() {
+        assert!(plugin_layers(&[layer(WASM_LAYER_MEDIA_TYPE)]).unwrap().1.is_none());
+        assert!(plugin_layers(&[layer(MANIFEST_LAYER_MEDIA_TYPE), layer(WASM_LAYER_MEDIA_TYPE)]).unwrap().1.is_some());
+        for bad in [
+            vec![],
+            vec![layer(MANIFEST_LAYER_MEDIA_TYPE)],
+            vec![layer(WASM_LAYER_MEDIA_TYPE), layer(WASM_LAYER_MEDIA_TYPE)],
+            vec![layer(WASM_LAYER_MEDIA_TYPE), layer("application/vnd.oci.image.layer.v1.tar+gzip")],
+        ] {
+            assert!(plugin_layers(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_a_docker_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"auths":{"registry.example.com":{"auth":"dXNlcjpwYXNz"},"https://other.example:5000/":{"username":"u","password":"p"}}}"#,
+        )
+        .unwrap();
+        let access = Access { auth_file: Some(path), ca_file: None };
+        assert_eq!(access.credentials("registry.example.com").unwrap(), Some(("user".into(), "pass".into())));
+        assert_eq!(access.credentials("other.example:5000").unwrap(), Some(("u".into(), "p".into())));
+        assert_eq!(access.credentials("elsewhere.example").unwrap(), None);
+    }
+}
