@@ -2,6 +2,7 @@
 //! `load` against a real registry (Debian's docker-registry, TLS and basic auth) on loopback.
 
 use std::path::Path;
+use std::time::Duration;
 
 use tollgate_tests::*;
 
@@ -132,4 +133,136 @@ fn save_and_load_carry_plugins_without_a_registry() {
     let (code, _, err) = run_cli(&["load", out_dir.to_str().unwrap(), dest.path().to_str().unwrap()], "");
     assert_ne!(code, 0);
     assert!(err.contains("does not match its digest"), "{err}");
+}
+
+fn refusal(server: &Server, tenant: &str) -> Option<String> {
+    let status = server.get("/status").json();
+    let t = status["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == tenant)?.clone();
+    t["last_refusal"]["reason"].as_str().map(str::to_owned)
+}
+
+fn wait_user(server: &Server, path: &str, want: &str) {
+    let what = format!("{path} to answer {want}");
+    wait_for_answer(server, path, "tok-12345678", &what, |a| granted_username(a).as_deref() == Some(want));
+}
+
+/// Pushes the probe plugin granting `username` to `reference`; signs it with `key` if given.
+fn publish(registry: &OciRegistry, reference: &str, username: &str, key: Option<&Path>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(built::PROBE, dir.path().join("10-grant.wasm")).unwrap();
+    let manifest = probe_manifest("", "allow", &format!("username = \"{username}\""));
+    std::fs::write(dir.path().join("10-grant.toml"), manifest).unwrap();
+    let args = registry.args();
+    let (code, out, err) = cli(&["push", dir.path().join("10-grant.wasm").to_str().unwrap(), reference], &args);
+    assert_eq!(code, 0, "{err}");
+    if let Some(key) = key {
+        let (code, _, err) = cli(&["sign", reference, "--key", key.to_str().unwrap()], &args);
+        assert_eq!(code, 0, "{err}");
+    }
+    out.split('(').nth(1).unwrap().trim_end().trim_end_matches(')').to_owned()
+}
+
+#[test]
+fn a_tenant_serves_signed_plugins_from_a_registry_and_follows_its_tag() {
+    let mut registry = OciRegistry::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = signing_key(keys.path(), "operator");
+    let (stranger, _) = signing_key(keys.path(), "stranger");
+    let live = registry.reference("acme/grant:live");
+    let v1 = publish(&registry, &live, "acme:v1", Some(&private));
+
+    let source = |extra: &str| {
+        format!(
+            "[[tenant.acme.oci]]\nname = \"10-grant\"\nref = \"{live}\"\nkeys = [\"{}\"]\npoll = \"1s\"\nauth = \"{}\"\nca_file = \"{}\"\n{extra}",
+            public.display(),
+            registry.auth_file.display(),
+            registry.pki.ca_path.display()
+        )
+    };
+    let tenants = tenants_file(&format!(
+        "[tenant.acme]\nusername_prefix = \"acme:\"\nallowed_groups = [\"acme:*\"]\n{}\n[tenant.pinned]\nusername_prefix = \"acme:\"\n{}",
+        source(""),
+        source(&format!("digest = \"{v1}\"")).replace("tenant.acme.oci", "tenant.pinned.oci")
+    ));
+    // Registry-only tenants: the plugin directory has no folder for them.
+    let dir = PluginDir::new();
+    let cache = tempfile::tempdir().unwrap();
+    // A folder tollgate makes itself (mode 0700).
+    let cache = cache.path().join("cc");
+    let args = ["--tenants", tenants.path().to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()];
+    let server = Server::start(dir.path(), &args);
+    wait_user(&server, "/authenticate/acme", "acme:v1");
+    wait_user(&server, "/authenticate/pinned", "acme:v1");
+
+    // The tag moves to an unsigned version: refused, v1 stays.
+    publish(&registry, &live, "acme:v2", None);
+    let why = wait_for("the unsigned version refused", Duration::from_secs(20), || {
+        refusal(&server, "acme").filter(|r| r.contains("is not signed"))
+    });
+    assert!(why.contains("10-grant") && why.contains(&live), "{why}");
+    wait_user(&server, "/authenticate/acme", "acme:v1");
+    // Signed by a key the operator did not name: refused too.
+    publish(&registry, &live, "acme:v3", Some(&stranger));
+    wait_for("the stranger's version refused", Duration::from_secs(20), || {
+        refusal(&server, "acme").filter(|r| r.contains("verifies with the configured key"))
+    });
+    wait_user(&server, "/authenticate/acme", "acme:v1");
+    // Signed by the operator's key: live within a poll. The pinned tenant ignores the move.
+    let v4 = publish(&registry, &live, "acme:v4", Some(&private));
+    wait_user(&server, "/authenticate/acme", "acme:v4");
+    wait_user(&server, "/authenticate/pinned", "acme:v1");
+    let metrics = server.get("/metrics").body;
+    assert!(metrics.contains("tollgate_reloads_total{tenant=\"acme\",result=\"refused\"}"), "{metrics}");
+    let status = server.get("/status").json();
+    let acme = status["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "acme").unwrap().clone();
+    assert_eq!(acme["live"]["plugins"][0]["name"], "10-grant", "{acme}");
+    drop(server);
+
+    // The registry goes away: a restart serves the last verified versions from the disk cache,
+    // and says the registry is unreachable.
+    registry.stop();
+    let server = Server::start(dir.path(), &args);
+    wait_user(&server, "/authenticate/acme", "acme:v4");
+    wait_user(&server, "/authenticate/pinned", "acme:v1");
+    let why = wait_for("the registry's absence noted", Duration::from_secs(20), || refusal(&server, "acme"));
+    assert!(why.contains("resolving"), "{why}");
+    let _ = v4;
+}
+
+#[test]
+fn registry_plugins_in_the_tenants_file_are_checked_before_anything_runs() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = signing_key(keys.path(), "operator");
+    let dir = PluginDir::new();
+    let cache = tempfile::tempdir().unwrap();
+    for (spec, says) in [
+        ("name = \"10-a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = []", "keys is empty"),
+        ("name = \"../a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = [\"KEY\"]", "not a plugin file name"),
+        ("name = \"10-a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = [\"/nonexistent.pub\"]", "reading key"),
+        (
+            "name = \"10-a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = [\"KEY\"]\ndigest = \"sha256:12\"",
+            "is not sha256:<64 hex>",
+        ),
+        (
+            "name = \"10-a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = [\"KEY\"]\nauth = \"rel/config.json\"",
+            "not an absolute path",
+        ),
+        ("name = \"10-a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = [\"KEY\"]\nmystery = 1", "unknown field"),
+    ] {
+        let text = format!("[[tenant.acme.oci]]\n{}\n", spec.replace("KEY", public.to_str().unwrap()));
+        let tenants = tenants_file(&text);
+        let started = Server::try_start(
+            dir.path(),
+            &["--tenants", tenants.path().to_str().unwrap(), "--cache-dir", cache.path().join("cc").to_str().unwrap()],
+        );
+        let (_, logs) = started.err().unwrap_or_else(|| panic!("started with {spec}"));
+        assert!(logs.contains(says), "{spec}: {logs}");
+    }
+    // Without --cache-dir there is nowhere to keep verified artifacts for a restart.
+    let tenants = tenants_file(&format!(
+        "[[tenant.acme.oci]]\nname = \"10-a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = [\"{}\"]\n",
+        public.display()
+    ));
+    let (_, logs) = Server::try_start(dir.path(), &["--tenants", tenants.path().to_str().unwrap()]).err().unwrap();
+    assert!(logs.contains("--cache-dir is needed"), "{logs}");
 }

@@ -18,6 +18,7 @@ use crate::policy::decision_cache::{CacheSettings, DecisionCache, parse_duration
 use crate::policy::evaluator::{Evaluator, TenantLimits};
 use crate::tenants::registry::Registry;
 use crate::tenants::reload::Reloader;
+use crate::tenants::remote::Remote;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -217,8 +218,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     // The first load happens before the main listener opens: nothing is answered from a
     // half-loaded directory. Later loads happen on the reload thread, off the request path.
+    let remote = Arc::new(Remote::new(args.plugin.cache_dir.as_deref(), args.plugin.max_plugin_bytes)?);
     let mut reloader =
-        Reloader::new(loader.clone(), registry.clone(), metrics.clone(), dir, args.tenants.clone(), limits)?;
+        Reloader::new(loader.clone(), registry.clone(), metrics.clone(), dir, args.tenants.clone(), limits, remote)?;
     let started = std::time::Instant::now();
     tokio::task::block_in_place(|| reloader.load_all());
     tracing::info!(took_ms = started.elapsed().as_millis() as u64, "first load done");

@@ -32,6 +32,67 @@ const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// A registry is slow or gone after this long: a poll fails, the last good generation stays.
 const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A plugin a tenant takes from a registry (the tenants file's `[[tenant.NAME.oci]]`): the
+/// operator's, so trusted to say where; what it points to is verified before it is used.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// The plugin's name in the tenant (its file stem, e.g. `10-static-tokens`): its place in
+    /// the chain, beside the folder's own plugins.
+    pub name: String,
+    /// `registry/repository:tag` (polled: a moved tag is a new generation) or `...@sha256:...`.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Pins the artifact: tag moves are then ignored.
+    pub digest: Option<String>,
+    /// Public keys (PEM, cosign's format): the artifact must carry a signature by one of them.
+    pub keys: Vec<PathBuf>,
+    /// How often the tag is looked up, e.g. `60s` (default).
+    pub poll: Option<String>,
+    /// Registry credentials (a Docker config.json).
+    pub auth: Option<PathBuf>,
+    /// The registry's CA (PEM), for a private registry.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl SourceSpec {
+    /// Checks what can be checked without the network: names, paths, keys.
+    pub fn validate(&self) -> Result<()> {
+        layout::plugin_name(Some(&format!("{}.wasm", self.name)), &self.reference)
+            .with_context(|| format!("oci plugin {:?}: name", self.name))?;
+        parse_reference(&self.reference)?;
+        if let Some(d) = &self.digest {
+            let hex = d.strip_prefix("sha256:").unwrap_or_default();
+            anyhow::ensure!(
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "oci plugin {:?}: digest {d:?} is not sha256:<64 hex>",
+                self.name
+            );
+        }
+        anyhow::ensure!(
+            !self.keys.is_empty(),
+            "oci plugin {:?}: keys is empty: a registry plugin runs only when signed by a key the operator names",
+            self.name
+        );
+        for path in self.keys.iter().chain(&self.auth).chain(&self.ca_file) {
+            anyhow::ensure!(
+                path.is_absolute(),
+                "oci plugin {:?}: {} is not an absolute path",
+                self.name,
+                path.display()
+            );
+        }
+        for key in &self.keys {
+            signature::PublicKey::load(key).with_context(|| format!("oci plugin {:?}", self.name))?;
+        }
+        Ok(())
+    }
+
+    pub fn access(&self) -> Access {
+        Access { auth_file: self.auth.clone(), ca_file: self.ca_file.clone() }
+    }
+}
+
 /// How to reach registries: credentials from a Docker `config.json` (what `kubectl create secret
 /// docker-registry` stores as `.dockerconfigjson`) and a CA for private registries. Always HTTPS.
 #[derive(Clone, Debug, Default)]

@@ -126,6 +126,10 @@ pub struct GuardrailSpec {
     pub max_plugins: Option<usize>,
     pub max_total_mib: Option<u64>,
     pub max_vectors: Option<usize>,
+    /// Plugins from OCI registries, beside the folder's (not a guardrail: where plugins come
+    /// from; `tenants::remote` pulls and verifies them).
+    #[serde(default)]
+    pub oci: Vec<crate::plugins::oci::SourceSpec>,
 }
 
 impl Guardrails {

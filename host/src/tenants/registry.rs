@@ -72,6 +72,15 @@ impl Registry {
         });
     }
 
+    /// Records why `tenant`'s newest plugins were refused before any build (a registry plugin
+    /// that is unsigned, wrongly signed or unreachable); whatever is live stays live.
+    pub fn refuse(&self, tenant: &str, reason: String) {
+        if let Some(state) = self.get(tenant) {
+            let refusal = Some(Refusal { at: SystemTime::now(), reason });
+            self.put(TenantState { refusal, refused_now: true, ..TenantState::clone(&state) });
+        }
+    }
+
     pub fn remove(&self, tenant: &str) {
         self.tenants.rcu(|map| {
             let mut map = BTreeMap::clone(map);

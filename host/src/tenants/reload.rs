@@ -27,6 +27,7 @@ use crate::policy::chain::Generation;
 use crate::policy::evaluator::TenantLimits;
 use crate::policy::guardrails::Guardrails;
 use crate::tenants::registry::{Refusal, Registry, TenantState};
+use crate::tenants::remote::{Polled, Remote};
 use crate::tenants::scan::{self, TenantsFile};
 
 /// After an event, wait this long for quiet (one `cp` or kubelet swap is a burst of events)...
@@ -51,7 +52,9 @@ pub struct Reloader {
     /// Tenants with a build running, and those changed again since theirs started.
     building: HashSet<String>,
     again: HashSet<String>,
-    /// What the reload thread waits on: file events and finished builds.
+    /// The tenants' plugins from OCI registries.
+    remote: Arc<Remote>,
+    /// What the reload thread waits on: file events, finished builds, registry polls.
     tx: Sender<Message>,
     rx: Receiver<Message>,
 }
@@ -59,6 +62,7 @@ pub struct Reloader {
 enum Message {
     Files(notify::Result<notify::Event>),
     Built(Box<Built>),
+    Polled(Polled),
 }
 
 /// A tenant's finished build, taken live (or refused) by the reload thread.
@@ -82,6 +86,7 @@ impl Reloader {
         root: PathBuf,
         tenants_path: Option<PathBuf>,
         limits: TenantLimits,
+        remote: Arc<Remote>,
     ) -> Result<Self> {
         // inotify reports absolute paths: a relative root would match none of them and only the
         // periodic rescan would ever notice a change.
@@ -96,6 +101,7 @@ impl Reloader {
             }
             None => (TenantsFile::default(), None),
         };
+        remote.configure(tenants_file.oci_sources())?;
         let (tx, rx) = channel();
         Ok(Self {
             loader,
@@ -109,6 +115,7 @@ impl Reloader {
             limits,
             building: HashSet::new(),
             again: HashSet::new(),
+            remote,
             tx,
             rx,
         })
@@ -117,15 +124,20 @@ impl Reloader {
     /// The first load: every tenant at once, each on its own thread, waiting for all of them
     /// (startup takes as long as the slowest tenant, not the sum of them).
     pub fn load_all(&mut self) {
+        // Registry plugins first, each tried once (the disk cache stands in for an unreachable
+        // registry).
+        let polled = if self.remote.tenants().is_empty() { Polled::default() } else { poll_blocking(&self.remote, true) };
         self.scan(None);
         while !self.building.is_empty() {
             match self.rx.recv() {
                 Ok(Message::Built(built)) => self.take(built),
                 // No watcher yet: nothing else is sent.
-                Ok(Message::Files(_)) => {}
+                Ok(Message::Files(_) | Message::Polled(_)) => {}
                 Err(_) => return,
             }
         }
+        // What the first polls could not get is said now that every tenant has a state.
+        self.polled(Polled { changed: BTreeSet::new(), failed: polled.failed });
     }
 
     /// Scans every tenant: new folders load, changed ones reload, removed ones go (404).
@@ -144,7 +156,9 @@ impl Reloader {
                 return;
             }
         };
-        let present: Vec<String> = std::iter::once(String::new()).chain(found).collect();
+        let folders: BTreeSet<String> = found.into_iter().collect();
+        let present: Vec<String> =
+            std::iter::once(String::new()).chain(folders.union(&self.remote.tenants()).cloned()).collect();
         let known: BTreeSet<String> = self.registry.snapshot().keys().chain(&self.building).cloned().collect();
         // Gone from the listing, and not already seen gone (a build may still be running for it).
         let gone: Vec<&String> = known
@@ -163,14 +177,14 @@ impl Reloader {
         for name in present {
             let known = known.contains(&name);
             if !known || only.is_none_or(|o| o.contains(&name)) {
-                self.scan_tenant(&root, &name);
+                self.scan_tenant(&root, &name, name.is_empty() || folders.contains(&name));
             }
         }
     }
 
     /// Starts a build of `name` if its folder (or its rules, or the files its manifests read)
     /// changed since the last attempt.
-    fn scan_tenant(&mut self, root: &Folder, name: &str) {
+    fn scan_tenant(&mut self, root: &Folder, name: &str, has_folder: bool) {
         if self.building.contains(name) {
             self.again.insert(name.to_owned());
             return;
@@ -178,7 +192,12 @@ impl Reloader {
         let guardrails = self.tenants_file.guardrails(name);
         let previous = self.registry.get(name);
         let dir = if name.is_empty() { root.path().to_path_buf() } else { root.path().join(name) };
-        let snapshot = scan::read_tenant(root, name, &guardrails.folder, self.loader.defaults().max_plugin_bytes);
+        let snapshot = if has_folder {
+            scan::read_tenant(root, name, &guardrails.folder, self.loader.defaults().max_plugin_bytes)
+        } else {
+            Ok(scan::Snapshot::default())
+        };
+        let snapshot = snapshot.and_then(|s| s.with(self.remote.plugin_sources(name)?, &self.remote.content(name)));
         // The files the live generation's manifests read (secrets, CA files) count as content:
         // kubelet rotating a mounted Secret reloads the tenant (on the watcher's event when it
         // is inside the plugin directory, else at the next periodic rescan).
@@ -320,7 +339,11 @@ impl Reloader {
         if self.tenants_text.as_deref() == Some(text.as_str()) {
             return false;
         }
-        match TenantsFile::parse(&text, path) {
+        let parsed = TenantsFile::parse(&text, path).and_then(|file| {
+            self.remote.configure(file.oci_sources())?;
+            Ok(file)
+        });
+        match parsed {
             Ok(file) => {
                 tracing::info!(path = %path.display(), "tenants file reloaded");
                 self.tenants_file = file;
@@ -354,6 +377,13 @@ impl Reloader {
             // The directory, not the file: editors and kubelet replace files by renaming.
             watcher.watch(dir, RecursiveMode::NonRecursive).with_context(|| format!("watching {}", dir.display()))?;
         }
+        if !self.remote.tenants().is_empty() || self.tenants_path.is_some() {
+            let (remote, tx) = (self.remote.clone(), self.tx.clone());
+            std::thread::Builder::new()
+                .name("tollgate-registry".into())
+                .spawn(move || poll_forever(&remote, &tx))
+                .context("starting the registry poll thread")?;
+        }
         std::thread::Builder::new()
             .name("tollgate-reload".into())
             .spawn(move || {
@@ -364,6 +394,10 @@ impl Reloader {
                     let first = match self.rx.recv_timeout(wait) {
                         Ok(Message::Built(built)) => {
                             self.take(built);
+                            continue;
+                        }
+                        Ok(Message::Polled(polled)) => {
+                            self.polled(polled);
                             continue;
                         }
                         Ok(Message::Files(event)) => event,
@@ -382,6 +416,7 @@ impl Reloader {
                         match self.rx.recv_timeout(QUIET) {
                             Ok(Message::Files(event)) => events.push(event),
                             Ok(Message::Built(built)) => self.take(built),
+                            Ok(Message::Polled(polled)) => self.polled(polled),
                             Err(_) => break,
                         }
                     }
@@ -395,6 +430,19 @@ impl Reloader {
             })
             .context("starting the reload thread")?;
         Ok(())
+    }
+
+    /// A round of registry polls: tenants with a new verified plugin build again; failures are
+    /// refusals (whatever is live stays).
+    fn polled(&mut self, polled: Polled) {
+        for (tenant, reason) in polled.failed {
+            tracing::error!(tenant = %tenant, "refused; what is live stays live: {reason}");
+            self.count(&tenant, "refused");
+            self.registry.refuse(&tenant, reason);
+        }
+        if !polled.changed.is_empty() {
+            self.scan(Some(&polled.changed));
+        }
     }
 
     /// Which tenants a burst of events touched, and whether the tenants file's folder did.
@@ -451,4 +499,32 @@ fn files_digest(generation: &Generation) -> String {
         }
     }
     hex::encode(h.finalize())
+}
+
+/// Polls the registries on a runtime of its own (the caller may be inside the server's).
+fn poll_blocking(remote: &Arc<Remote>, all: bool) -> Polled {
+    let remote = remote.clone();
+    let polled = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        Some(runtime.block_on(remote.poll(all)))
+    })
+    .join();
+    polled.ok().flatten().unwrap_or_default()
+}
+
+/// The registry poll thread: each source at its interval, results to the reload thread.
+fn poll_forever(remote: &Remote, tx: &Sender<Message>) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        tracing::error!("cannot start the registry poll runtime: registry plugins are not polled");
+        return;
+    };
+    loop {
+        // The tenants file may gain sources: look again at least every second.
+        let wake = remote.next_due().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
+        let polled = runtime.block_on(remote.poll(false));
+        if (!polled.changed.is_empty() || !polled.failed.is_empty()) && tx.send(Message::Polled(polled)).is_err() {
+            return;
+        }
+    }
 }

@@ -53,6 +53,27 @@ impl TenantsFile {
                 crate::plugins::sandbox::outbound::Destination::parse_allowed(entry)
                     .with_context(|| format!("tenants file {}: outbound_hosts", path.display()))?;
             }
+            let mut names = std::collections::HashSet::new();
+            for source in &spec.oci {
+                source.validate().with_context(|| format!("tenants file {}: tenant {tenant:?}", path.display()))?;
+                anyhow::ensure!(
+                    names.insert(&source.name),
+                    "tenants file {}: tenant {tenant:?}: two oci plugins named {:?}",
+                    path.display(),
+                    source.name
+                );
+                if let Some(poll) = &source.poll {
+                    let every = crate::policy::decision_cache::parse_duration(poll).map_err(|e| {
+                        anyhow::anyhow!("tenants file {}: oci plugin {:?}: poll: {e}", path.display(), source.name)
+                    })?;
+                    anyhow::ensure!(
+                        every >= std::time::Duration::from_secs(1),
+                        "tenants file {}: oci plugin {:?}: poll below 1s",
+                        path.display(),
+                        source.name
+                    );
+                }
+            }
             for name in &spec.allow_system {
                 if !name.starts_with("system:") {
                     bail!("tenants file {}: allow_system entry {name:?} is not a system: name", path.display());
@@ -61,6 +82,14 @@ impl TenantsFile {
             }
         }
         Ok(file)
+    }
+
+    /// Every registry plugin of every tenant ("" = default), in tenant order.
+    pub fn oci_sources(&self) -> Vec<(String, crate::plugins::oci::SourceSpec)> {
+        std::iter::once((String::new(), &self.default))
+            .chain(self.tenant.iter().map(|(k, v)| (k.clone(), v)))
+            .flat_map(|(t, spec)| spec.oci.iter().map(move |s| (t.clone(), s.clone())))
+            .collect()
     }
 
     /// The guardrails for `tenant` ("" = default); an unlisted tenant gets the safe defaults.
@@ -83,11 +112,31 @@ const DATA_RETRIES: usize = 5;
 pub const MAX_ENTRIES: usize = 4096;
 
 /// What one scan of a tenant folder read: every plugin's bytes, from one consistent view.
+#[derive(Default)]
 pub struct Snapshot {
     /// In file-name order.
     pub sources: Vec<PluginSource>,
     /// SHA-256 over every name, component and manifest: equal snapshots load equal generations.
     pub content: String,
+}
+
+impl Snapshot {
+    /// This snapshot with the tenant's registry plugins (`content` digests them) beside the
+    /// folder's, in name order; a name in both is refused.
+    pub fn with(mut self, remote: Vec<PluginSource>, content: &str) -> Result<Self> {
+        if remote.is_empty() {
+            return Ok(self);
+        }
+        for source in remote {
+            if self.sources.iter().any(|s| s.name == source.name) {
+                bail!("{}: the tenant's folder has a plugin of the same name as a registry plugin", source.name);
+            }
+            self.sources.push(source);
+        }
+        self.sources.sort_by(|a, b| a.name.cmp(&b.name));
+        self.content = hex::encode(Sha256::digest(format!("{}|{content}", self.content)));
+        Ok(self)
+    }
 }
 
 /// Reads tenant `tenant`'s plugins and manifests ("" = the plugin directory `root` itself),
