@@ -32,7 +32,9 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `tollgate=debug` (tracing's EnvFilter syntax).
-    #[arg(long, global = true, env = "TOLLGATE_LOG", default_value = "info")]
+    /// (The signature library's own info lines — "no Fulcio cert", at every client — are noise
+    /// for key-based signatures: warnings only.)
+    #[arg(long, global = true, env = "TOLLGATE_LOG", default_value = "info,sigstore=warn")]
     pub log_level: String,
 }
 

@@ -250,10 +250,12 @@ fn pod_templates_follow_the_rules() {
     let canonical_tenants = std::fs::read_to_string(k8s().join("base/tenants.toml")).unwrap();
     let templates = templates(&files);
     let names: Vec<_> = templates.iter().map(|t| format!("{} {}", t.file, t.kind)).collect();
-    assert_eq!(templates.len(), 6, "the pod templates: {names:?}");
+    assert_eq!(templates.len(), 7, "the pod templates: {names:?}");
 
     for t in &templates {
         let at = format!("{} ({})", t.file, t.kind);
+        // The objects of the template's own kustomization (overlays share names).
+        let all = objects_of(&files, &t.file);
         let spec = &t.spec;
         let containers = arr(&spec["containers"]);
         assert_eq!(containers.len(), 1, "{at}");
@@ -1347,4 +1349,37 @@ fn a_broken_kustomization_fails_validation() {
     .unwrap();
     let (ok, out, _) = validate_sh(&["check", dir.path().to_str().unwrap()]);
     assert!(!ok && out.contains("kubectl kustomize failed"), "{out}");
+}
+
+/// The registry overlay (examples/kubernetes/registry): every file its tenants file names for
+/// the registry plugins (keys, credentials) is mounted where it says, the cache they are kept
+/// in is the emptyDir `--cache-dir` names, and the NetworkPolicy lets tollgate reach a registry.
+#[test]
+fn the_registry_overlay_mounts_what_its_tenants_file_names() {
+    let files = manifests();
+    let objects = objects_of(&files, "registry/");
+    let deployment = get(&objects, "Deployment", "tollgate-system", "tollgate");
+    let spec = &deployment["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let flags = serve_flags(c);
+    assert!(flags.contains_key("--cache-dir"), "verified artifacts are kept under --cache-dir");
+    let tenants = s(&get(&objects, "ConfigMap", "tollgate-system", "tollgate-tenants")["data"]["tenants.toml"]).to_owned();
+    let table: toml::Table = tenants.parse().unwrap();
+    let sources = table["tenant"]["python"]["oci"].as_array().expect("the python tenant's registry plugins");
+    assert_eq!(sources.len(), 2);
+    for source in sources {
+        let paths = source["keys"].as_array().unwrap().iter().chain(source.get("auth"));
+        for path in paths.map(|p| p.as_str().unwrap()) {
+            let (mp, volume) = mount_of(spec, c, path).unwrap_or_else(|| panic!("{path} is not mounted"));
+            let file = path.strip_prefix(&format!("{mp}/")).unwrap();
+            match volume_type(volume) {
+                "configMap" => assert_eq!(file, "cosign.pub"),
+                "secret" => assert_eq!(file, ".dockerconfigjson", "the key `kubectl create secret docker-registry` writes"),
+                other => panic!("{path} from a {other} volume"),
+            }
+        }
+    }
+    let policy = get(&objects, "NetworkPolicy", "tollgate-system", "tollgate");
+    let egress = serde_json::to_string(&policy["spec"]["egress"]).unwrap();
+    assert!(egress.contains("443") && egress.contains("53"), "DNS and HTTPS out: {egress}");
 }
