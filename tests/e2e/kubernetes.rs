@@ -1363,7 +1363,8 @@ fn the_registry_overlay_mounts_what_its_tenants_file_names() {
     let c = &spec["containers"][0];
     let flags = serve_flags(c);
     assert!(flags.contains_key("--cache-dir"), "verified artifacts are kept under --cache-dir");
-    let tenants = s(&get(&objects, "ConfigMap", "tollgate-system", "tollgate-tenants")["data"]["tenants.toml"]).to_owned();
+    let tenants =
+        s(&get(&objects, "ConfigMap", "tollgate-system", "tollgate-tenants")["data"]["tenants.toml"]).to_owned();
     let table: toml::Table = tenants.parse().unwrap();
     let sources = table["tenant"]["python"]["oci"].as_array().expect("the python tenant's registry plugins");
     assert_eq!(sources.len(), 2);
@@ -1374,7 +1375,9 @@ fn the_registry_overlay_mounts_what_its_tenants_file_names() {
             let file = path.strip_prefix(&format!("{mp}/")).unwrap();
             match volume_type(volume) {
                 "configMap" => assert_eq!(file, "cosign.pub"),
-                "secret" => assert_eq!(file, ".dockerconfigjson", "the key `kubectl create secret docker-registry` writes"),
+                "secret" => {
+                    assert_eq!(file, ".dockerconfigjson", "the key `kubectl create secret docker-registry` writes")
+                }
                 other => panic!("{path} from a {other} volume"),
             }
         }

@@ -122,6 +122,14 @@ fn save_and_load_carry_plugins_without_a_registry() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&digest) && out.contains(&reference), "{out}");
     same_files(src.path(), dest.path());
+    // ...and a server on them serves the plugin the registry held (same component digest).
+    let server = Server::start(dest.path(), &[]);
+    assert_eq!(granted_username(&server.review(ALICE)).as_deref(), Some("alice"));
+    let wasm = std::fs::read(dest.path().join("10-static-tokens.wasm")).unwrap();
+    let status = server.get("/status").json();
+    let digests = status["tenants"][0]["live"]["plugins"][0]["digest"].as_str().unwrap().to_owned();
+    assert!(digests.contains(&sha256_hex_bytes(&wasm)), "{digests}");
+    drop(server);
 
     // A tampered blob is refused.
     let blobs = out_dir.join("blobs/sha256");
@@ -265,4 +273,9 @@ fn registry_plugins_in_the_tenants_file_are_checked_before_anything_runs() {
     ));
     let (_, logs) = Server::try_start(dir.path(), &["--tenants", tenants.path().to_str().unwrap()]).err().unwrap();
     assert!(logs.contains("--cache-dir is needed"), "{logs}");
+}
+
+fn sha256_hex_bytes(data: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    hex::encode(Sha256::digest(data))
 }

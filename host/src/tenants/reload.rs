@@ -126,7 +126,8 @@ impl Reloader {
     pub fn load_all(&mut self) {
         // Registry plugins first, each tried once (the disk cache stands in for an unreachable
         // registry).
-        let polled = if self.remote.tenants().is_empty() { Polled::default() } else { poll_blocking(&self.remote, true) };
+        let polled =
+            if self.remote.tenants().is_empty() { Polled::default() } else { poll_blocking(&self.remote, true) };
         self.scan(None);
         while !self.building.is_empty() {
             match self.rx.recv() {
