@@ -70,6 +70,7 @@ fn push_pull_sign_and_verify_through_a_real_registry() {
     let (code, out, err) = cli(&["verify", &reference, "--key", public], &args);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("signed by") && out.contains("operator.pub"), "{out}");
+    cosign_layout_is_what_cosign_reads(&registry, "acme/static-tokens", &digest, &keys.path().join("operator.pub"));
     let (code, _, err) = cli(&["verify", &reference, "--key", stranger], &args);
     assert_eq!(code, 1);
     assert!(err.contains("none of its 1 signature(s) verifies"), "{err}");
@@ -278,4 +279,44 @@ fn registry_plugins_in_the_tenants_file_are_checked_before_anything_runs() {
 fn sha256_hex_bytes(data: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};
     hex::encode(Sha256::digest(data))
+}
+
+/// What `cosign verify --key` reads, checked without the sigstore crate: the manifest under the
+/// tag `sha256-<hex>.sig` in the same repository, one simple-signing layer whose payload names
+/// the digest, and the base64 ECDSA P-256 signature of that payload in the layer's
+/// `dev.cosignproject.cosign/signature` annotation, verified here with ring and the public key.
+fn cosign_layout_is_what_cosign_reads(registry: &OciRegistry, repository: &str, digest: &str, public_pem: &Path) {
+    use base64::Engine as _;
+    let client = tls_client(&registry.pki.ca_pem, None, &["http/1.1"]);
+    let get = |path: &str, accept: &str| {
+        let response = client
+            .get(format!("https://{}/v2/{repository}/{path}", registry.host))
+            .basic_auth(registry.user, Some(registry.password))
+            .header("Accept", accept)
+            .send()
+            .unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        response.bytes().unwrap().to_vec()
+    };
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&get(&format!("manifests/{tag}"), "application/vnd.oci.image.manifest.v1+json")).unwrap();
+    let layer = &manifest["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.dev.cosign.simplesigning.v1+json", "{manifest}");
+    let payload = get(&format!("blobs/{}", layer["digest"].as_str().unwrap()), "*/*");
+    let simple: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(simple["critical"]["type"], "cosign container image signature", "{simple}");
+    assert_eq!(simple["critical"]["image"]["docker-manifest-digest"], digest, "{simple}");
+    assert_eq!(simple["critical"]["identity"]["docker-reference"], format!("{}/{repository}", registry.host));
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(layer["annotations"]["dev.cosignproject.cosign/signature"].as_str().expect("the signature annotation"))
+        .unwrap();
+    let pem = std::fs::read_to_string(public_pem).unwrap();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+        .unwrap();
+    // SubjectPublicKeyInfo of a P-256 key: the point is the last 65 bytes.
+    let point = &der[der.len() - 65..];
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point);
+    key.verify(&payload, &signature).expect("the signature verifies over the payload with the public key");
 }

@@ -89,6 +89,8 @@ pub async fn sign(reference: &str, key_pem: &[u8], password: &[u8], access: &Acc
     let (signature_image, digest) =
         client.triangulate(&image, &auth).await.with_context(|| format!("resolving {reference}"))?;
     let mut layer = SignatureLayer::new_unsigned(&image, &digest).context("the signature payload")?;
+    // cosign names the repository, without the tag, as the signed identity.
+    layer.simple_signing.critical.identity.docker_reference = format!("{}/{}", image.registry(), image.repository());
     if !signer.add_constraint(&mut layer).context("signing")? {
         bail!("signing {reference}: the payload was already signed");
     }
