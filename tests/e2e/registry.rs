@@ -300,7 +300,8 @@ fn cosign_layout_is_what_cosign_reads(registry: &OciRegistry, repository: &str, 
     };
     let tag = format!("{}.sig", digest.replace(':', "-"));
     let manifest: serde_json::Value =
-        serde_json::from_slice(&get(&format!("manifests/{tag}"), "application/vnd.oci.image.manifest.v1+json")).unwrap();
+        serde_json::from_slice(&get(&format!("manifests/{tag}"), "application/vnd.oci.image.manifest.v1+json"))
+            .unwrap();
     let layer = &manifest["layers"][0];
     assert_eq!(layer["mediaType"], "application/vnd.dev.cosign.simplesigning.v1+json", "{manifest}");
     let payload = get(&format!("blobs/{}", layer["digest"].as_str().unwrap()), "*/*");
