@@ -158,8 +158,9 @@ impl Reloader {
             }
         };
         let folders: BTreeSet<String> = found.into_iter().collect();
-        let present: Vec<String> =
-            std::iter::once(String::new()).chain(folders.union(&self.remote.tenants()).cloned()).collect();
+        let present: Vec<String> = std::iter::once(String::new())
+            .chain(folders.union(&self.remote.tenants()).filter(|t| !t.is_empty()).cloned())
+            .collect();
         let known: BTreeSet<String> = self.registry.snapshot().keys().chain(&self.building).cloned().collect();
         // Gone from the listing, and not already seen gone (a build may still be running for it).
         let gone: Vec<&String> = known
