@@ -338,9 +338,16 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
 }
 
 /// SHA-256 hex of a token, as the static-tokens plugin's config wants it.
-pub fn sha256_hex(token: &str) -> String {
+pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    hex::encode(sha2::Sha256::digest(data.as_ref()))
+}
+
+/// The reason of `tenant`'s last refusal in the full `/status`, if it has one.
+pub fn last_refusal(server: &Server, tenant: &str) -> Option<String> {
+    let status = server.get("/status").json();
+    let t = status["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == tenant)?.clone();
+    t["last_refusal"]["reason"].as_str().map(str::to_owned)
 }
 
 /// A random token that cannot collide with anything a test writes by hand.

@@ -129,7 +129,7 @@ fn save_and_load_carry_plugins_without_a_registry() {
     let wasm = std::fs::read(dest.path().join("10-static-tokens.wasm")).unwrap();
     let status = server.get("/status").json();
     let digests = status["tenants"][0]["live"]["plugins"][0]["digest"].as_str().unwrap().to_owned();
-    assert!(digests.contains(&sha256_hex_bytes(&wasm)), "{digests}");
+    assert!(digests.contains(&sha256_hex(&wasm)), "{digests}");
     drop(server);
 
     // A tampered blob is refused.
@@ -142,12 +142,6 @@ fn save_and_load_carry_plugins_without_a_registry() {
     let (code, _, err) = run_cli(&["load", out_dir.to_str().unwrap(), dest.path().to_str().unwrap()], "");
     assert_ne!(code, 0);
     assert!(err.contains("does not match its digest"), "{err}");
-}
-
-fn refusal(server: &Server, tenant: &str) -> Option<String> {
-    let status = server.get("/status").json();
-    let t = status["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == tenant)?.clone();
-    t["last_refusal"]["reason"].as_str().map(str::to_owned)
 }
 
 fn wait_user(server: &Server, path: &str, want: &str) {
@@ -206,14 +200,14 @@ fn a_tenant_serves_signed_plugins_from_a_registry_and_follows_its_tag() {
     // The tag moves to an unsigned version: refused, v1 stays.
     publish(&registry, &live, "acme:v2", None);
     let why = wait_for("the unsigned version refused", Duration::from_secs(20), || {
-        refusal(&server, "acme").filter(|r| r.contains("is not signed"))
+        last_refusal(&server, "acme").filter(|r| r.contains("is not signed"))
     });
     assert!(why.contains("10-grant") && why.contains(&live), "{why}");
     wait_user(&server, "/authenticate/acme", "acme:v1");
     // Signed by a key the operator did not name: refused too.
     publish(&registry, &live, "acme:v3", Some(&stranger));
     wait_for("the stranger's version refused", Duration::from_secs(20), || {
-        refusal(&server, "acme").filter(|r| r.contains("verifies with the configured key"))
+        last_refusal(&server, "acme").filter(|r| r.contains("verifies with the configured key"))
     });
     wait_user(&server, "/authenticate/acme", "acme:v1");
     // Signed by the operator's key: live within a poll. The pinned tenant ignores the move.
@@ -233,7 +227,7 @@ fn a_tenant_serves_signed_plugins_from_a_registry_and_follows_its_tag() {
     let server = Server::start(dir.path(), &args);
     wait_user(&server, "/authenticate/acme", "acme:v4");
     wait_user(&server, "/authenticate/pinned", "acme:v1");
-    let why = wait_for("the registry's absence noted", Duration::from_secs(20), || refusal(&server, "acme"));
+    let why = wait_for("the registry's absence noted", Duration::from_secs(20), || last_refusal(&server, "acme"));
     assert!(why.contains("resolving"), "{why}");
     let _ = v4;
 }
@@ -274,11 +268,6 @@ fn registry_plugins_in_the_tenants_file_are_checked_before_anything_runs() {
     ));
     let (_, logs) = Server::try_start(dir.path(), &["--tenants", tenants.path().to_str().unwrap()]).err().unwrap();
     assert!(logs.contains("--cache-dir is needed"), "{logs}");
-}
-
-fn sha256_hex_bytes(data: &[u8]) -> String {
-    use sha2::{Digest as _, Sha256};
-    hex::encode(Sha256::digest(data))
 }
 
 /// What `cosign verify --key` reads, checked without the sigstore crate: the manifest under the

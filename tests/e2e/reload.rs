@@ -11,15 +11,9 @@ fn allow(username: &str) -> String {
     probe_manifest("", "allow", &format!("username = \"{username}\""))
 }
 
-fn refusal(server: &Server, tenant: &str) -> Option<String> {
-    let status = server.get("/status").json();
-    let t = status["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == tenant)?.clone();
-    t["last_refusal"]["reason"].as_str().map(str::to_owned)
-}
-
 fn wait_refusal(server: &Server, tenant: &str, part: &str) -> String {
     wait_for(&format!("a refusal mentioning {part:?}"), Duration::from_secs(15), || {
-        refusal(server, tenant).filter(|r| r.contains(part))
+        last_refusal(server, tenant).filter(|r| r.contains(part))
     })
 }
 
@@ -134,7 +128,11 @@ fn a_kubelet_data_swap_is_read_as_one_version() {
     volume.publish(&files("v4"));
     wait_user(&server, "/authenticate/acme", Some("tollgate:acme:v4"));
     assert_eq!(server.get("/status").json()["tenants"][1]["live"]["plugins"].as_array().unwrap().len(), 1);
-    assert!(refusal(&server, "acme").is_none(), "no swap was ever seen half-done: {:?}", refusal(&server, "acme"));
+    assert!(
+        last_refusal(&server, "acme").is_none(),
+        "no swap was ever seen half-done: {:?}",
+        last_refusal(&server, "acme")
+    );
 }
 
 /// Concurrent reviews for 20 s while a tenant of two plugins (an authenticator and a mapper,
@@ -192,7 +190,7 @@ fn reload_under_load_never_mixes_generations() {
         started.elapsed()
     );
     assert!(a > 0 && b > 0, "both versions went live ({a} v1, {b} v2)");
-    assert!(refusal(&server, "swap").is_none(), "{:?}", refusal(&server, "swap"));
+    assert!(last_refusal(&server, "swap").is_none(), "{:?}", last_refusal(&server, "swap"));
     let generation = server.get("/status").json()["tenants"][1]["live"]["generation"].as_u64().unwrap();
     assert!(generation > 20, "only {generation} generations went live in 200 swaps");
 }
@@ -287,7 +285,7 @@ fn oversized_plugins_are_refused() {
     dir.probe("10-a", &allow("alice"));
     let server = Server::start(dir.path(), &["--max-plugin-bytes", "1000"]);
     server.review("tok-12345678").assert_status_object(503, "ServiceUnavailable");
-    assert!(refusal(&server, "").unwrap().contains("larger than the plugin size limit"));
+    assert!(last_refusal(&server, "").unwrap().contains("larger than the plugin size limit"));
 }
 
 #[test]
@@ -437,7 +435,7 @@ fn a_slow_build_delays_no_other_tenants_reload() {
             == Some("tollgate:slow:v3"))
         .then_some(())
     });
-    assert!(refusal(&server, "slow").is_none(), "{:?}", refusal(&server, "slow"));
+    assert!(last_refusal(&server, "slow").is_none(), "{:?}", last_refusal(&server, "slow"));
 }
 
 /// Tenants build at once, but the same component in many tenants (one image, a rollout) is

@@ -103,7 +103,7 @@ pub fn push(args: PushArgs) -> Result<i32> {
 
 pub fn pull(args: PullArgs) -> Result<i32> {
     let access = args.registry.access();
-    let keys = args.key.iter().map(|k| signature::PublicKey::load(k)).collect::<Result<Vec<_>>>()?;
+    let keys = signature::PublicKey::load_all(&args.key)?;
     let artifact = runtime()?.block_on(async {
         let artifact = oci::pull(&args.reference, &access, MAX_WASM_BYTES).await?;
         if !keys.is_empty() {
@@ -134,7 +134,7 @@ pub fn sign(args: SignArgs) -> Result<i32> {
 
 pub fn verify(args: VerifyArgs) -> Result<i32> {
     let access = args.registry.access();
-    let keys = args.key.iter().map(|k| signature::PublicKey::load(k)).collect::<Result<Vec<_>>>()?;
+    let keys = signature::PublicKey::load_all(&args.key)?;
     let verified = runtime()?.block_on(async {
         let digest = oci::resolve(&args.reference, &access).await?;
         let key = signature::verify(&args.reference, &digest, &keys, &access).await;
@@ -183,17 +183,12 @@ pub fn load(args: LoadArgs) -> Result<i32> {
 /// so a watching tollgate never reads half a file; a manifest the artifact lacks is removed.
 pub fn write_plugin(dir: &Path, name: &str, wasm: &[u8], manifest: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let put = |file: String, data: &[u8]| -> Result<()> {
-        let tmp = dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join(&file)).with_context(|| format!("writing {}", dir.join(&file).display()))
-    };
     match manifest {
-        Some(text) => put(format!("{name}.toml"), text.as_bytes())?,
+        Some(text) => oci::replace_file(&dir.join(format!("{name}.toml")), text.as_bytes())?,
         None => match std::fs::remove_file(dir.join(format!("{name}.toml"))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).context("removing the old manifest"),
             _ => {}
         },
     }
-    put(format!("{name}.wasm"), wasm)
+    oci::replace_file(&dir.join(format!("{name}.wasm")), wasm)
 }

@@ -82,9 +82,7 @@ impl SourceSpec {
                 path.display()
             );
         }
-        for key in &self.keys {
-            signature::PublicKey::load(key).with_context(|| format!("oci plugin {:?}", self.name))?;
-        }
+        signature::PublicKey::load_all(&self.keys).with_context(|| format!("oci plugin {:?}", self.name))?;
         Ok(())
     }
 
@@ -363,6 +361,15 @@ impl tokio::io::AsyncWrite for Bounded {
 pub fn pinned(reference: &str, digest: &str) -> Result<String> {
     let image = parse_reference(reference)?;
     Ok(format!("{}/{}@{digest}", image.registry(), image.repository()))
+}
+
+/// Writes `path` through a temporary dot-file beside it and a rename, so a reader (a watching
+/// scan, a restart) never sees half a file.
+pub fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
+    let name = path.file_name().with_context(|| format!("{}: no file name", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// `dir/NAME.wasm` and, beside it, `dir/NAME.toml` if it exists: what `push` sends.

@@ -196,7 +196,7 @@ impl Remote {
         if current == Some(digest.as_str()) {
             return Ok(None);
         }
-        let keys = spec.keys.iter().map(|k| signature::PublicKey::load(k)).collect::<Result<Vec<_>>>()?;
+        let keys = signature::PublicKey::load_all(&spec.keys)?;
         // The signature first: nothing unsigned is even downloaded.
         signature::verify(&spec.reference, &digest, &keys, &access).await?;
         let artifact = oci::pull(&oci::pinned(&spec.reference, &digest)?, &access, self.max_wasm_bytes).await?;
@@ -217,22 +217,17 @@ impl Remote {
         let hex = artifact.digest.trim_start_matches("sha256:");
         let dir = base.join(hex);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let put = |path: PathBuf, data: &[u8]| -> Result<()> {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
-        };
-        put(dir.join("plugin.wasm"), &artifact.wasm)?;
+        oci::replace_file(&dir.join("plugin.wasm"), &artifact.wasm)?;
         if let Some(m) = &artifact.manifest {
-            put(dir.join("plugin.toml"), m.as_bytes())?;
+            oci::replace_file(&dir.join("plugin.toml"), m.as_bytes())?;
         }
         let meta = serde_json::json!({
             "digest": artifact.digest,
             "wasm_sha256": hex::encode(Sha256::digest(&artifact.wasm)),
             "manifest_sha256": artifact.manifest.as_ref().map(|m| hex::encode(Sha256::digest(m.as_bytes()))),
         });
-        put(dir.join("meta.json"), meta.to_string().as_bytes())?;
-        put(base.join("current"), hex.as_bytes())?;
+        oci::replace_file(&dir.join("meta.json"), meta.to_string().as_bytes())?;
+        oci::replace_file(&base.join("current"), hex.as_bytes())?;
         Ok(Verified { digest: artifact.digest, wasm: artifact.wasm.into(), manifest: artifact.manifest, dir })
     }
 

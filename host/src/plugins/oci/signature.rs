@@ -26,6 +26,10 @@ impl PublicKey {
         PublicKeyVerifier::try_from(&pem).with_context(|| format!("{}: not a PEM public key", path.display()))?;
         Ok(Self { name: path.display().to_string(), pem })
     }
+
+    pub fn load_all(paths: &[std::path::PathBuf]) -> Result<Vec<Self>> {
+        paths.iter().map(|p| Self::load(p)).collect()
+    }
 }
 
 impl std::fmt::Debug for PublicKey {
@@ -52,10 +56,7 @@ fn cosign_client(access: &Access) -> Result<sigstore::cosign::Client> {
 }
 
 fn auth(access: &Access, image: &OciReference) -> Result<Auth> {
-    Ok(match access.credentials(image.resolve_registry())? {
-        Some((user, pass)) => Auth::Basic(user, pass),
-        None => Auth::Anonymous,
-    })
+    Ok(Auth::from(&access.auth(image.resolve_registry())?))
 }
 
 /// Signs the artifact `reference` points to now with the private key `key_pem` (PKCS#8 PEM, or
