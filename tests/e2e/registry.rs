@@ -232,6 +232,35 @@ fn a_tenant_serves_signed_plugins_from_a_registry_and_follows_its_tag() {
     let _ = v4;
 }
 
+/// A registry that accepts connections and never answers (pinned digest: no tag lookup, straight
+/// to the signature) holds neither the first load nor the listener: the poll gives up, the
+/// tenant is refused with the reason, the server serves.
+#[test]
+fn a_silent_registry_does_not_hold_the_start() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || silent.incoming().take(8).flatten().collect::<Vec<_>>());
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = signing_key(keys.path(), "operator");
+    let tenants = tenants_file(&format!(
+        "[[tenant.acme.oci]]\nname = \"10-a\"\nref = \"{host}/acme/a:1\"\ndigest = \"sha256:{}\"\nkeys = [\"{}\"]\n",
+        "ab".repeat(32),
+        public.display()
+    ));
+    let dir = PluginDir::new();
+    let cache = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let server = Server::start(
+        dir.path(),
+        &["--tenants", tenants.path().to_str().unwrap(), "--cache-dir", cache.path().join("cc").to_str().unwrap()],
+    );
+    assert!(started.elapsed() < Duration::from_secs(100), "started after {:?}", started.elapsed());
+    let why = last_refusal(&server, "acme").expect("the tenant is refused, with a reason");
+    assert!(why.contains("10-a") && why.contains("no answer within 60s"), "{why}");
+    drop(server);
+    drop(held);
+}
+
 #[test]
 fn registry_plugins_in_the_tenants_file_are_checked_before_anything_runs() {
     let keys = tempfile::tempdir().unwrap();

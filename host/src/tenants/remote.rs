@@ -21,6 +21,12 @@ use crate::plugins::oci::{self, SourceSpec, signature};
 /// WasmPlugin and Kubewarden poll, and far below registries' rate limits.
 const DEFAULT_POLL: Duration = Duration::from_secs(60);
 
+/// One poll (resolve, signature, pull) ends by then: the signature client has no timeouts of
+/// its own, and a registry that accepts connections and never answers must not hold the poll
+/// thread — or the first load, and so the listener — forever. A minute moves a 64 MiB component
+/// at 1 MiB/s.
+const POLL_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A verified artifact, as the tenant's scan takes it.
 #[derive(Clone)]
 struct Verified {
@@ -157,7 +163,9 @@ impl Remote {
             .collect();
         let mut polled = Polled::default();
         for (tenant, name, spec, current) in due {
-            let result = self.poll_one(&tenant, &spec, current.as_deref()).await;
+            let result = tokio::time::timeout(POLL_DEADLINE, self.poll_one(&tenant, &spec, current.as_deref()))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {POLL_DEADLINE:?}")));
             let every = spec.poll.as_deref().and_then(|p| crate::policy::decision_cache::parse_duration(p).ok());
             let mut sources = self.lock();
             let Some(source) = sources.get_mut(&(tenant.clone(), name.clone())) else { continue };
