@@ -56,6 +56,13 @@ vec("alg none is refused", token(base, alg="none"), "deny", 'reason = "not accep
 vec("HS256 is refused", token(base, alg="HS256"), "deny", 'reason = "not accepted"')
 vec("another issuer's token is left to others", token(dict(base, iss="https://other.test")), "abstain")
 vec("not a JWT", "opaque-token-1234567890", "abstain")
+def stray_bits(tok):
+    """The token with its payload's last character carrying bits a canonical encoding leaves 0."""
+    h, p, sig = tok.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    assert len(p) % 4 in (2, 3)
+    return f"{h}.{p[:-1]}{alphabet[alphabet.index(p[-1]) | 1]}.{sig}"
+vec("a payload with stray bits (not canonical base64url) is not a JWT", stray_bits(token(base)), "abstain")
 vec("no keys and no outbound HTTP in a vector: unavailable", token(base), "unavailable",
     'reason = "cannot get the signing keys"',
     config='config = { issuer = "%s", audiences = "%s" }' % (ISS, AUD))

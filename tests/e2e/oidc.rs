@@ -139,6 +139,10 @@ fn forged_expired_and_misaddressed_denied(oidc_jwt: &str) {
     // The control: a token the provider's published key signs, with sound claims, passes.
     let forged_ok = idp.forge(claims(json!({})), &kid, true);
     assert_eq!(user(&server.review(&forged_ok)).0, "oidc:mallory");
+    // Claims beyond ASCII (raw UTF-8 in the payload: a decoder's other path) name the user as
+    // the issuer wrote them.
+    let accented = idp.forge(claims(json!({"sub": "josé", "groups": ["équipe", "開発"]})), &kid, true);
+    assert_eq!(user(&server.review(&accented)), ("oidc:josé".into(), vec!["oidc:équipe".into(), "oidc:開発".into()]));
 
     denied(&server.review(&idp.forge(claims(json!({"exp": t - 60})), &kid, true)), "expired");
     denied(&server.review(&idp.forge(claims(json!({"nbf": t + 600})), &kid, true)), "not valid before");
