@@ -159,17 +159,29 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def json_object(data: bytes) -> Optional[dict]:
+# One decoder for the instance's life: `json.loads` with an argument builds a new one per call.
+_JSON = json.JSONDecoder(parse_constant=_no_constants)
+
+
+def json_object(text: str) -> Optional[dict]:
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_no_constants)
+        value = _JSON.decode(text)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
 
 
-def unverified_claims(token: str) -> Optional[dict]:
-    """The claims of a JWS compact token, NOT verified (to route it), or None when `token` is
-    not one (three base64url parts, JSON header naming `alg`, JSON payload): not ours to judge."""
+def json_object_of(data: bytes) -> Optional[dict]:
+    try:
+        return json_object(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+
+
+def unverified_payload(token: str) -> Optional[Tuple[bytes, dict]]:
+    """The payload of a JWS compact token, NOT verified (to route it): its bytes and claims, or
+    None when `token` is not one (three base64url parts, JSON header naming `alg`, JSON
+    payload): not ours to judge."""
     if len(token) > 64 * 1024:
         return None
     parts = token.split(".")
@@ -178,10 +190,10 @@ def unverified_claims(token: str) -> Optional[dict]:
     header_bytes, claims_bytes = b64url(parts[0]), b64url(parts[1])
     if header_bytes is None or claims_bytes is None:
         return None
-    header, claims = json_object(header_bytes), json_object(claims_bytes)
+    header, claims = json_object_of(header_bytes), json_object_of(claims_bytes)
     if header is None or claims is None or not isinstance(header.get("alg"), str):
         return None
-    return claims
+    return claims_bytes, claims
 
 
 # ---- the claims (after the host verified the signature) ------------------------------------
@@ -330,7 +342,7 @@ def jwks(s: Settings) -> Tuple[str, bool]:
     return fetched, True
 
 
-def verify(s: Settings, token: str) -> Grant:
+def verify(s: Settings, token: str, peeked: Tuple[bytes, dict]) -> Grant:
     keys, fetched = jwks(s)
     try:
         try:
@@ -348,7 +360,9 @@ def verify(s: Settings, token: str) -> Grant:
     except JwsError as e:
         raise deny(str(e)) from None
 
-    claims = json_object(verified.payload.encode("utf-8"))
+    # The host decoded the same part of the same token: parse it again only if it differs.
+    payload_bytes, peeked_claims = peeked
+    claims = peeked_claims if verified.payload.encode("utf-8") == payload_bytes else json_object(verified.payload)
     if claims is None:
         raise deny("the token's claims are not a JSON object")
     exp = check_claims(claims, s, int(time.time()))
@@ -386,10 +400,10 @@ class Authenticator(exports.Authenticator):
         if isinstance(_loaded, str):
             return Decision_Unavailable(_loaded)
         s = _loaded
-        claims = unverified_claims(review.token)
-        if claims is None or claims.get("iss") != s.issuer or not isinstance(claims.get("iss"), str):
+        peeked = unverified_payload(review.token)
+        if peeked is None or peeked[1].get("iss") != s.issuer or not isinstance(peeked[1].get("iss"), str):
             return Decision_Abstain()
         try:
-            return Decision_Allow(verify(s, review.token))
+            return Decision_Allow(verify(s, review.token, peeked))
         except Refused as r:
             return r.decision
