@@ -280,6 +280,11 @@ fn registry_plugins_in_the_tenants_file_are_checked_before_anything_runs() {
             "not an absolute path",
         ),
         ("name = \"10-a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = [\"KEY\"]\nmystery = 1", "unknown field"),
+        ("name = \"10-a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = [\"KEY\"]\npoll = \"500ms\"", "poll below 1s"),
+        (
+            "name = \"10-a\"\nref = \"127.0.0.1:1/a:1\"\nkeys = [\"KEY\"]\npoll = \"soon\"",
+            "poll: \"soon\" is not a duration",
+        ),
     ] {
         let text = format!("[[tenant.acme.oci]]\n{}\n", spec.replace("KEY", public.to_str().unwrap()));
         let tenants = tenants_file(&text);

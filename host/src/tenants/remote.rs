@@ -27,6 +27,16 @@ const DEFAULT_POLL: Duration = Duration::from_secs(60);
 /// at 1 MiB/s.
 const POLL_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How often `spec`'s tag is looked up: its `poll` (at least a second: registries rate-limit),
+/// or [`DEFAULT_POLL`]. The tenants file is checked with it, and the poller runs by it.
+pub fn poll_interval(spec: &SourceSpec) -> Result<Duration> {
+    let Some(poll) = &spec.poll else { return Ok(DEFAULT_POLL) };
+    let every = crate::policy::decision_cache::parse_duration(poll)
+        .map_err(|e| anyhow::anyhow!("oci plugin {:?}: poll: {e}", spec.name))?;
+    anyhow::ensure!(every >= Duration::from_secs(1), "oci plugin {:?}: poll below 1s", spec.name);
+    Ok(every)
+}
+
 /// A verified artifact, as the tenant's scan takes it.
 #[derive(Clone)]
 struct Verified {
@@ -166,13 +176,14 @@ impl Remote {
             let result = tokio::time::timeout(POLL_DEADLINE, self.poll_one(&tenant, &spec, current.as_deref()))
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {POLL_DEADLINE:?}")));
-            let every = spec.poll.as_deref().and_then(|p| crate::policy::decision_cache::parse_duration(p).ok());
+            // Checked when the tenants file was read.
+            let every = poll_interval(&spec).unwrap_or(DEFAULT_POLL);
             let mut sources = self.lock();
             let Some(source) = sources.get_mut(&(tenant.clone(), name.clone())) else { continue };
             if source.spec != spec {
                 continue; // reconfigured meanwhile
             }
-            source.next_poll = Instant::now() + every.unwrap_or(DEFAULT_POLL);
+            source.next_poll = Instant::now() + every;
             match result {
                 Ok(Some(verified)) => {
                     tracing::info!(tenant = %tenant, plugin = %name, reference = %spec.reference, digest = %verified.digest, "registry plugin verified: a new generation follows");

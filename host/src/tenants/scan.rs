@@ -62,17 +62,8 @@ impl TenantsFile {
                     path.display(),
                     source.name
                 );
-                if let Some(poll) = &source.poll {
-                    let every = crate::policy::decision_cache::parse_duration(poll).map_err(|e| {
-                        anyhow::anyhow!("tenants file {}: oci plugin {:?}: poll: {e}", path.display(), source.name)
-                    })?;
-                    anyhow::ensure!(
-                        every >= std::time::Duration::from_secs(1),
-                        "tenants file {}: oci plugin {:?}: poll below 1s",
-                        path.display(),
-                        source.name
-                    );
-                }
+                crate::tenants::remote::poll_interval(source)
+                    .map_err(|e| anyhow::anyhow!("tenants file {}: {e}", path.display()))?;
             }
             for name in &spec.allow_system {
                 if !name.starts_with("system:") {
