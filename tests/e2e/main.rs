@@ -9,6 +9,7 @@ mod cli;
 mod crypto;
 mod deadlines;
 mod decision_cache;
+mod freshness;
 mod handover;
 mod hostile;
 mod instances;

@@ -131,6 +131,41 @@ fn host_allocations_are_bounded() {
     }
 }
 
+/// Empty writes cost the host nothing: wasmtime-wasi 48.0.8's `AsyncWriteStream` queues every
+/// write, empty ones included, and its budget never shrinks for them (GHSA-5m8g-xhq4-4h93,
+/// fixed in a 48.0.9 the registry does not have). tollgate's guest stdout and stderr are its own
+/// bounded capture, never that stream: three million empty writes leave the server's memory
+/// where it was (queued, they would take ~100 MiB).
+#[test]
+fn empty_writes_do_not_grow_the_host() {
+    let dir = PluginDir::new();
+    dir.probe(
+        "10-writes",
+        &probe_manifest("[limits]\ntimeout_ms = 8000", "empty-writes", "n = \"3000000\"\nusername = \"w\""),
+    );
+    let server = Server::start(dir.path(), &["--max-plugin-timeout-ms", "10000", "--review-timeout-ms", "10000"]);
+    let rss_mib = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kib >> 10
+    };
+    assert_eq!(server.review("writes-12345678").review_status(V1)["user"]["username"], "w");
+    let before = rss_mib();
+    for _ in 0..2 {
+        assert_eq!(server.review("writes-12345678").review_status(V1)["user"]["username"], "w");
+    }
+    let after = rss_mib();
+    assert!(after < before + 48, "six million empty writes grew the server from {before} to {after} MiB");
+}
+
 #[test]
 fn no_ambient_authority_files_environment_or_network() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -176,6 +176,18 @@ impl Policy for Probe {
                 }
                 Decision::Allow(configured_grant(&review))
             }
+            // Writes `n` empty buffers to stdout: a stream that queues every write, empty ones
+            // included, grows the host by each (wasmtime-wasi 48.0.8's AsyncWriteStream,
+            // GHSA-5m8g-xhq4-4h93); then allows.
+            "empty-writes" => {
+                let stdout = wasip2::cli::stdout::get_stdout();
+                for i in 0..cfg("n").parse().unwrap_or(0u32) {
+                    if let Err(e) = stdout.write(&[]) {
+                        return Decision::deny(format!("empty write {i} refused: {e:?}"));
+                    }
+                }
+                Decision::Allow(configured_grant(&review))
+            }
             // Reads standard input and waits for more: the sandbox's stdin is closed, so
             // neither waits.
             "stdin" => {
@@ -226,6 +238,35 @@ impl Policy for Probe {
                 Decision::deny(format!("secret {secret}"))
             }
             // --- the sandbox ---
+            // A fresh instance is a zeroed one (SPEC §7). Grows memory by `pages` wasm pages
+            // (64 KiB each) and reads them: new memory is all zeros by the spec, so any byte
+            // found there was left by an earlier instance in the same pool slot (reported, with
+            // what follows the first `TGLEAK:` marker). Then writes `TGLEAK:<token>` at the
+            // start of every other 4 KiB page — many separate dirty runs, as a real heap has —
+            // and, for tokens starting with `hold_prefix`, logs "fresh: holding" and keeps the
+            // instance alive `hold_ms`, so a test can push its pages out to swap meanwhile.
+            "fresh" => {
+                let pages: usize = cfg("pages").parse().unwrap_or(16);
+                let Some((dirty, leaked)) = fresh_memory(pages, &token) else {
+                    return Decision::deny("fresh: memory.grow refused");
+                };
+                let mut grant = Grant::user(cfg("username"))
+                    .extra("fresh/dirty-bytes", [dirty.to_string()])
+                    .extra("fresh/leaked", [leaked]);
+                let prefix = cfg("hold_prefix");
+                if !prefix.is_empty() && token.starts_with(&prefix) {
+                    log(Level::Info, "fresh: holding");
+                    let ms: u128 = cfg("hold_ms").parse().unwrap_or(1000);
+                    let start = std::time::Instant::now();
+                    while start.elapsed().as_millis() < ms {
+                        black_box(&token);
+                    }
+                    // When the hold ended (unix ms): the test checks that its page-out came before.
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                    grant = grant.extra("fresh/held-until-ms", [now.map_or(0, |d| d.as_millis()).to_string()]);
+                }
+                Decision::Allow(grant)
+            }
             "loop" => loop {
                 black_box(&token);
             },
@@ -296,6 +337,46 @@ impl Policy for Probe {
             other => panic!("probe: unknown action {other:?}"),
         }
     }
+}
+
+/// The `fresh` action's memory work: grows the memory by `pages` wasm pages, counts the non-zero
+/// bytes found in them and reads what follows a `TGLEAK:` marker, then marks every other 4 KiB
+/// page with `TGLEAK:<token>`. `None` when the memory cannot grow.
+fn fresh_memory(pages: usize, token: &str) -> Option<(usize, String)> {
+    const MARKER: &[u8] = b"TGLEAK:";
+    let (start, len) = grow(pages)?;
+    // SAFETY: `grow` just added these bytes to the memory, and nothing else (the allocator
+    // included) knows of them.
+    let mem = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
+    let dirty = mem.iter().filter(|b| **b != 0).count();
+    let leaked = mem
+        .windows(MARKER.len())
+        .position(|w| w == MARKER)
+        .map(|at| {
+            let rest = &mem[at + MARKER.len()..];
+            let text = &rest[..rest.iter().take(64).position(|b| *b == 0).unwrap_or(rest.len().min(64))];
+            String::from_utf8_lossy(text).into_owned()
+        })
+        .unwrap_or_default();
+    let mark: Vec<u8> = [MARKER, token.as_bytes()].concat();
+    for page in mem.chunks_mut(8192) {
+        let n = mark.len().min(page.len());
+        page[..n].copy_from_slice(&mark[..n]);
+    }
+    Some((dirty, leaked))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn grow(pages: usize) -> Option<(usize, usize)> {
+    let before = core::arch::wasm32::memory_grow::<0>(pages);
+    (before != usize::MAX).then_some((before << 16, pages << 16))
+}
+
+/// Natively (the guest tests), leaked memory stands in for grown wasm memory: zeroed, unshared.
+#[cfg(not(target_arch = "wasm32"))]
+fn grow(pages: usize) -> Option<(usize, usize)> {
+    let mem: &'static mut [u8] = Box::leak(vec![0u8; pages << 16].into_boxed_slice());
+    Some((mem.as_mut_ptr() as usize, mem.len()))
 }
 
 #[inline(never)]
