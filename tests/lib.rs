@@ -505,11 +505,24 @@ impl Pki {
         sans: Vec<String>,
         usage: rcgen::ExtendedKeyUsagePurpose,
     ) -> Leaf {
+        let mut subject = vec![(rcgen::DnType::CommonName, cn)];
+        subject.extend(org.map(|o| (rcgen::DnType::OrganizationName, o)));
+        self.leaf_named(file, &subject, sans, usage)
+    }
+
+    fn leaf_named(
+        &self,
+        file: &str,
+        subject: &[(rcgen::DnType, &str)],
+        sans: Vec<String>,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> Leaf {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        if let Some(o) = org {
-            params.distinguished_name.push(rcgen::DnType::OrganizationName, o);
+        // Without rcgen's default CN, which would keep the first place whatever comes after.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (ty, value) in subject {
+            params.distinguished_name.push(ty.clone(), *value);
         }
         params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -535,6 +548,12 @@ impl Pki {
     /// A client certificate (as kube-apiserver's webhook kubeconfig presents).
     pub fn client(&self, file: &str, cn: &str, org: Option<&str>) -> Leaf {
         self.leaf(file, cn, org, vec![], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A client certificate whose subject holds these attributes, one per RDN, in the
+    /// certificate's order (RFC 4514 writes them reversed: `[O=a, CN=b]` is `CN=b,O=a`).
+    pub fn client_named(&self, file: &str, subject: &[(rcgen::DnType, &str)]) -> Leaf {
+        self.leaf_named(file, subject, vec![], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
     }
 }
 

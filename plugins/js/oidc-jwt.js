@@ -113,10 +113,19 @@ function b64urlText(part) {
   }
 }
 
+// A number beyond a double (1e400, a 400-digit integer) is no JSON to serde_json, the Rust
+// policy's reader: here neither (JSON.parse reads it as Infinity). Only a text that may hold one
+// (a digit before an exponent, or 309 digits in a row) pays for the check of every value.
+const MAYBE_HUGE = /[0-9][eE]|[0-9]{309}/;
+function finiteOnly(_key, value) {
+  if (typeof value === "number" && !Number.isFinite(value)) throw new RangeError("a number beyond a double");
+  return value;
+}
+
 function jsonObject(text) {
   let v;
   try {
-    v = JSON.parse(text);
+    v = MAYBE_HUGE.test(text) ? JSON.parse(text, finiteOnly) : JSON.parse(text);
   } catch {
     return undefined;
   }
@@ -150,7 +159,16 @@ function asU64(v) {
   return Math.min(Math.trunc(v), 2 ** 64 - 1);
 }
 
-// Checks `iss`, `aud`, `exp` (required) and `nbf`; returns `exp`.
+// A NumericDate claim as whole seconds (jwt-verify's `numeric_date`): undefined when absent or
+// not a number, a fraction cut, a negative number 0, and one beyond 2^53 - 1 (the last integer a
+// number holds exactly) refused.
+function numericDate(claims, name) {
+  const seconds = asU64(own(claims, name));
+  if (seconds !== undefined && seconds > Number.MAX_SAFE_INTEGER) throw deny(`the token's ${name} is out of range`);
+  return seconds;
+}
+
+// Checks `iss`, `aud`, `exp` (required), `nbf` and that `iat` is in range; returns `exp`.
 function checkClaims(claims, s, now) {
   if (own(claims, "iss") !== s.issuer) throw deny("wrong issuer");
   const aud = own(claims, "aud");
@@ -159,10 +177,11 @@ function checkClaims(claims, s, now) {
       ? s.audiences.includes(aud)
       : Array.isArray(aud) && aud.some((a) => typeof a === "string" && s.audiences.includes(a));
   if (!audOk) throw deny("wrong audience");
-  const exp = asU64(own(claims, "exp"));
+  const exp = numericDate(claims, "exp");
   if (exp === undefined) throw deny("the token has no exp");
+  const nbf = numericDate(claims, "nbf");
+  numericDate(claims, "iat");
   if (now >= exp + s.skew) throw deny(`expired at ${exp}`);
-  const nbf = asU64(own(claims, "nbf"));
   if (nbf !== undefined && nbf > now + s.skew) throw deny(`not valid before ${nbf}`);
   return exp;
 }
@@ -320,8 +339,8 @@ function verify(s, token, peeked) {
   const user = { username: s.usernamePrefix + username, uid: "", groups: [], extra: [] };
   if (s.uidClaim !== undefined) user.uid = claim(s.uidClaim) ?? "";
   if (s.groupsClaim !== undefined) user.groups = stringList(claims, s.groupsClaim).map((g) => s.groupsPrefix + g);
-  // QuickJS passes u64 as a plain number: keep it one it can represent exactly.
-  return { user, audiences: [], expiresAt: Math.min(exp, Number.MAX_SAFE_INTEGER) };
+  // QuickJS passes u64 as a plain number: `numericDate` keeps it one it represents exactly.
+  return { user, audiences: [], expiresAt: exp };
 }
 
 let loaded;

@@ -23,14 +23,22 @@ jwks = {"keys": [
     {"kty": "EC", "kid": "ec-1", "alg": "ES256", "use": "sig", "crv": "P-256", "x": b64(n2b(en.x, 32)), "y": b64(n2b(en.y, 32))},
 ]}
 
-def token(claims, alg="RS256", kid="rsa-1", key=None):
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+def token(claims, alg="RS256", kid="rsa-1", key=None, raw=None):
+    """A signed token; `raw` replaces `"@raw@"` in the payload's JSON text (numbers JSON can
+    write and Python cannot: 1e400)."""
     header = {"alg": alg, "typ": "JWT", "kid": kid}
-    signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}".encode()
+    payload = json.dumps(claims)
+    if raw is not None:
+        payload = payload.replace('"@raw@"', raw)
+    signing = f"{b64(json.dumps(header).encode())}.{b64(payload.encode())}".encode()
     if alg == "RS256":
         sig = (key or rsa_key).sign(signing, padding.PKCS1v15(), hashes.SHA256())
     elif alg == "ES256":
         r, s = decode_dss_signature(ec_key.sign(signing, ec.ECDSA(hashes.SHA256())))
-        sig = n2b(r, 32) + n2b(s, 32)
+        # The low-s form of the two (r, s) and (r, n - s), which any verifier accepts.
+        sig = n2b(r, 32) + n2b(min(s, P256_N - s), 32)
     else:
         sig = b"x"
     return f"{signing.decode()}.{b64(sig)}"
@@ -63,6 +71,32 @@ def stray_bits(tok):
     assert len(p) % 4 in (2, 3)
     return f"{h}.{p[:-1]}{alphabet[alphabet.index(p[-1]) | 1]}.{sig}"
 vec("a payload with stray bits (not canonical base64url) is not a JWT", stray_bits(token(base)), "abstain")
+# Numeric dates (RFC 7519 NumericDate): every port reads them as the Rust one does. A number
+# beyond a double is no JSON to serde_json, so the token is no JWT; exp, nbf and iat are whole
+# seconds below 2^53 (a fraction cut, a negative one 0), and beyond that refused, never "never".
+for what, claim, raw in [
+    ("exp 1e400", "exp", "1e400"), ("exp -1e400", "exp", "-1e400"),
+    ("nbf 1e309", "nbf", "1e309"), ("iat 1E400, a claim the policy does not check", "iat", "1E400"),
+    ("exp of 400 digits", "exp", "9" * 400),
+]:
+    vec(f"{what}: beyond a double, not JSON, not a JWT", token(dict(base, **{claim: "@raw@"}), raw=raw),
+        "abstain")
+MAX = 2**53 - 1
+vec("exp 2^53 - 1 is the last in range", token(dict(base, exp=MAX)), "allow",
+    'username = "oidc:alice"\nexpires_at = %d' % MAX)
+for what, claim, raw in [
+    ("exp 2^53", "exp", str(MAX + 1)), ("exp 1e300", "exp", "1e300"),
+    ("exp 2^64", "exp", str(2**64)), ("nbf 2^53", "nbf", str(MAX + 1)), ("iat 1e20", "iat", "1e20"),
+]:
+    vec(f"{what} is out of range", token(dict(base, **{claim: "@raw@"}), raw=raw), "deny",
+        f'reason = "the token\'s {claim} is out of range"')
+vec("a fractional exp is cut to whole seconds", token(dict(base, exp="@raw@"), raw=f"{NOW + 3600}.75"),
+    "allow", 'username = "oidc:alice"\nexpires_at = %d' % (NOW + 3600))
+vec("a negative exp is long past", token(dict(base, exp=-1)), "deny", 'reason = "expired at 0"')
+vec("a negative nbf and iat are long past", token(dict(base, nbf=-5, iat=-1e300)), "allow",
+    'username = "oidc:alice"')
+vec("an exp that is a string is no exp", token(dict(base, exp=str(NOW + 3600))), "deny",
+    'reason = "the token has no exp"')
 vec("no keys and no outbound HTTP in a vector: unavailable", token(base), "unavailable",
     'reason = "cannot get the signing keys"',
     config='config = { issuer = "%s", audiences = "%s" }' % (ISS, AUD))

@@ -21,6 +21,7 @@ cannot be had (the issuer is down and nothing is cached). The token is never log
 
 import base64
 import json
+import math
 import re
 import time
 from typing import Optional, Tuple
@@ -56,6 +57,8 @@ JWKS_URI = "jwks-uri"
 REFETCHED = "jwks-refetched"
 
 U64_MAX = (1 << 64) - 1
+# The last NumericDate the ports read the same (jwt-verify's MAX_NUMERIC_DATE): 2^53 - 1.
+MAX_NUMERIC_DATE = (1 << 53) - 1
 
 
 class Refused(Exception):
@@ -159,8 +162,28 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; one beyond a double (1e400) is no JSON to
+    serde_json, the Rust policy's reader: here neither (Python would read it as infinity)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("a number beyond a double")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    """A JSON integer; as for `_finite_float`, one beyond a double is no JSON."""
+    value = int(text)
+    if len(text) > 300:
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError("a number beyond a double") from None
+    return value
+
+
 # One decoder for the instance's life: `json.loads` with an argument builds a new one per call.
-_JSON = json.JSONDecoder(parse_constant=_no_constants)
+_JSON = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite_float, parse_int=_bounded_int)
 
 
 def json_object(text: str) -> Optional[dict]:
@@ -210,8 +233,17 @@ def as_u64(value) -> Optional[int]:
     return min(max(value, 0), U64_MAX)
 
 
+def numeric_date(claims: dict, name: str) -> Optional[int]:
+    """A NumericDate claim as whole seconds (jwt-verify's `numeric_date`): None when absent or
+    not a number, a fraction cut, a negative number 0, and one beyond 2^53 - 1 refused."""
+    seconds = as_u64(claims.get(name))
+    if seconds is not None and seconds > MAX_NUMERIC_DATE:
+        raise deny(f"the token's {name} is out of range")
+    return seconds
+
+
 def check_claims(claims: dict, s: Settings, now: int) -> int:
-    """Checks `iss`, `aud`, `exp` (required) and `nbf`; returns `exp`."""
+    """Checks `iss`, `aud`, `exp` (required), `nbf` and that `iat` is in range; returns `exp`."""
     if claims.get("iss") != s.issuer or not isinstance(claims.get("iss"), str):
         raise deny("wrong issuer")
     aud = claims.get("aud")
@@ -223,12 +255,13 @@ def check_claims(claims: dict, s: Settings, now: int) -> int:
         aud_ok = False
     if not aud_ok:
         raise deny("wrong audience")
-    exp = as_u64(claims.get("exp"))
+    exp = numeric_date(claims, "exp")
     if exp is None:
         raise deny("the token has no exp")
+    nbf = numeric_date(claims, "nbf")
+    numeric_date(claims, "iat")
     if now >= min(exp + s.skew, U64_MAX):
         raise deny(f"expired at {exp}")
-    nbf = as_u64(claims.get("nbf"))
     if nbf is not None and nbf > min(now + s.skew, U64_MAX):
         raise deny(f"not valid before {nbf}")
     return exp

@@ -130,6 +130,74 @@ fn with_a_client_ca_only_trusted_client_certificates_get_an_answer() {
     assert_eq!(review.status(), 404);
 }
 
+/// `clients` entries are RFC 4514 names compared attribute by attribute with the certificate's
+/// subject as it is encoded, never as text: a CN that spells out a longer subject names nobody
+/// else, and a bare `CN=` entry compares the certificate's one CN, exactly.
+#[test]
+fn a_clients_entry_matches_the_subject_attribute_by_attribute_not_as_text() {
+    use rcgen::DnType::{CommonName as Cn, OrganizationName as O};
+    let pki = Pki::new("main");
+    let server_cert = pki.server("server");
+    // The genuine caller: O=acme-control-plane, then CN=apiserver (RFC 4514: the CN first).
+    let genuine = pki.client_named("genuine", &[(O, "acme-control-plane"), (Cn, "apiserver")]);
+    // A CN that reads as the whole subject.
+    let crafted = pki.client("crafted", "apiserver,O=acme-control-plane", None);
+    let plus = pki.client("plus", "apiserver+O=acme-control-plane", None);
+    // The same attributes in the other order: another name.
+    let reversed = pki.client_named("reversed", &[(Cn, "apiserver"), (O, "acme-control-plane")]);
+    let lone = pki.client("lone", "apiserver", None);
+
+    let dir = PluginDir::new();
+    dir.probe("10-echo", &probe_manifest("", "echo", "username = \"alice\""));
+    dir.add_in("acme", "10-a", built::PROBE, &allow("tollgate:acme:alice"));
+    dir.add_in("bare", "10-a", built::PROBE, &allow("tollgate:bare:alice"));
+    let tenants = tenants_file(
+        "[tenant.acme]\nclients = [\"CN=apiserver,O=acme-control-plane\"]\n\
+         [tenant.bare]\nclients = [\"cn=apiserver\"]\n",
+    );
+    let ca = pki.ca_path.to_str().unwrap().to_string();
+    let extra = ["--client-ca", &ca, "--tenants", tenants.path().to_str().unwrap()];
+    let mut server = Server::start(dir.path(), &tls_args(&server_cert, &extra));
+
+    for (who, leaf, acme, bare, seen) in [
+        ("crafted CN", &crafted, false, false, "CN=apiserver\\,O=acme-control-plane"),
+        ("CN with +", &plus, false, false, "CN=apiserver\\+O=acme-control-plane"),
+        ("genuine", &genuine, true, true, "CN=apiserver,O=acme-control-plane"),
+        ("reversed", &reversed, false, true, "O=acme-control-plane,CN=apiserver"),
+        ("CN alone", &lone, false, true, "CN=apiserver"),
+    ] {
+        server.set_client(tls_client(&pki.ca_pem, Some(leaf), &["h2"]));
+        for (tenant, admitted) in [("acme", acme), ("bare", bare)] {
+            let answer = server.review_at(&format!("/authenticate/{tenant}"), V1, Some("tok-12345678"), &[]);
+            let got = (answer.status, granted_username(&answer));
+            let want = if admitted { (200, Some(format!("tollgate:{tenant}:alice"))) } else { (403, None) };
+            assert_eq!(got, want, "{who} at {tenant}: {}", answer.body);
+            if !admitted {
+                answer.assert_status_object(403, "Forbidden");
+            }
+        }
+        // Plugins see the verified subject in RFC 4514 form, escaped.
+        let status = server.review("tok-12345678").review_status(V1);
+        assert_eq!(status["user"]["extra"]["seen/client"], json!([seen]), "{who}");
+    }
+    drop(server);
+
+    // An entry that is not an RFC 4514 name stops the start, saying which and why.
+    for (entry, says) in [
+        ("CN=apiserver, O=acme-control-plane", "not an RFC 4514"),
+        ("CN=a;O=b", "not an RFC 4514"),
+        ("apiserver", "not an RFC 4514"),
+        ("XX=apiserver", "unknown attribute type"),
+        ("", "not an RFC 4514"),
+    ] {
+        let tenants = tenants_file(&format!("[tenant.acme]\nclients = [{entry:?}]\n"));
+        let started =
+            Server::try_start(dir.path(), &tls_args(&server_cert, &["--tenants", tenants.path().to_str().unwrap()]));
+        let (_, logs) = started.err().unwrap_or_else(|| panic!("started with clients = [{entry:?}]"));
+        assert!(logs.contains(says) && logs.contains("clients"), "{entry:?}: {logs}");
+    }
+}
+
 #[test]
 fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() {
     let first = Pki::new("first");

@@ -11,8 +11,7 @@ use serde::Deserialize;
 
 use crate::observe::scrub::Scrubber;
 use crate::plugins::loader::LoadRules;
-use crate::policy::values::ClientIdentity;
-use crate::policy::values::{Grant, grant_strings};
+use crate::policy::values::{ClientIdentity, Dn, Grant, grant_strings};
 
 /// A refused grant: the rule (audit line, metric label) and what broke it (audit line only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +69,9 @@ pub struct Guardrails {
     pub allowed_groups: Option<Vec<String>>,
     /// Exact `system:` names a grant may carry anyway (logged loudly at load).
     pub allow_system: BTreeSet<String>,
-    /// Verified mTLS subjects allowed to call this tenant; `None` = any caller.
-    pub clients: Option<Vec<String>>,
+    /// Verified mTLS subjects allowed to call this tenant ([`ClientIdentity::matches`]);
+    /// `None` = any caller.
+    pub clients: Option<Vec<Dn>>,
     /// Directories (besides the tenant's own folder) where its manifests' `secret_files` and
     /// `[outbound] ca_file` may point: e.g. a Kubernetes Secret mounted for this tenant.
     pub secret_dirs: Vec<std::path::PathBuf>,
@@ -162,7 +162,9 @@ impl Guardrails {
             username_prefix: spec.username_prefix.clone().unwrap_or(prefix),
             allowed_groups: spec.allowed_groups.clone().or(groups),
             allow_system: spec.allow_system.iter().cloned().collect(),
-            clients: spec.clients.clone(),
+            // `TenantsFile::parse` refused every entry that is not a name; one that slipped
+            // through would name nobody (the list only narrows).
+            clients: spec.clients.as_ref().map(|list| list.iter().filter_map(|c| Dn::parse(c).ok()).collect()),
             secret_dirs: spec.secret_dirs.clone(),
             outbound_hosts: spec.outbound_hosts.clone(),
             folder: FolderLimits {
@@ -351,14 +353,26 @@ mod tests {
 
     #[test]
     fn clients() {
-        let id = |subject: &str, cn: &str| ClientIdentity { subject: subject.into(), common_name: Some(cn.into()) };
+        let id = |subject: &str| ClientIdentity::new(Dn::parse(subject).unwrap());
         let mut g = Guardrails::default_tenant();
         assert!(g.admits(None));
-        g.clients = Some(vec!["CN=apiserver".into(), "CN=b,O=acme".into()]);
+        let spec =
+            GuardrailSpec { clients: Some(vec!["CN=apiserver".into(), "CN=b,O=acme".into()]), ..Default::default() };
+        g.clients = Guardrails::from_spec("", &spec).clients;
         assert!(!g.admits(None));
-        assert!(!g.admits(Some(&id("CN=other", "other"))));
-        assert!(g.admits(Some(&id("CN=apiserver,O=system", "apiserver"))), "CN= matches the common name");
-        assert!(g.admits(Some(&id("CN=b,O=acme", "b"))), "the full subject matches");
-        assert!(!g.admits(Some(&id("CN=b,O=other", "b"))));
+        assert!(!g.admits(Some(&id("CN=other"))));
+        assert!(g.admits(Some(&id("CN=apiserver,O=system"))), "a bare CN= matches the one CN");
+        assert!(g.admits(Some(&id("O=system+CN=apiserver"))), "wherever it is");
+        assert!(!g.admits(Some(&id("CN=apiserver,CN=x"))), "not one of several");
+        assert!(!g.admits(Some(&id("CN=Apiserver"))), "exactly");
+        assert!(g.admits(Some(&id("CN=b,O=acme"))), "the full subject matches");
+        assert!(g.admits(Some(&id("cn=b,2.5.4.10=acme"))), "however its types are written");
+        assert!(!g.admits(Some(&id("CN=b,O=other"))));
+        assert!(!g.admits(Some(&id("O=acme,CN=b"))), "in order");
+        assert!(!g.admits(Some(&id("CN=b,O=acme,DC=x"))), "all of it");
+        assert!(!g.admits(Some(&id("CN=b+O=acme"))), "RDN by RDN");
+        // A CN that spells out the entry is one attribute: neither the subject nor the CN.
+        assert!(!g.admits(Some(&id(r"CN=b\,O=acme"))));
+        assert!(!g.admits(Some(&id(r"CN=apiserver\,O=system"))));
     }
 }

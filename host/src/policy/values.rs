@@ -1,6 +1,7 @@
 //! The contract's values: what a plugin is asked (`Review`), what it answers (`Decision`,
 //! `Grant`, `UserInfo`), the bounds on any answer (`GrantLimits`), and who is asking
-//! (`ClientIdentity`). Every layer imports this module; it imports nothing of tollgate.
+//! (`ClientIdentity`, its subject a [`dn::Dn`]). Every layer imports this module; it imports
+//! nothing of tollgate.
 //!
 //! Written out rather than generated (`tollgate:policy/types`): bindgen gives every record a
 //! `Debug` that prints each field, and a review carries the token. Each type is checked against
@@ -8,6 +9,9 @@
 //! from the WIT refuses every plugin, in every test.
 
 use wasmtime::component::{ComponentType, Lift, Lower};
+
+pub mod dn;
+pub use dn::Dn;
 
 #[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
 #[component(record)]
@@ -152,38 +156,31 @@ pub fn grant_strings(grant: &Grant) -> impl Iterator<Item = &str> {
         .chain(grant.audiences.iter().map(String::as_str))
 }
 
-/// A verified client certificate's identity: its subject DN in RFC 4514 order
-/// (`CN=kube-apiserver,O=system`), and its common name.
+/// A verified client certificate's identity: its subject as encoded ([`Dn`]), and that subject
+/// written in RFC 4514 form, escaped (`CN=kube-apiserver,O=system`): what plugins, the audit
+/// log and the decision cache see.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientIdentity {
     pub subject: String,
-    pub common_name: Option<String>,
+    pub name: Dn,
 }
 
 impl ClientIdentity {
-    pub fn from_der(cert: &[u8]) -> Option<Self> {
-        let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
-        let subject = cert.subject();
-        let common_name = subject.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
-        let mut rdns: Vec<String> = subject
-            .iter()
-            .flat_map(|rdn| rdn.iter())
-            .filter_map(|attr| {
-                let value = attr.as_str().ok()?;
-                let name = x509_parser::objects::oid2abbrev(attr.attr_type(), x509_parser::objects::oid_registry())
-                    .map(str::to_owned)
-                    .unwrap_or_else(|_| attr.attr_type().to_id_string());
-                Some(format!("{name}={value}"))
-            })
-            .collect();
-        // RFC 4514 writes the most specific name first: the reverse of the certificate's order.
-        rdns.reverse();
-        Some(Self { subject: rdns.join(","), common_name })
+    pub fn new(name: Dn) -> Self {
+        Self { subject: name.to_string(), name }
     }
 
-    /// Whether a `clients` entry names this identity: the whole subject, or `CN=<cn>`.
-    pub fn matches(&self, entry: &str) -> bool {
-        entry == self.subject || (entry.strip_prefix("CN=").is_some_and(|cn| Some(cn) == self.common_name.as_deref()))
+    pub fn from_der(cert: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+        Dn::from_x509(cert.subject()).map(Self::new)
+    }
+
+    /// Whether a `clients` entry names this caller: the same RDNs in the same order, attribute
+    /// by attribute (never the rendered text, where a CN of `a,O=b` would read as two
+    /// attributes); or, for an entry that is exactly `CN=<value>`, a subject whose one CN
+    /// attribute has exactly that value (a subject with several CNs matches only in full).
+    pub fn matches(&self, entry: &Dn) -> bool {
+        *entry == self.name || entry.bare_common_name().is_some_and(|cn| self.name.only_common_name() == Some(cn))
     }
 }
 

@@ -65,6 +65,14 @@ impl TenantsFile {
                 crate::tenants::remote::poll_interval(source)
                     .map_err(|e| anyhow::anyhow!("tenants file {}: {e}", path.display()))?;
             }
+            for entry in spec.clients.iter().flatten() {
+                crate::policy::values::Dn::parse(entry).with_context(|| {
+                    format!(
+                        "tenants file {}: tenant {tenant:?}: clients entry {entry:?} is not an RFC 4514 name",
+                        path.display()
+                    )
+                })?;
+            }
             for name in &spec.allow_system {
                 if !name.starts_with("system:") {
                     bail!("tenants file {}: allow_system entry {name:?} is not a system: name", path.display());
@@ -291,5 +299,19 @@ mod tests {
         assert_eq!(f.guardrails("acme").username_prefix, "a:");
         assert_eq!(f.guardrails("acme").allowed_groups, Some(vec!["tollgate:acme:*".to_string()]));
         assert_eq!(f.guardrails("other").username_prefix, "tollgate:other:");
+    }
+
+    #[test]
+    fn clients_entries_must_be_rfc_4514_names() {
+        let parse = |text: &str| TenantsFile::parse(text, Path::new("t.toml")).map_err(|e| format!("{e:#}"));
+        let ok = parse("[tenant.acme]\nclients = [\"CN=apiserver,O=acme\", 'CN=a\\,b', \"uid=x+dc=y\"]\n").unwrap();
+        assert_eq!(ok.guardrails("acme").clients.map(|c| c.len()), Some(3));
+        for (entry, why) in [("CN=a, O=b", "no space around"), ("CN=a;O=b", "must be escaped"), ("", "empty")] {
+            let err = parse(&format!("[default]\nclients = [{entry:?}]\n")).unwrap_err();
+            assert!(
+                err.contains("clients entry") && err.contains("not an RFC 4514 name") && err.contains(why),
+                "{err}"
+            );
+        }
     }
 }

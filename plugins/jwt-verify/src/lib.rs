@@ -76,7 +76,24 @@ pub struct Rules<'a> {
     pub now: u64,
 }
 
-/// Checks `iss`, `aud`, `exp` (required) and `nbf`; returns `exp`.
+/// The last NumericDate the ports read the same: 2^53 - 1, the largest integer a JavaScript
+/// number holds exactly (some 285 million years away). The Python and JavaScript ports apply
+/// the same bound, so a later one is refused in every language rather than read as "never".
+pub const MAX_NUMERIC_DATE: u64 = (1 << 53) - 1;
+
+/// A NumericDate claim (RFC 7519 §2) as whole seconds: `None` when absent or not a number, a
+/// fraction cut, a negative number 0 (before the epoch: long past), and one beyond
+/// [`MAX_NUMERIC_DATE`] refused. (A number beyond a double never gets here: serde_json refuses
+/// it, so the token is no JWT to [`Jwt::parse`].)
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
+    let seconds = claims.get(name).and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)));
+    match seconds {
+        Some(s) if s > MAX_NUMERIC_DATE => Err(format!("the token's {name} is out of range")),
+        other => Ok(other),
+    }
+}
+
+/// Checks `iss`, `aud`, `exp` (required), `nbf` and that `iat` is in range; returns `exp`.
 pub fn check_claims(claims: &Map<String, Value>, rules: &Rules) -> Result<u64, String> {
     if claims.get("iss").and_then(Value::as_str) != Some(rules.issuer) {
         return Err("wrong issuer".into());
@@ -91,12 +108,13 @@ pub fn check_claims(claims: &Map<String, Value>, rules: &Rules) -> Result<u64, S
     if !aud_ok {
         return Err("wrong audience".into());
     }
-    let number = |k: &str| claims.get(k).and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)));
-    let exp = number("exp").ok_or("the token has no exp")?;
+    let exp = numeric_date(claims, "exp")?.ok_or("the token has no exp")?;
+    let nbf = numeric_date(claims, "nbf")?;
+    numeric_date(claims, "iat")?;
     if rules.now >= exp.saturating_add(rules.skew) {
         return Err(format!("expired at {exp}"));
     }
-    if let Some(nbf) = number("nbf")
+    if let Some(nbf) = nbf
         && nbf > rules.now.saturating_add(rules.skew)
     {
         return Err(format!("not valid before {nbf}"));
@@ -149,6 +167,41 @@ mod tests {
             json!({"iss": "https://issuer.test", "aud": "k8s", "exp": -5.0}),
         ] {
             assert!(check_claims(&claims(bad.clone()), &rules(&aud, 900)).is_err(), "{bad}");
+        }
+    }
+
+    /// What the ports agree on (the shared vectors carry each case): a number beyond a double
+    /// makes the token no JSON at all; exp, nbf and iat are whole seconds below 2^53 (a
+    /// fraction cut, a negative one 0), and anything beyond is refused, never read as "never".
+    #[test]
+    fn numeric_dates_are_whole_seconds_below_2_53() {
+        let aud = ["k8s".to_owned()];
+        let token = |payload: &str| {
+            let b64 = |s: &str| URL_SAFE_NO_PAD.encode(s);
+            format!("{}.{}.c2ln", b64(r#"{"alg":"RS256"}"#), b64(payload))
+        };
+        for huge in ["1e400", "-1e400", "1e309", &"9".repeat(400)] {
+            let payload = format!(r#"{{"iss": "https://issuer.test", "aud": "k8s", "exp": 1000, "iat": {huge}}}"#);
+            assert!(Jwt::parse(&token(&payload)).is_none(), "{huge}: not JSON, not a JWT");
+        }
+        let check = |claims: &str| {
+            let text = format!(r#"{{"iss": "https://issuer.test", "aud": "k8s", {claims}}}"#);
+            check_claims(&super::claims(&text).unwrap(), &rules(&aud, 900))
+        };
+        assert_eq!(check(r#""exp": 9007199254740991"#), Ok(9007199254740991), "2^53 - 1: the last in range");
+        assert_eq!(check(r#""exp": 1000.9"#), Ok(1000), "a fraction is cut");
+        assert_eq!(check(r#""exp": 1000, "nbf": -5, "iat": -1e300"#), Ok(1000), "before the epoch is 0");
+        assert_eq!(check(r#""exp": -1"#), Err("expired at 0".into()));
+        assert_eq!(check(r#""exp": "1000""#), Err("the token has no exp".into()));
+        for (claims, name) in [
+            (r#""exp": 9007199254740992"#, "exp"),
+            (r#""exp": 1e300"#, "exp"),
+            (r#""exp": 18446744073709551615"#, "exp"),
+            (r#""exp": 18446744073709551616"#, "exp"),
+            (r#""exp": 1000, "nbf": 9007199254740992"#, "nbf"),
+            (r#""exp": 1000, "iat": 1e20"#, "iat"),
+        ] {
+            assert_eq!(check(claims), Err(format!("the token's {name} is out of range")), "{claims}");
         }
     }
 

@@ -16,7 +16,10 @@
 //!   made-up key ids cannot make the plugin hammer its issuer.
 //!
 //! The signature is checked by the host (`tollgate:policy/crypto`, ring at native speed, the
-//! parsed keys kept per JWKS text); the claims are checked here.
+//! parsed keys kept per JWKS text); the claims are checked here (`jwt-verify`). `exp`
+//! (required), `nbf` and `iat` are whole seconds below 2^53: a later one is denied, never read as
+//! "never"; a number beyond a double makes the token no JSON, so no JWT (`abstain`). The Python
+//! and JavaScript ports read them exactly so (the shared vectors carry each case).
 //!
 //! The manifest must grant the issuer's host (`allowed_outbound_hosts`). Answers: `abstain` for
 //! tokens that are not JWTs or not this issuer's; `deny` for a bad signature, unknown key, wrong
