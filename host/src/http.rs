@@ -2,6 +2,7 @@
 //! Owns everything a request touches before a review's input exists and after its verdict;
 //! decides nothing (that is `policy`) and loads nothing (that is `tenants`).
 
+pub mod handover;
 pub mod listener;
 pub mod review;
 pub mod server;

@@ -443,8 +443,21 @@ fn pod_templates_follow_the_rules() {
                 let kubeconfig = &files["apiserver/webhook-kubeconfig-control-plane.yaml"][0];
                 let server = s(&kubeconfig["clusters"][0]["cluster"]["server"]);
                 assert_eq!(server, format!("https://{listen}/authenticate/demo"), "{at}");
-                // Upgrades hand the node's port over (tests/e2e/handover.rs).
-                assert!(flags.contains_key("--reuse-port"), "{at}: --reuse-port, or an upgrade refuses connections");
+                // Upgrades hand the node's listening sockets over (tests/e2e/handover.rs), through
+                // a directory of the node's that only tollgate's pods mount.
+                assert!(!flags.contains_key("--reuse-port"), "{at}: --reuse-port is gone");
+                let handover = flags
+                    .get("--handover")
+                    .unwrap_or_else(|| panic!("{at}: --handover, or an upgrade refuses connections"));
+                let (mp, volume) =
+                    mount_of(spec, c, handover).unwrap_or_else(|| panic!("{at}: --handover {handover} is not mounted"));
+                assert_eq!(mp, handover.as_str(), "{at}: the hand-over directory is its own mount");
+                assert_eq!(volume_type(volume), "hostPath", "{at}: shared by the old and the new pod on the node");
+                assert_eq!(
+                    s(&volume["hostPath"]["type"]),
+                    "Directory",
+                    "{at}: made by the node's setup, 0700, tollgate's user's"
+                );
                 assert!(
                     c.get("ports").is_none(),
                     "{at}: ports on a hostNetwork pod are host ports, which block the surge pod"
@@ -1146,8 +1159,15 @@ fn walkthrough_runs_as_written_and_pods_start_on_the_manifests() {
     let mut cluster_objects = objects_of(&files, "control-plane/");
     cluster_objects.extend(objects.clone());
     let daemonset = get(&cluster_objects, "DaemonSet", "kube-system", "tollgate")["spec"]["template"]["spec"].clone();
-    let mut pod =
-        Pod::new(&daemonset, "kube-system", &cluster_objects, &[("/etc/kubernetes/pki/tollgate", pki.as_path())]);
+    // The node's hand-over directory, as the walkthrough's `install -d -m 0700` makes it.
+    let handover = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(handover.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut pod = Pod::new(
+        &daemonset,
+        "kube-system",
+        &cluster_objects,
+        &[("/etc/kubernetes/pki/tollgate", pki.as_path()), ("/var/lib/tollgate/handover", handover.path())],
+    );
     let (daemon, probes) = pod.start();
     serves_the_tenant(&daemon, &probes, &pki, &token, "demo:admins");
     let cache = pod.root.path().join("var/cache/tollgate/cc");

@@ -9,7 +9,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use super::{PluginArgs, plugin_dir};
-use crate::http::listener;
+use crate::http::handover::{Handover, Hello, Offer, Predecessor, Role};
+use crate::http::listener::{self, Stop};
 use crate::http::server::{AppState, HttpSettings, app, probe_app};
 use crate::http::tls::{ReloadingTls, TlsFiles};
 use crate::observe::audit::{AuditLog, Fingerprinter};
@@ -31,10 +32,14 @@ pub struct ServeArgs {
     /// Address to listen on. Without TLS only a loopback address is accepted.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Let a second tollgate (same user) listen on the same addresses, and send it every new
-    /// connection once it does: the old process then drains and exits without a connection
-    /// refused in between (an upgrade on a control-plane node: README "Upgrades").
+    /// Upgrades without a refused connection (README "Upgrades"): a directory only tollgate's
+    /// user can enter (mode 0700), through which the tollgate serving now hands its listening
+    /// sockets to the next one started with the same directory.
     #[arg(long)]
+    pub handover: Option<PathBuf>,
+    /// Removed: any process of the same user could join the port's group and take its
+    /// connections. Use --handover.
+    #[arg(long, hide = true)]
     pub reuse_port: bool,
     /// Server certificate chain (PEM); re-read when it changes on disk.
     #[arg(long, requires = "tls_key")]
@@ -103,6 +108,11 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<i32> {
+    if args.reuse_port {
+        bail!(
+            "--reuse-port was removed: any process of tollgate's user could join the port and take its connections; upgrade with --handover DIR (README \"Upgrades\")"
+        );
+    }
     if args.tls_cert.is_none() && !args.listen.ip().is_loopback() {
         bail!("refusing to serve plain HTTP on {}: without --tls-cert tollgate listens on loopback only", args.listen);
     }
@@ -195,16 +205,30 @@ async fn serve(args: ServeArgs) -> Result<()> {
             require_all_tenants: args.require_all_tenants,
         },
     });
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    // Stop::Shutdown once SIGTERM comes; each listener also stops when it is handed over.
+    let (stop, stopped) = tokio::sync::watch::channel(None::<Stop>);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(Some(Stop::Shutdown));
+    });
+    let handover = args.handover.as_deref().map(Handover::open).transpose()?;
+    let mut me = Hello::this_process(args.listen, args.probe_listen);
+    let mut predecessor = match &handover {
+        Some(h) => tokio::task::block_in_place(|| h.predecessor(&me))?,
+        None => None,
     };
+    let mut offers = Vec::new();
 
     // Probes first: kubelet sees the process alive (and not ready) during the first load.
     let mut probe_task = None;
+    let mut probe_addr = None;
     if let Some(addr) = args.probe_listen {
-        let listener = listener::bind(addr, args.reuse_port).await?;
-        tracing::info!("probe listener on http://{} (healthz, readyz, metrics, status)", listener.local_addr()?);
+        let (listener, taken) = open_listener(Role::Probe, addr, &mut predecessor).await?;
+        let bound = listener.local_addr().context("reading the probe listener's address")?;
+        tracing::info!("probe listener on http://{bound} (healthz, readyz, metrics, status)");
+        probe_addr = Some(bound);
+        let (offer, handed_over) = offer(Role::Probe, &listener, handover.is_some())?;
+        offers.extend(offer);
         let app = probe_app().with_state(state.clone());
         probe_task = Some(tokio::spawn(listener::serve(
             listener,
@@ -212,8 +236,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             None,
             metrics.clone(),
             PROBE_CONNECTIONS,
-            until_stopped(stopped.clone()),
+            until(stopped.clone(), handed_over),
         )));
+        if let (true, Some(p)) = (taken, predecessor.as_mut()) {
+            tokio::task::block_in_place(|| p.serving(Role::Probe))?;
+            crate::http::handover::took(p, Role::Probe, &me, &metrics);
+        }
     }
 
     // The first load happens before the main listener opens: nothing is answered from a
@@ -224,11 +252,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let started = std::time::Instant::now();
     tokio::task::block_in_place(|| reloader.load_all());
     tracing::info!(took_ms = started.elapsed().as_millis() as u64, "first load done");
-    registry.set_ready();
     reloader.watch(Duration::from_secs(args.rescan_interval_secs))?;
 
-    let listener = listener::bind(args.listen, args.reuse_port).await?;
+    let (listener, taken) = open_listener(Role::Main, args.listen, &mut predecessor).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let (offer, main_handed) = offer(Role::Main, &listener, handover.is_some())?;
+    offers.extend(offer);
     match &tls {
         Some(tls) => {
             tls.watch();
@@ -240,18 +269,102 @@ async fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!("listening on http://{addr}");
         }
     }
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
-    listener::serve(listener, app(state.clone()), tls, metrics, args.max_connections, until_stopped(stopped)).await?;
+    let main_task = tokio::spawn(listener::serve(
+        listener,
+        app(state.clone()),
+        tls,
+        metrics.clone(),
+        args.max_connections,
+        until(stopped.clone(), main_handed),
+    ));
+    if let Some(mut p) = predecessor.take()
+        && taken
+    {
+        tokio::task::block_in_place(|| p.serving(Role::Main))?;
+        crate::http::handover::took(&p, Role::Main, &me, &metrics);
+    }
+    // Ready once this process is the one that accepts (the old one, if any, no longer does):
+    // an operator or kubelet that waits for /readyz before stopping the old one loses nothing.
+    registry.set_ready();
+    // The next tollgate takes the listeners from this one (the directory's socket is this
+    // process's from now on), asking for them by the addresses they are bound to.
+    if let Some(h) = &handover {
+        me.main = addr;
+        me.probe = probe_addr;
+        h.offer(me, offers, metrics.clone())?;
+    }
+    main_task.await.context("the main listener's task")??;
     if let Some(task) = probe_task {
         let _ = task.await;
+    }
+    if stopped.borrow().is_none() {
+        // Handed over: the successor serves. Exiting now would have kubelet restart this
+        // container, and the restart take the port back; SIGTERM ends it.
+        tracing::info!("every listener handed over and drained: waiting for SIGTERM");
+        let mut rx = stopped.clone();
+        let _ = rx.wait_for(Option::is_some).await;
     }
     // The reviews are drained: their audit lines are written before the process ends.
     tokio::task::block_in_place(|| state.audit.close());
     tracing::info!("shut down");
     Ok(())
+}
+
+/// The listener for `role` at `addr`: the predecessor's if it has one there (then `true`: tell
+/// it once it is served), otherwise bound here.
+async fn open_listener(
+    role: Role,
+    addr: SocketAddr,
+    predecessor: &mut Option<Predecessor>,
+) -> Result<(tokio::net::TcpListener, bool)> {
+    if let Some(p) = predecessor.as_mut()
+        && let Some(taken) = tokio::task::block_in_place(|| p.take(role, addr))?
+    {
+        return Ok((listener::adopt(taken)?, true));
+    }
+    let bound = listener::bind(addr).await;
+    if bound.is_err() && predecessor.is_none() {
+        return bound
+            .context(
+                "another process holds the address (another tollgate? upgrades take its listeners with --handover DIR)",
+            )
+            .map(|l| (l, false));
+    }
+    Ok((bound?, false))
+}
+
+/// With `--handover`: what this process offers its successor for `role` (a duplicate of the
+/// listening socket), and what resolves once it is handed over.
+fn offer(
+    role: Role,
+    listener: &tokio::net::TcpListener,
+    enabled: bool,
+) -> Result<(Option<Offer>, Option<tokio::sync::oneshot::Receiver<()>>)> {
+    if !enabled {
+        return Ok((None, None));
+    }
+    use std::os::fd::AsFd as _;
+    let fd = listener.as_fd().try_clone_to_owned().context("duplicating the listening socket")?;
+    let (handed, handed_over) = tokio::sync::oneshot::channel();
+    Ok((Some(Offer { role, fd, handed }), Some(handed_over)))
+}
+
+/// Resolves when the process shuts down, or when this listener is handed over.
+async fn until(
+    mut stopped: tokio::sync::watch::Receiver<Option<Stop>>,
+    handed_over: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Stop {
+    let shutdown = async {
+        let _ = stopped.wait_for(Option::is_some).await;
+        Stop::Shutdown
+    };
+    match handed_over {
+        Some(handed) => tokio::select! {
+            why = shutdown => why,
+            Ok(()) = handed => Stop::HandedOver,
+        },
+        None => shutdown.await,
+    }
 }
 
 /// Whether `path` (which may not exist yet) lies inside the directory `dir`, symlinks resolved.

@@ -56,14 +56,23 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// the others, instead of being closed unanswered.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains open connections.
+/// Why a listener stops accepting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The process shuts down: what the kernel already queued is served too.
+    Shutdown,
+    /// A successor accepts on the same socket now (`--handover`): what is queued is its.
+    HandedOver,
+}
+
+/// Serves `app` on `listener` until `stop` resolves, then drains open connections.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<ReloadingTls>>,
     metrics: Arc<Metrics>,
     max_connections: usize,
-    shutdown: impl std::future::Future<Output = ()>,
+    stop: impl std::future::Future<Output = Stop>,
 ) -> Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -80,7 +89,7 @@ pub async fn serve(
         .keep_alive_timeout(H2_PING_TIMEOUT);
     let max_connections = max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let (stopped, stopping) = tokio::sync::watch::channel(false);
     let connections = Connections {
         builder: Arc::new(builder),
         app,
@@ -88,15 +97,15 @@ pub async fn serve(
         refusals: Arc::new(Refusals::new(metrics.tls_handshake_failures.clone())),
         stopping,
     };
-    tokio::pin!(shutdown);
-    loop {
+    tokio::pin!(stop);
+    let why = loop {
         // At the cap, wait for a connection to close before accepting another.
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
-                Err(_) => break,
+                Err(_) => break Stop::Shutdown,
             },
-            () = &mut shutdown => break,
+            why = &mut stop => break why,
         };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -108,21 +117,26 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            why = &mut stop => break why,
         };
         connections.serve(tcp, peer, slot);
-    }
-    // Connections the kernel completed but nobody accepted yet would be reset when the listener
-    // closes: serve them too. With --reuse-port and a newer process bound there are none (new
-    // connections go to it); alone, this narrows the window to the close itself.
-    for (tcp, peer) in backlog(listener) {
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => connections.serve(tcp, peer, slot),
-            Err(_) => break,
+    };
+    match why {
+        // Connections the kernel completed but nobody accepted yet would be reset when the
+        // listener closes: serve them too, narrowing the window to the close itself.
+        Stop::Shutdown => {
+            for (tcp, peer) in backlog(listener) {
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => connections.serve(tcp, peer, slot),
+                    Err(_) => break,
+                }
+            }
         }
+        // The successor accepts from the same socket: this copy just closes.
+        Stop::HandedOver => drop(listener),
     }
     tracing::info!("draining connections in flight");
-    let _ = stop.send(true);
+    let _ = stopped.send(true);
     // Every connection holds a slot until it ends: all slots back means all drained.
     if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(max_connections as u32)).await.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}: closing them");
@@ -353,57 +367,21 @@ pub fn raise_fd_limit() -> u64 {
 /// bound with `TcpListener::bind` had before (the kernel caps it at `somaxconn`).
 const BACKLOG: u32 = 1024;
 
-/// Binds `addr`, naming it in the error. With `reuse_port`, several tollgate processes (of the
-/// same user) can listen on it at once, and the kernel hands each new connection to the one
-/// that bound last: an upgrade starts the new process, which binds only once it is ready, and
-/// stops the old one, which finishes what it accepted, with no connection refused in between.
-pub async fn bind(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener> {
+/// Binds `addr`, naming it in the error. Never with `SO_REUSEPORT`: no other process, of any
+/// user, can then bind it while tollgate listens (an upgrade hands the socket itself over:
+/// [`crate::http::handover`]).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     let bound = || -> std::io::Result<TcpListener> {
         let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
         socket.set_reuseaddr(true)?;
-        if reuse_port {
-            socket.set_reuseport(true)?;
-        }
         socket.bind(addr)?;
-        let listener = socket.listen(BACKLOG)?;
-        if reuse_port && let Err(e) = steer_to_newest(&listener) {
-            // Still correct, just not seamless: connections are spread by hash, and those
-            // queued at the old process when it closes are reset.
-            tracing::warn!(error = %e, %addr, "could not steer new connections to the newest process");
-        }
-        Ok(listener)
+        socket.listen(BACKLOG)
     };
     bound().with_context(|| format!("binding {addr}"))
 }
 
-/// Attaches to the listener's `SO_REUSEPORT` group a classic BPF program that picks socket 1:
-/// the kernel keeps a group's sockets in the order they joined, so during a hand-over (old
-/// process at 0, new at 1) every new connection goes to the new process and the old one's queue
-/// empties before it closes. Alone in the group, index 1 does not exist and the kernel falls
-/// back to its hash, i.e. to the only socket.
-#[cfg(all(target_os = "linux", not(any(target_arch = "mips", target_arch = "mips64", target_arch = "sparc64"))))]
-fn steer_to_newest(listener: &TcpListener) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    /// From the kernel's asm-generic/socket.h (libc exports it for Android only).
-    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
-    /// `BPF_RET | BPF_K`: return the constant `k`.
-    const RET_K: u16 = 0x06;
-    let mut program = [libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: 1 }];
-    let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_mut_ptr() };
-    // SAFETY: a valid socket descriptor and a program that outlives the call, which copies it.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            std::ptr::from_ref(&fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
-#[cfg(not(all(target_os = "linux", not(any(target_arch = "mips", target_arch = "mips64", target_arch = "sparc64")))))]
-fn steer_to_newest(_: &TcpListener) -> std::io::Result<()> {
-    Err(std::io::Error::other("steering SO_REUSEPORT connections needs Linux"))
+/// A listener handed over by a predecessor, for the runtime.
+pub fn adopt(listener: std::net::TcpListener) -> Result<TcpListener> {
+    listener.set_nonblocking(true).context("making the socket handed over non-blocking")?;
+    TcpListener::from_std(listener).context("registering the socket handed over")
 }

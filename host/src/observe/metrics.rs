@@ -51,6 +51,14 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandoverLabel {
+    /// `main` or `probe`.
+    pub listener: String,
+    /// `gave` (to a successor) or `took` (from a predecessor).
+    pub side: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -120,6 +128,8 @@ pub struct Metrics {
     pub warm_calls: Family<PluginLabel, Counter>,
     /// By `tls::refusal_reason`.
     pub tls_handshake_failures: Family<ReasonLabel, Counter>,
+    /// Listeners handed over to a successor or taken from a predecessor (`--handover`).
+    pub handovers: Family<HandoverLabel, Counter>,
     /// Audit lines dropped because the audit log's queue was full (its sink too slow).
     pub audit_dropped: Counter,
     pub decision_cache: Family<LookupLabel, Counter>,
@@ -150,6 +160,7 @@ impl Metrics {
             instantiation: latency_histogram(),
             warm_calls: Family::default(),
             tls_handshake_failures: Family::default(),
+            handovers: Family::default(),
             audit_dropped: Counter::default(),
             decision_cache: Family::default(),
             decision_cache_entries: Gauge::default(),
@@ -200,6 +211,11 @@ impl Metrics {
             "tollgate_tls_handshake_failures",
             "TLS handshakes refused, by reason (no-client-certificate, untrusted-certificate, invalid-certificate, incompatible, alert-from-client, protocol, closed, timeout, io)",
             m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tollgate_handovers",
+            "Listeners handed over to a successor (side=gave) or taken from a predecessor (side=took), by listener (main, probe)",
+            m.handovers.clone(),
         );
         registry.register(
             "tollgate_audit_lines_dropped",

@@ -109,7 +109,7 @@ impl Registry {
         self.tenants_file_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Set once the first scan is done (`/readyz`).
+    /// Set once the first scan is done and this process accepts on the main listener (`/readyz`).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
     }
