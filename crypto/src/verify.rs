@@ -294,35 +294,58 @@ impl Jwk {
     }
 }
 
+/// A compact JWS split into its three encoded parts, its header decoded and its `alg` known:
+/// what [`verify_jws`] and [`ecdsa_twin`] both read first, with the same strictness.
+struct Compact<'a> {
+    h: &'a str,
+    p: &'a str,
+    s: &'a str,
+    header_text: String,
+    header: Map<String, Value>,
+    alg: Alg,
+}
+
+impl<'a> Compact<'a> {
+    fn parse(compact: &'a str) -> Result<Compact<'a>, JwsError> {
+        if compact.len() > MAX_JWS_BYTES {
+            return Err(JwsError::Malformed(format!("over {} KiB", MAX_JWS_BYTES >> 10)));
+        }
+        let mut parts = compact.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(JwsError::Malformed("not three dot-separated parts (a JWS in compact form)".into()));
+        };
+        let header_bytes = b64(h).ok_or(JwsError::Malformed("the header is not base64url".into()))?;
+        let header_text =
+            String::from_utf8(header_bytes).map_err(|_| JwsError::Malformed("the header is not UTF-8".into()))?;
+        let header: Map<String, Value> = serde_json::from_str(&header_text)
+            .map_err(|_| JwsError::Malformed("the header is not a JSON object".into()))?;
+        let name =
+            header.get("alg").and_then(Value::as_str).ok_or(JwsError::Malformed("the header has no alg".into()))?;
+        let alg = Self::alg(name)?;
+        Ok(Compact { h, p, s, header_text, header, alg })
+    }
+
+    fn alg(name: &str) -> Result<Alg, JwsError> {
+        Ok(match Alg::from_name(name) {
+            Some(alg) => alg,
+            None if name.eq_ignore_ascii_case("none") => {
+                return Err(JwsError::Algorithm("alg none (an unsigned token) is never accepted".into()));
+            }
+            None if name.starts_with("HS") => {
+                return Err(JwsError::Algorithm(format!(
+                    "alg {} (HMAC) is never accepted against a JWKS: a public key is no secret",
+                    echo(name)
+                )));
+            }
+            None => return Err(JwsError::Algorithm(format!("alg {} is not one the host verifies", echo(name)))),
+        })
+    }
+}
+
 /// Verifies a JWS in compact form against `keys` (see the contract's `verify-jws`).
 pub fn verify_jws(compact: &str, keys: &KeySet, allowed_algs: &[String]) -> Result<Verified, JwsError> {
     let allowed = allowed(allowed_algs)?;
-    if compact.len() > MAX_JWS_BYTES {
-        return Err(JwsError::Malformed(format!("over {} KiB", MAX_JWS_BYTES >> 10)));
-    }
-    let mut parts = compact.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(JwsError::Malformed("not three dot-separated parts (a JWS in compact form)".into()));
-    };
-    let header_bytes = b64(h).ok_or(JwsError::Malformed("the header is not base64url".into()))?;
-    let header_text =
-        String::from_utf8(header_bytes).map_err(|_| JwsError::Malformed("the header is not UTF-8".into()))?;
-    let header: Map<String, Value> = serde_json::from_str(&header_text)
-        .map_err(|_| JwsError::Malformed("the header is not a JSON object".into()))?;
-    let name = header.get("alg").and_then(Value::as_str).ok_or(JwsError::Malformed("the header has no alg".into()))?;
-    let alg = match Alg::from_name(name) {
-        Some(alg) => alg,
-        None if name.eq_ignore_ascii_case("none") => {
-            return Err(JwsError::Algorithm("alg none (an unsigned token) is never accepted".into()));
-        }
-        None if name.starts_with("HS") => {
-            return Err(JwsError::Algorithm(format!(
-                "alg {} (HMAC) is never accepted against a JWKS: a public key is no secret",
-                echo(name)
-            )));
-        }
-        None => return Err(JwsError::Algorithm(format!("alg {} is not one the host verifies", echo(name)))),
-    };
+    let Compact { h, p, s, header_text, header, alg } = Compact::parse(compact)?;
     if !allowed.contains(&alg) {
         return Err(JwsError::Algorithm(format!("alg {} is not in allowed-algs", alg.name())));
     }
@@ -356,6 +379,110 @@ pub fn verify_jws(compact: &str, keys: &KeySet, allowed_algs: &[String]) -> Resu
         return Err(JwsError::BadSignature);
     }
     Ok(Verified { alg: alg.name().to_owned(), key_id: key_id.map(str::to_owned), header: header_text, payload })
+}
+
+/// The order `n` of P-256 and of P-384 (SEC 2, §2.4.2 and §2.5.1), big-endian.
+const P256_N: [u8; 32] = unhex(b"ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+const P384_N: [u8; 48] =
+    unhex(b"ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973");
+
+/// Hex (lower case, an even number of digits) as bytes, at compile time.
+const fn unhex<const N: usize>(text: &[u8]) -> [u8; N] {
+    const fn digit(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => panic!("not a lower-case hex digit"),
+        }
+    }
+    assert!(text.len() == 2 * N);
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = digit(text[2 * i]) << 4 | digit(text[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
+/// `n - s` for big-endian `s < n` of `n`'s width, into `out` (the same width).
+fn order_minus(n: &[u8], s: &[u8], out: &mut [u8]) {
+    let mut borrow = 0u8;
+    for ((o, &a), &b) in out.iter_mut().zip(n).zip(s).rev() {
+        let (d, under) = a.overflowing_sub(b);
+        let (d, under_again) = d.overflowing_sub(borrow);
+        *o = d;
+        borrow = u8::from(under || under_again);
+    }
+}
+
+/// The other encoding of an ECDSA token's signature (see [`ecdsa_twin`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EcdsaTwin {
+    /// The token with its signature `r || s` replaced by `r || n - s`: the same header and
+    /// payload text, base64url without padding as the verifier wants it.
+    pub token: String,
+    /// Whether the twin is the canonical form of the two (the token's own `s` is above `n/2`).
+    pub canonical: bool,
+}
+
+impl std::fmt::Debug for EcdsaTwin {
+    // It is a credential as good as the token: keep it out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EcdsaTwin").field("canonical", &self.canonical).finish_non_exhaustive()
+    }
+}
+
+/// The twin of an ES256/ES384 token. ECDSA is malleable: `(r, s)` and `(r, n - s)` verify alike
+/// for the same input and key, so anyone holding such a token can write a second valid string
+/// for the same credential. The verifier accepts both (mainstream signers emit a high `s` about
+/// half the time); the host takes the token's identities (audit `token_id`, decision-cache key)
+/// from the canonical form of the two, the one with `s <= n/2` ([`canonical_jws`]), and scrubs
+/// both from whatever a plugin says.
+///
+/// `None` for everything else: not a JWS [`verify_jws`] could accept on its form alone (the
+/// same size limit, parts, base64url and header rules; no `crit`; a string `kid` if any; a
+/// UTF-8 payload), another algorithm, a signature of another width, `r` or `s` outside `1..n`.
+/// The header's algorithm is read before any arithmetic; the work is linear in the token's
+/// length (at most [`MAX_JWS_BYTES`]) and it never panics. The signature is public: this need
+/// not run in constant time.
+pub fn ecdsa_twin(token: &str) -> Option<EcdsaTwin> {
+    // Most bearer tokens are no JWS: two dots, or no further look.
+    if token.len() > MAX_JWS_BYTES || token.bytes().filter(|&b| b == b'.').count() != 2 {
+        return None;
+    }
+    let Compact { h, p, s: encoded, header, alg, .. } = Compact::parse(token).ok()?;
+    let n: &[u8] = match alg {
+        Alg::Es256 => &P256_N,
+        Alg::Es384 => &P384_N,
+        _ => return None,
+    };
+    if header.contains_key("crit") || header.get("kid").is_some_and(|kid| !kid.is_string()) {
+        return None;
+    }
+    let mut signature = b64(encoded)?;
+    if signature.len() != 2 * n.len() {
+        return None;
+    }
+    let (r, s) = signature.split_at_mut(n.len());
+    let in_range = |x: &[u8]| x.iter().any(|&b| b != 0) && x < n;
+    if !in_range(r) || !in_range(s) {
+        return None;
+    }
+    // What the verifier would refuse has no twin: it is no credential.
+    String::from_utf8(b64(p)?).ok()?;
+    let mut other = vec![0u8; n.len()];
+    order_minus(n, s, &mut other);
+    // n is odd, so s != n - s: the lower of the two is canonical.
+    let canonical = *other.as_slice() < *s;
+    s.copy_from_slice(&other);
+    Some(EcdsaTwin { token: format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(&signature)), canonical })
+}
+
+/// The canonical form of a token when it is not the token itself: the twin ([`ecdsa_twin`]) of
+/// an ES256/ES384 JWS whose `s` is above `n/2`. `None`: the token is its own canonical form.
+pub fn canonical_jws(token: &str) -> Option<String> {
+    ecdsa_twin(token).filter(|t| t.canonical).map(|t| t.token)
 }
 
 fn allowed(names: &[String]) -> Result<Vec<Alg>, JwsError> {

@@ -7,7 +7,10 @@ use proptest::prelude::*;
 use ring::rand::SystemRandom;
 use ring::signature::{self as sig, KeyPair as _};
 use serde_json::{Value, json};
-use tollgate_crypto::{Alg, JwsError, KeySet, MAX_JWS_BYTES, constant_time_eq, hmac_sha256, sha256, verify_jws};
+use tollgate_crypto::{
+    Alg, EcdsaTwin, JwsError, KeySet, MAX_JWS_BYTES, canonical_jws, constant_time_eq, ecdsa_twin, hmac_sha256, sha256,
+    verify_jws,
+};
 
 /// A 2048-bit RSA key (PKCS#1 DER) made with `openssl genpkey` for these tests only (ring cannot generate RSA keys).
 const RSA_2048: &[u8] = include_bytes!("keys/test-only-rsa-2048.der");
@@ -149,6 +152,186 @@ fn every_algorithm_verifies_its_own_and_refuses_tampering_and_other_keys() {
         };
         let by_other = token(&other, alg, Some("k1"));
         assert_eq!(verify_jws(&by_other, &keys, &all()), Err(JwsError::BadSignature), "{alg:?} other key");
+    }
+}
+
+/// The order `n` of the curve whose signatures have `len`-byte halves (P-256, P-384; SEC 2).
+fn curve_order(len: usize) -> Vec<u8> {
+    let hex = if len == 32 {
+        "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551"
+    } else {
+        "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973"
+    };
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// `a - b` of equal-width big-endian numbers, `a >= b` (the test's own arithmetic, not the crate's).
+fn minus(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = a.to_vec();
+    let mut borrow = 0i16;
+    for i in (0..a.len()).rev() {
+        let d = i16::from(a[i]) - i16::from(b[i]) - borrow;
+        borrow = i16::from(d < 0);
+        out[i] = (d + 256 * borrow) as u8;
+    }
+    out
+}
+
+/// `r || s` as `r || n - s`: the other signature ECDSA accepts for the same input and key.
+fn twin_signature(signature: &[u8]) -> Vec<u8> {
+    let half = signature.len() / 2;
+    [&signature[..half], &minus(&curve_order(half), &signature[half..])].concat()
+}
+
+/// Whether `s` is above `n / 2`, i.e. `2s > n` (n is odd).
+fn high_s(signature: &[u8]) -> bool {
+    let half = signature.len() / 2;
+    let mut doubled = vec![0u8; half + 1];
+    let mut carry = 0u16;
+    for i in (0..half).rev() {
+        let v = u16::from(signature[half + i]) * 2 + carry;
+        doubled[i + 1] = v as u8;
+        carry = v >> 8;
+    }
+    doubled[0] = carry as u8;
+    doubled > [vec![0u8], curve_order(half)].concat()
+}
+
+/// The identity the host takes from a token: its canonical form, or the token itself.
+fn identity(token: &str) -> String {
+    canonical_jws(token).unwrap_or_else(|| token.to_owned())
+}
+
+/// One token, one identity (SECURITY.md §14): ring signs with a high `s` about half the time,
+/// as OpenSSL, Java and Go do; both forms verify, and the high one canonicalises to the low one.
+#[test]
+fn an_ecdsa_token_and_its_high_s_twin_both_verify_and_have_one_canonical_form() {
+    for alg in [Alg::Es256, Alg::Es384] {
+        let signer = Signer::new(alg);
+        let keys = jwks(&[with(signer.jwk(), json!({"kid": "k1", "alg": alg.name()}))]);
+        let mut seen_high = false;
+        for n in 0..16 {
+            let header = json!({"alg": alg.name(), "kid": "k1", "n": n});
+            let signed = token_with(&header, CLAIMS, &signer, alg);
+            let (input, encoded) = signed.rsplit_once('.').unwrap();
+            let raw = URL_SAFE_NO_PAD.decode(encoded).unwrap();
+            seen_high |= high_s(&raw);
+            let low = if high_s(&raw) { twin_signature(&raw) } else { raw.clone() };
+            let high = twin_signature(&low);
+            assert!(!high_s(&low) && high_s(&high), "{alg:?}");
+            let (low, high) = (format!("{input}.{}", b64(&low)), format!("{input}.{}", b64(&high)));
+            for form in [&low, &high] {
+                let verified = verify_jws(form, &keys, &all()).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+                assert_eq!(verified.payload, CLAIMS, "{alg:?}");
+            }
+            assert_eq!(canonical_jws(&high).as_deref(), Some(low.as_str()), "{alg:?}: the twin's canonical form");
+            assert_eq!(canonical_jws(&low), None, "{alg:?}: the low-s form is its own");
+            assert_eq!(ecdsa_twin(&low), Some(EcdsaTwin { token: high.clone(), canonical: false }), "{alg:?}");
+            assert_eq!(ecdsa_twin(&high), Some(EcdsaTwin { token: low.clone(), canonical: true }), "{alg:?}");
+            assert_eq!((identity(&signed), identity(&high)), (low.clone(), low.clone()), "{alg:?}");
+        }
+        // 2^-16 that ring never signed high in 16 tries: the sample shows what signers do.
+        assert!(seen_high, "{alg:?}: ring signed 16 tokens, none with a high s");
+    }
+}
+
+/// Only an ES256/ES384 JWS the verifier could accept on its form, with `r` and `s` in `[1, n)`,
+/// has a twin; only one with `s` in `(n/2, n)` has a canonical form other than itself. At the
+/// edges, `floor(n/2) + 1` maps to `floor(n/2)` and `n - 1` to `1`, and back.
+#[test]
+fn only_an_ecdsa_jws_in_range_has_a_twin_and_only_a_high_s_another_canonical_form() {
+    let payload = b64(CLAIMS);
+    for (alg, len) in [(Alg::Es256, 32), (Alg::Es384, 48)] {
+        let n = curve_order(len);
+        let one = [vec![0u8; len - 1], vec![1]].concat();
+        let half = minus(&n, &one); // n - 1, halved below
+        let half: Vec<u8> = {
+            let mut out = vec![0u8; len];
+            let mut carry = 0u8;
+            for (o, b) in out.iter_mut().zip(&half) {
+                *o = (b >> 1) | (carry << 7);
+                carry = b & 1;
+            }
+            out
+        };
+        let half_plus_one = {
+            let mut v = half.clone();
+            *v.last_mut().unwrap() += 1; // no carry: floor(n/2) ends in 0xa8 (P-256), 0xb9 (P-384)
+            v
+        };
+        let r = vec![0x5au8; len];
+        let header = |v: Value| b64(v.to_string());
+        let es = header(json!({"alg": alg.name(), "kid": "k"}));
+        let jws = |h: &str, p: &str, r: &[u8], s: &[u8]| format!("{h}.{p}.{}", b64([r, s].concat()));
+        // The edges.
+        assert_eq!(canonical_jws(&jws(&es, &payload, &r, &half)), None, "{alg:?}: s = floor(n/2) is low");
+        assert_eq!(
+            ecdsa_twin(&jws(&es, &payload, &r, &half)),
+            Some(EcdsaTwin { token: jws(&es, &payload, &r, &half_plus_one), canonical: false }),
+            "{alg:?}: s = floor(n/2) has a high twin"
+        );
+        assert_eq!(
+            ecdsa_twin(&jws(&es, &payload, &r, &one)),
+            Some(EcdsaTwin { token: jws(&es, &payload, &r, &minus(&n, &one)), canonical: false }),
+            "{alg:?}: s = 1"
+        );
+        assert_eq!(
+            canonical_jws(&jws(&es, &payload, &r, &half_plus_one)),
+            Some(jws(&es, &payload, &r, &half)),
+            "{alg:?}: s = floor(n/2) + 1"
+        );
+        assert_eq!(
+            canonical_jws(&jws(&es, &payload, &r, &minus(&n, &one))),
+            Some(jws(&es, &payload, &r, &one)),
+            "{alg:?}: s = n - 1"
+        );
+        let high = minus(&n, &one);
+        let good = jws(&es, &payload, &r, &high);
+        assert!(canonical_jws(&good).is_some(), "{alg:?}");
+        let other_width = if len == 32 { vec![0xf0u8; 96] } else { vec![0xf0u8; 64] };
+        let (h, rest) = good.split_once('.').unwrap();
+        let encoded = rest.split_once('.').unwrap().1;
+        let mut none: Vec<(String, &str)> = vec![
+            (jws(&es, &payload, &r, &n), "s = n"),
+            (jws(&es, &payload, &r, &vec![0xff; len]), "s > n"),
+            (jws(&es, &payload, &r, &vec![0; len]), "s = 0"),
+            (jws(&es, &payload, &vec![0; len], &high), "r = 0"),
+            (jws(&es, &payload, &n, &high), "r = n"),
+            (format!("{es}.{payload}.{}", b64(&other_width)), "the other curve's width"),
+            (format!("{es}.{payload}.{}", b64(&high)), "s alone"),
+            (format!("{good}="), "padding"),
+            (format!("{h}.{payload}"), "two parts"),
+            (format!("{good}.{payload}"), "four parts"),
+            (format!("{h}=.{payload}.{encoded}"), "header padding"),
+            (jws(&header(json!({"alg": alg.name(), "crit": ["x"]})), &payload, &r, &high), "crit"),
+            (jws(&header(json!({"alg": alg.name(), "kid": 7})), &payload, &r, &high), "kid not a string"),
+            (jws(&header(json!({"alg": alg.name().to_lowercase()})), &payload, &r, &high), "alg spelled otherwise"),
+            (jws(&header(json!({"typ": "JWT"})), &payload, &r, &high), "no alg"),
+            (jws(&b64("not json"), &payload, &r, &high), "header not JSON"),
+            (jws(&es, "pay!load", &r, &high), "payload not base64url"),
+            (jws(&es, &b64([0xff, 0xfe]), &r, &high), "payload not UTF-8"),
+            (jws(&es, &"A".repeat(MAX_JWS_BYTES), &r, &high), "over 64 KiB"),
+        ];
+        if len == 32 {
+            // 64 bytes leave 4 unused bits in the last character: set, the encoding is not canonical.
+            const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let at = ALPHABET.iter().position(|&c| Some(c) == encoded.bytes().last()).unwrap();
+            let last = ALPHABET[at | 1] as char;
+            let bits = format!("{es}.{payload}.{}{last}", &encoded[..encoded.len() - 1]);
+            assert!(URL_SAFE_NO_PAD.decode(bits.rsplit_once('.').unwrap().1).is_err());
+            none.push((bits, "non-canonical base64url"));
+        }
+        for (token, why) in &none {
+            assert_eq!((canonical_jws(token), ecdsa_twin(token)), (None, None), "{alg:?}: {why}");
+        }
+        // Other algorithms have no twin to fold, whatever their signature bytes.
+        for other in [Alg::Rs256, Alg::Ps256, Alg::EdDsa] {
+            let h = header(json!({"alg": other.name()}));
+            assert_eq!(ecdsa_twin(&jws(&h, &payload, &r, &high)), None, "{other:?}");
+        }
+    }
+    for opaque in ["", ".", "..", "team-qa-0123abcd", "a.b.c", "eyJ.eyJ.eyJ"] {
+        assert_eq!(ecdsa_twin(opaque), None, "{opaque:?}");
     }
 }
 
@@ -380,5 +563,61 @@ proptest! {
         let compact = format!("{}.{}.{}", b64(header.to_string()), b64(CLAIMS), b64(&signature));
         let got = verify_jws(&compact, &keys, &all());
         prop_assert!(got.is_err(), "a random signature verified");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Whatever the input, an answer: no panic; the canonical form is its own canonical form, and
+    /// the twin of a twin is the token.
+    #[test]
+    fn canonical_jws_never_panics_and_is_idempotent(
+        token in "[A-Za-z0-9_.=-]{0,300}",
+        raw in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        for token in [token, String::from_utf8_lossy(&raw).into_owned()] {
+            if let Some(canonical) = canonical_jws(&token) {
+                prop_assert_eq!(canonical_jws(&canonical), None);
+                prop_assert_eq!(canonical.len(), token.len());
+            }
+            if let Some(twin) = ecdsa_twin(&token) {
+                prop_assert_eq!(ecdsa_twin(&twin.token).map(|t| (t.token, t.canonical)), Some((token.clone(), !twin.canonical)));
+            }
+        }
+    }
+
+    /// Any `r || s` of either width under an ES256/ES384 header: a token and its `(r, n - s)`
+    /// twin have one identity, the low-s one, which keeps the header and payload text.
+    #[test]
+    fn a_signature_and_its_twin_have_one_identity(
+        p384 in any::<bool>(),
+        claims in "\\PC{0,100}",
+        r in proptest::collection::vec(any::<u8>(), 48),
+        s in proptest::collection::vec(any::<u8>(), 48),
+    ) {
+        let alg = if p384 { Alg::Es384 } else { Alg::Es256 };
+        let len = if p384 { 48 } else { 32 };
+        let (r, s) = (&r[..len], &s[..len]);
+        let input = format!("{}.{}", b64(json!({"alg": alg.name()}).to_string()), b64(&claims));
+        let token = format!("{input}.{}", b64([r, s].concat()));
+        let n = curve_order(len);
+        let in_range = |x: &[u8]| x.iter().any(|&b| b != 0) && x < n.as_slice();
+        let canonical = canonical_jws(&token);
+        if !(in_range(r) && in_range(s)) {
+            prop_assert_eq!(canonical, None);
+            return Ok(());
+        }
+        let signature = [r, s].concat();
+        let twin = format!("{input}.{}", b64(twin_signature(&signature)));
+        prop_assert_eq!(canonical.is_some(), high_s(&signature));
+        prop_assert_eq!(identity(&token), identity(&twin));
+        let one = identity(&token);
+        prop_assert_eq!(canonical_jws(&one), None);
+        let back = ecdsa_twin(&token).and_then(|t| ecdsa_twin(&t.token)).map(|t| t.token);
+        prop_assert_eq!(back.as_deref(), Some(token.as_str()), "the twin of the twin is the token");
+        let prefix = format!("{input}.");
+        prop_assert!(one.starts_with(&prefix));
+        prop_assert!(!high_s(&URL_SAFE_NO_PAD.decode(one.rsplit_once('.').unwrap().1).unwrap()));
     }
 }

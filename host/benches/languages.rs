@@ -132,12 +132,7 @@ fn measure(sandbox: &Arc<Sandbox>, cache: &Path, lang: &Lang) -> Result<Measured
 }
 
 fn review(sandbox: &Sandbox, generation: &Generation) -> Result<Duration> {
-    let input = ReviewInput {
-        token: BENCH_TOKEN.into(),
-        audiences: vec![AUDIENCE.into()],
-        client: None,
-        request_id: "0123456789abcdef".into(),
-    };
+    let input = ReviewInput::new(BENCH_TOKEN.into(), vec![AUDIENCE.into()], None, "0123456789abcdef".into());
     let started = Instant::now();
     let verdict = tollgate_bench::block_on(chain::evaluate(
         sandbox,

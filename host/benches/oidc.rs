@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use jwt_verify::{Rules, check_claims, claims, string_list};
 use serde_json::{Value, json};
+use tollgate::observe::scrub::Scrubber;
 use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
 use tollgate::plugins::sandbox::crypto::KeyCache;
 use tollgate::plugins::sandbox::{Decision, PluginEnv, Review, Sandbox, SandboxConfig};
@@ -96,7 +97,7 @@ fn in_sandbox(sandbox: &Sandbox, generation: &Generation, token: &str) -> Result
         &plugin.env,
         &review.request_id,
         &review,
-        token,
+        Scrubber::new(token),
         Instant::now() + Duration::from_secs(5),
     ));
     let took = started.elapsed();

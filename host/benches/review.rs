@@ -69,12 +69,7 @@ impl Setup {
     }
 
     fn review(&self, generation: &Generation) -> Outcome {
-        let input = ReviewInput {
-            token: BENCH_TOKEN.into(),
-            audiences: vec![AUDIENCE.into()],
-            client: None,
-            request_id: "0123456789abcdef".into(),
-        };
+        let input = ReviewInput::new(BENCH_TOKEN.into(), vec![AUDIENCE.into()], None, "0123456789abcdef".into());
         tollgate_bench::block_on(chain::evaluate(
             &self.sandbox,
             generation,

@@ -134,3 +134,183 @@ mod hmac_sha256_reference {
         hex::encode(Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize())
     }
 }
+
+/// An ECDSA key of the harness (ring), its JWK, and compact tokens it signs.
+struct EcSigner {
+    alg: &'static str,
+    kid: &'static str,
+    key: ring::signature::EcdsaKeyPair,
+}
+
+impl EcSigner {
+    fn new(alg: &'static str, kid: &'static str) -> Self {
+        use ring::signature as sig;
+        let rng = ring::rand::SystemRandom::new();
+        let scheme =
+            if alg == "ES256" { &sig::ECDSA_P256_SHA256_FIXED_SIGNING } else { &sig::ECDSA_P384_SHA384_FIXED_SIGNING };
+        let pkcs8 = sig::EcdsaKeyPair::generate_pkcs8(scheme, &rng).unwrap();
+        EcSigner { alg, kid, key: sig::EcdsaKeyPair::from_pkcs8(scheme, pkcs8.as_ref(), &rng).unwrap() }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        use ring::signature::KeyPair as _;
+        let point = self.key.public_key().as_ref();
+        let half = (point.len() - 1) / 2;
+        let crv = if half == 32 { "P-256" } else { "P-384" };
+        json!({"kty": "EC", "crv": crv, "kid": self.kid, "alg": self.alg,
+            "x": base64_url(&point[1..1 + half]), "y": base64_url(&point[1 + half..])})
+    }
+
+    /// A token for `claims` in both encodings of its signature: (r, s) with s <= n/2, then (r, n - s).
+    fn low_and_high(&self, claims: serde_json::Value) -> (String, String) {
+        let header = json!({"alg": self.alg, "kid": self.kid, "typ": "JWT"});
+        let input =
+            format!("{}.{}", base64_url(header.to_string().as_bytes()), base64_url(claims.to_string().as_bytes()));
+        let signed = self.key.sign(&ring::rand::SystemRandom::new(), input.as_bytes()).unwrap().as_ref().to_vec();
+        let low = if ecdsa::high_s(&signed) { ecdsa::twin(&signed) } else { signed };
+        let high = ecdsa::twin(&low);
+        assert!(!ecdsa::high_s(&low) && ecdsa::high_s(&high));
+        (format!("{input}.{}", base64_url(&low)), format!("{input}.{}", base64_url(&high)))
+    }
+}
+
+/// ECDSA's malleability, computed here independently of the host: `(r, s)` and `(r, n - s)`
+/// verify alike for the same input and key (n: the curve's order, SEC 2).
+mod ecdsa {
+    fn order(half: usize) -> Vec<u8> {
+        let hex = if half == 32 {
+            "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551"
+        } else {
+            "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973"
+        };
+        hex::decode(hex).unwrap()
+    }
+
+    /// `r || s` as `r || n - s`.
+    pub fn twin(signature: &[u8]) -> Vec<u8> {
+        let half = signature.len() / 2;
+        let n = order(half);
+        let mut out = signature.to_vec();
+        let mut borrow = 0i16;
+        for i in (0..half).rev() {
+            let d = i16::from(n[i]) - i16::from(signature[half + i]) - borrow;
+            borrow = i16::from(d < 0);
+            out[half + i] = (d + 256 * borrow) as u8;
+        }
+        out
+    }
+
+    /// `s > n / 2`, i.e. `2s > n` (n is odd).
+    pub fn high_s(signature: &[u8]) -> bool {
+        let half = signature.len() / 2;
+        let mut doubled = vec![0u8; half + 1];
+        let mut carry = 0u16;
+        for i in (0..half).rev() {
+            let v = u16::from(signature[half + i]) * 2 + carry;
+            doubled[i + 1] = v as u8;
+            carry = v >> 8;
+        }
+        doubled[0] = carry as u8;
+        doubled > [vec![0u8], order(half)].concat()
+    }
+}
+
+fn cache_metric(server: &Server, result: &str) -> u64 {
+    let metrics = server.get("/metrics").body;
+    let start = format!("tollgate_decision_cache_total{{result=\"{result}\"}}");
+    metrics.lines().find_map(|l| l.strip_prefix(&start).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
+}
+
+/// One token, one identity (SECURITY.md §14): an ES256/ES384 token and its high-s twin `(r, n - s)`
+/// both verify (mainstream signers emit high s about half the time, so the host refuses
+/// neither), and the host takes them for one token: one audit `token_id`, one decision-cache
+/// entry. The plugin still gets the token byte for byte: a twin reviewed first is verified by it.
+#[test]
+fn an_ecdsa_token_and_its_high_s_twin_are_one_token() {
+    let signers = [EcSigner::new("ES256", "p256"), EcSigner::new("ES384", "p384")];
+    let jwks = json!({"keys": signers.iter().map(EcSigner::jwk).collect::<Vec<_>>()}).to_string();
+    let dir = PluginDir::new();
+    dir.probe("10-jws", &jws_probe(&jwks, "ES256,ES384"));
+    let server = Server::start(dir.path(), &["--cache-ttl", "60s"]);
+    let mut reviewed = Vec::new();
+    let mut ids = Vec::new();
+    for signer in &signers {
+        let user = format!("jws:{}:{}", signer.alg, signer.kid);
+        // The low-s form first, then its twin; and for another token the twin first.
+        for (n, twin_first) in [(1, false), (2, true)] {
+            let (low, high) = signer.low_and_high(json!({"sub": "alice", "n": n}));
+            let (first, second) = if twin_first { (&high, &low) } else { (&low, &high) };
+            let before = server.audit_lines().len();
+            let hits = cache_metric(&server, "hit");
+            assert_eq!(granted_username(&server.review(first)).as_deref(), Some(user.as_str()), "{} {n}", signer.alg);
+            assert_eq!(granted_username(&server.review(second)).as_deref(), Some(user.as_str()), "{} {n}", signer.alg);
+            let lines = server.wait_audit("both reviews", |l| l.len() >= before + 2);
+            let (a, b) = (&lines[before], &lines[before + 1]);
+            assert_eq!(a["cache"], "miss", "{} {n}: {a}", signer.alg);
+            assert_eq!(
+                (&b["token_id"], &b["cache"]),
+                (&a["token_id"], &json!("hit")),
+                "{} {n} (twin first: {twin_first}): a token and its high-s twin are one token (token_id, cache)",
+                signer.alg
+            );
+            assert_eq!(cache_metric(&server, "hit"), hits + 1, "{} {n}", signer.alg);
+            ids.push(a["token_id"].as_str().unwrap().to_owned());
+            reviewed.extend([low, high]);
+        }
+    }
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "other tokens have other token_ids: {ids:?}");
+    let (logs, audit) = (server.logs.text(), server.audit.text());
+    for token in &reviewed {
+        let signature = token.rsplit_once('.').unwrap().1;
+        assert!(!logs.contains(signature) && !audit.contains(signature), "a signature reached the logs");
+    }
+}
+
+/// The twin is as good a credential as the token: whatever a plugin says loses it too, and a
+/// grant that carries it is refused as one that carries the token, whichever form was reviewed.
+#[test]
+fn the_twin_of_a_token_is_scrubbed_and_kept_out_of_grants() {
+    let signer = EcSigner::new("ES256", "p256");
+    let (low, high) = signer.low_and_high(json!({"sub": "alice"}));
+    // Reviewed with one form, a plugin's reason and grant hold the other.
+    let cases = [("high", &high, &low), ("low", &low, &high)];
+    let dir = PluginDir::new();
+    for (name, _, leaked) in cases {
+        let deny = probe_manifest("", "deny", &format!("reason = \"twin {leaked} end\""));
+        dir.add_in(&format!("deny-{name}"), "10-deny", built::PROBE, &deny);
+        let username = format!("tollgate:grant-{name}:alice");
+        let grant = probe_manifest("", "allow", &format!("username = \"{username}\"\nextra = \"t={leaked}\""));
+        dir.add_in(&format!("grant-{name}"), "10-grant", built::PROBE, &grant);
+    }
+    let server = Server::start(dir.path(), &[]);
+    let mut answers = String::new();
+    for (name, reviewed, _) in cases {
+        let denied = server.review_at(&format!("/authenticate/deny-{name}"), V1, Some(reviewed), &[]);
+        assert_eq!(denied.review_status(V1)["authenticated"], false, "{name}: {}", denied.body);
+        let granted = server.review_at(&format!("/authenticate/grant-{name}"), V1, Some(reviewed), &[]);
+        let status = granted.review_status(V1);
+        assert_eq!(status["authenticated"], false, "{name}: the grant carries the twin: {}", granted.body);
+        let lines = server
+            .wait_audit("both reviews", |l| l.iter().filter(|l| l["tenant"] == format!("grant-{name}")).count() == 1);
+        let deny = lines.iter().find(|l| l["tenant"] == format!("deny-{name}")).unwrap();
+        assert_eq!(deny["reason"], "twin [token] end", "{name}: {deny}");
+        let grant = lines.iter().find(|l| l["tenant"] == format!("grant-{name}")).unwrap();
+        assert_eq!(
+            (&grant["result"], &grant["error_class"]),
+            (&json!("refused"), &json!("token-in-grant")),
+            "{name}: {grant}"
+        );
+        answers.push_str(&denied.body);
+        answers.push_str(&granted.body);
+    }
+    let (logs, audit) = (server.logs.text(), server.audit.text());
+    for form in [&low, &high] {
+        let signature = form.rsplit_once('.').unwrap().1;
+        for (what, text) in [("log", &logs), ("audit", &audit), ("answers", &answers)] {
+            assert!(!text.contains(signature), "a signature reached the {what}");
+        }
+    }
+}

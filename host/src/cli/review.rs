@@ -10,7 +10,6 @@ use clap::Args;
 use super::{PluginArgs, plugin_dir, tenants_file};
 use crate::http::review::ApiVersion;
 use crate::http::server::{new_request_id, render};
-use crate::observe::scrub::Scrubber;
 use crate::plugins::confine::Folder;
 use crate::plugins::vectors::describe;
 use crate::policy::chain::{self, Outcome, ReviewInput, StepResult};
@@ -64,7 +63,7 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
     let generation = scan::load_generation(&loader, &args.tenant, &snapshot, guardrails.clone(), 1)?;
 
     let request_id = new_request_id();
-    let input = ReviewInput { token, audiences: args.audiences, client: None, request_id: request_id.clone() };
+    let input = ReviewInput::new(token, args.audiences, None, request_id.clone());
     let deadline = Instant::now() + Duration::from_millis(args.review_timeout_ms);
     let verdict = crate::plugins::sandbox::block_on(chain::evaluate(
         loader.sandbox(),
@@ -73,7 +72,7 @@ pub fn run(args: ReviewArgs) -> Result<i32> {
         &input,
         deadline,
     ));
-    let scrubber = Scrubber::new(&input.token);
+    let scrubber = input.scrubber();
 
     if args.explain {
         let mut err = std::io::stderr().lock();

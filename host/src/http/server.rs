@@ -183,19 +183,19 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
     }
 
     let request_id = new_request_id();
-    let input = ReviewInput {
-        token: token_review.token,
-        audiences: token_review.audiences,
-        client: caller.clone(),
-        request_id: request_id.clone(),
-    };
+    // An ECDSA token's twin `(r, n - s)` is computed here, once: the token and its twin are one
+    // token to the host (one `token_id`, one cache entry: [`ReviewInput::identity`]), and both
+    // are scrubbed. Plugins still get the token as it arrived.
+    let input = ReviewInput::new(token_review.token, token_review.audiences, caller.clone(), request_id.clone());
     let audiences = input.audiences.clone();
-    let token_for_scrub = input.token.clone();
+    let identity = input.identity().to_owned();
+    let (token_for_scrub, twin) = (input.token.clone(), input.twin.as_ref().map(|t| t.token.clone()));
     let run = state.evaluator.evaluate(&tenant_state.slots, generation.clone(), rules, input);
     let (verdict, lookup) = match &state.decisions {
         Some(cache) => {
-            // Everything a plugin sees, and everything its answer was checked against.
-            let key = cache.key(tenant, tenant_state.epoch, caller.as_deref(), &token_for_scrub, &audiences);
+            // Everything a plugin sees (the token by its canonical form), and everything its
+            // answer was checked against.
+            let key = cache.key(tenant, tenant_state.epoch, caller.as_deref(), &identity, &audiences);
             let (verdict, lookup) = cache.get_or_run(key, run).await;
             state.metrics.decision_cache.get_or_create(&LookupLabel { result: lookup.as_str().into() }).inc();
             state.metrics.decision_cache_entries.set(cache.len() as i64);
@@ -207,7 +207,7 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
     let outcome = verdict.outcome.class();
     state.metrics.record(tenant, &generation.meters, outcome, verdict.rule(), verdict.calls(), elapsed.as_secs_f64());
 
-    let scrubber = Scrubber::new(&token_for_scrub);
+    let scrubber = Scrubber::new(&token_for_scrub).with_twin(twin.as_deref());
     let api_version = token_review.api_version;
     let (code, body, reason) = render(&verdict, api_version, &request_id, state.http.deny_reason_in_status, &scrubber);
     // Skipped whole with `--audit-log off`: the fingerprint is an HMAC per review.
@@ -222,7 +222,7 @@ async fn review_request(state: &AppState, tenant: &str, request: Request) -> Res
             _ => None,
         };
         state.audit.write(&AuditLine {
-            token_id: state.audit.fingerprints.token_id(&token_for_scrub),
+            token_id: state.audit.fingerprints.token_id(&identity),
             time: rfc3339(SystemTime::now()),
             request_id: &request_id,
             tenant,

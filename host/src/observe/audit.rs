@@ -32,7 +32,8 @@ impl Fingerprinter {
         Ok(Self { key })
     }
 
-    /// First 16 hex characters of HMAC-SHA256(key, token).
+    /// First 16 hex characters of HMAC-SHA256(key, token). The caller passes the token's
+    /// canonical form (`ReviewInput::identity`), so a token and its ECDSA twin have one id.
     pub fn token_id(&self, token: &str) -> String {
         // HMAC takes keys of any length.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());

@@ -20,12 +20,35 @@ pub const REDACTED_SECRET: &str = "[secret]";
 #[derive(Clone, Copy)]
 pub struct Scrubber<'a> {
     token: &'a str,
+    /// The token's twin, an equally valid credential ([`tollgate_crypto::ecdsa_twin`]: an
+    /// ES256/ES384 JWS with its signature's other encoding `(r, n - s)`): removed as the token.
+    twin: Option<&'a str>,
     secrets: &'a [String],
 }
 
 impl<'a> Scrubber<'a> {
     pub fn new(token: &'a str) -> Self {
-        Self { token, secrets: &[] }
+        Self { token, twin: None, secrets: &[] }
+    }
+
+    /// Also removes the token's twin and every part of it, as the token.
+    pub fn with_twin(self, twin: Option<&'a str>) -> Self {
+        Self { twin: twin.filter(|t| *t != self.token), ..self }
+    }
+
+    /// The token it removes.
+    pub fn token(&self) -> &'a str {
+        self.token
+    }
+
+    /// The token's twin it removes too, if any.
+    pub fn twin(&self) -> Option<&'a str> {
+        self.twin
+    }
+
+    /// The token and its twin.
+    fn forms(&self) -> impl Iterator<Item = &'a str> {
+        std::iter::once(self.token).chain(self.twin).filter(|t| t.len() >= MIN_SCRUB_LEN)
     }
 
     /// Also removes these secrets (those of [`MIN_SCRUB_LEN`] bytes or more).
@@ -33,9 +56,10 @@ impl<'a> Scrubber<'a> {
         Self { secrets, ..self }
     }
 
-    /// True when `text` holds the token (only for tokens of [`MIN_SCRUB_LEN`] bytes or more).
+    /// True when `text` holds the token or its twin (only for tokens of [`MIN_SCRUB_LEN`] bytes
+    /// or more).
     pub fn contains_token(&self, text: &str) -> bool {
-        self.token.len() >= MIN_SCRUB_LEN && text.contains(self.token)
+        self.forms().any(|t| text.contains(t))
     }
 
     /// Replaces the token and every part of it of [`MIN_SCRUB_LEN`] bytes or more (a plugin that
@@ -47,7 +71,12 @@ impl<'a> Scrubber<'a> {
     /// holding a control character is not found after escaping; bearer tokens hold none, and
     /// the whole token is replaced before.)
     pub fn clean(&self, text: &str, max: usize) -> String {
-        let mut scrubbed = if self.contains_token(text) { text.replace(self.token, REDACTED) } else { text.to_owned() };
+        let mut scrubbed = text.to_owned();
+        for form in self.forms() {
+            if scrubbed.contains(form) {
+                scrubbed = scrubbed.replace(form, REDACTED);
+            }
+        }
         for secret in self.secrets.iter().filter(|s| s.len() >= MIN_SCRUB_LEN) {
             if scrubbed.contains(secret.as_str()) {
                 scrubbed = scrubbed.replace(secret.as_str(), REDACTED_SECRET);
@@ -57,7 +86,7 @@ impl<'a> Scrubber<'a> {
         let cut = scrubbed.len() - end;
         scrubbed.truncate(end);
         // Parts are looked for after escaping, so an escape cannot complete one (`\n` + 7 bytes).
-        cap_counting(without_parts_of(self.token, one_line(scrubbed)), max, cut)
+        cap_counting(without_parts_of(self.forms(), one_line(scrubbed)), max, cut)
     }
 
     /// As [`Self::clean`], for bytes that may not be UTF-8 (guest stdout/stderr).
@@ -66,12 +95,12 @@ impl<'a> Scrubber<'a> {
     }
 }
 
-/// `text` with every run that also occurs in `token` replaced by [`REDACTED`], for runs of
-/// [`MIN_SCRUB_LEN`] bytes or more: each of the text's windows of that length is looked up among
-/// the token's, in one pass over each (the text is at most a cap's length; the token any).
-fn without_parts_of(token: &str, text: String) -> String {
+/// `text` with every run that also occurs in one of `tokens` replaced by [`REDACTED`], for runs
+/// of [`MIN_SCRUB_LEN`] bytes or more: each of the text's windows of that length is looked up
+/// among the tokens', in one pass over each (the text is at most a cap's length; a token any).
+fn without_parts_of<'t>(tokens: impl Iterator<Item = &'t str>, text: String) -> String {
     const W: usize = MIN_SCRUB_LEN;
-    if token.len() < W || text.len() < W {
+    if text.len() < W {
         return text;
     }
     let bytes = text.as_bytes();
@@ -83,7 +112,7 @@ fn without_parts_of(token: &str, text: String) -> String {
     }
     let mut covered = vec![false; bytes.len()];
     let mut found = false;
-    for window in token.as_bytes().windows(W) {
+    for window in tokens.flat_map(|token| token.as_bytes().windows(W)) {
         if starts.is_empty() {
             break;
         }
@@ -214,6 +243,20 @@ mod tests {
         let secrets = vec!["client-secret-value".to_string(), "short".to_string()];
         let s = Scrubber::new("the-token-123").with_secrets(&secrets);
         assert_eq!(s.clean("the-token-123 client-secret-value short", 100), "[token] [secret] short");
+    }
+
+    #[test]
+    fn the_twin_of_a_token_is_scrubbed_as_the_token() {
+        let (token, twin) = ("hdr.pay.high-s-signature", "hdr.pay.low-s-signature!");
+        let s = Scrubber::new(token).with_twin(Some(twin));
+        assert!(s.contains_token(&format!("user-{twin}")) && s.contains_token(token));
+        assert_eq!(s.clean(&format!("a {twin} b {token} c"), 100), "a [token] b [token] c");
+        // Parts of either: the twin's signature alone is a part of the twin.
+        assert_eq!(s.clean("sig low-s-signature! end", 100), "sig [token] end");
+        assert_eq!(s.clean("sig high-s-signature end", 100), "sig [token] end");
+        // No twin, or one that is the token itself: only the token.
+        assert!(!Scrubber::new(token).contains_token(twin));
+        assert_eq!(Scrubber::new(token).with_twin(Some(token)).twin(), None);
     }
 
     #[test]

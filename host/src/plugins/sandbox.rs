@@ -535,14 +535,15 @@ impl Sandbox {
     /// remains of the review, whichever ends first. The guest runs as a future on the caller's
     /// runtime: it yields to the executor every epoch tick, traps at the deadline while it
     /// computes, and is dropped at the deadline while it waits in any host call (a poll, a
-    /// stream, outbound HTTP): no host call outlives the budget.
+    /// stream, outbound HTTP): no host call outlives the budget. Whatever the plugin says loses
+    /// what `scrub` removes (the review's token and its twin) and the plugin's secrets.
     pub async fn call(
         &self,
         code: &Code,
         env: &Arc<PluginEnv>,
         request_id: &str,
         review: &Review,
-        scrub_token: &str,
+        scrub: Scrubber<'_>,
         deadline: Instant,
     ) -> (Result<Decision, Failure>, CallStats) {
         let mut stats = CallStats::default();
@@ -555,10 +556,10 @@ impl Sandbox {
         // a late answer all read it.
         let until = now + budget;
         let ends = tokio::time::Instant::from_std(until);
-        let scrubber = Scrubber::new(scrub_token).with_secrets(&env.secrets);
+        let scrubber = scrub.with_secrets(&env.secrets);
         let (mut store, instance, uses) = match env.warm.as_ref().and_then(|w| w.take()) {
             Some(Warm { mut store, instance, uses, .. }) => {
-                store.data_mut().begin(request_id, scrub_token, until, budget);
+                store.data_mut().begin(request_id, scrub, until, budget);
                 store.set_epoch_deadline(1);
                 stats.warm = true;
                 (store, instance, uses)
@@ -568,7 +569,7 @@ impl Sandbox {
                     Ok(pre) => pre,
                     Err(failure) => return (Err(failure), stats),
                 };
-                let mut store = self.store(env, request_id, scrub_token, until, budget);
+                let mut store = self.store(env, request_id, scrub, until, budget);
                 let started = Instant::now();
                 let instance = tokio::time::timeout_at(ends, pre.instantiate_async(&mut store)).await;
                 stats.instantiate = started.elapsed();
@@ -622,7 +623,7 @@ impl Sandbox {
         &self,
         env: &Arc<PluginEnv>,
         request_id: &str,
-        scrub_token: &str,
+        scrub: Scrubber<'_>,
         deadline: Instant,
         budget: Duration,
     ) -> Store<HostState> {
@@ -636,7 +637,8 @@ impl Sandbox {
             limits: GuestLimits { cap: env.memory_bytes as usize, used: 0, exceeded: false },
             env: env.clone(),
             request_id: request_id.to_owned(),
-            token: scrub_token.to_owned(),
+            token: scrub.token().to_owned(),
+            twin: scrub.twin().map(str::to_owned),
             log_lines: 0,
             config_use: ConfigUse::default(),
             deadline,
@@ -678,7 +680,7 @@ impl Sandbox {
     pub async fn instantiate_only(&self, code: &Code, env: &Arc<PluginEnv>) -> Result<(), Failure> {
         let scrubber = Scrubber::new("");
         let pre = Self::pre(code, env)?;
-        let mut store = self.store(env, "bench", "", Instant::now() + env.timeout, env.timeout);
+        let mut store = self.store(env, "bench", scrubber, Instant::now() + env.timeout, env.timeout);
         pre.instantiate_async(&mut store).await.map(drop).map_err(|e| classify(e, &store, &scrubber, true, None))
     }
 }
@@ -827,7 +829,9 @@ struct HostState {
     limits: GuestLimits,
     env: Arc<PluginEnv>,
     request_id: String,
+    /// The review's token and its twin, for scrubbing the plugin's log lines.
     token: String,
+    twin: Option<String>,
     log_lines: usize,
     config_use: ConfigUse,
     /// When this call's budget ends: no host call may block past it.
@@ -893,10 +897,11 @@ impl WasiHttpView for HostState {
 
 impl HostState {
     /// A warm instance's next call: its own request id, token and deadline, a fresh log budget.
-    fn begin(&mut self, request_id: &str, token: &str, deadline: Instant, budget: Duration) {
+    fn begin(&mut self, request_id: &str, scrub: Scrubber, deadline: Instant, budget: Duration) {
         request_id.clone_into(&mut self.request_id);
         request_id.clone_into(&mut self.hooks.request_id);
-        token.clone_into(&mut self.token);
+        scrub.token().clone_into(&mut self.token);
+        self.twin = scrub.twin().map(str::to_owned);
         self.log_lines = 0;
         self.config_use = ConfigUse::default();
         self.limits.exceeded = false;
@@ -930,7 +935,10 @@ impl bindings::tollgate::policy::host::Host for HostState {
             }
             return;
         }
-        let message = Scrubber::new(&self.token).with_secrets(&self.env.secrets).clean(&message, LOG_LINE_BYTES);
+        let message = Scrubber::new(&self.token)
+            .with_twin(self.twin.as_deref())
+            .with_secrets(&self.env.secrets)
+            .clean(&message, LOG_LINE_BYTES);
         plugin_line(&self.env, &self.request_id, level, "log", &message);
     }
 

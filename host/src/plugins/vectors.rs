@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::observe::scrub::Scrubber;
 use crate::plugins::manifest::{Expect, GrantSpec, TestVector};
 use crate::plugins::plugin::Plugin;
 use crate::plugins::sandbox::crypto::KeyCache;
@@ -186,7 +187,9 @@ async fn decide(
         attributes: vec![],
     };
     let deadline = Instant::now() + env.timeout;
-    let (decision, stats) = sandbox.call(&plugin.code, &env, &review.request_id, &review, &t.token, deadline).await;
+    let twin = tollgate_crypto::ecdsa_twin(&t.token).map(|t| t.token);
+    let scrub = Scrubber::new(&t.token).with_twin(twin.as_deref());
+    let (decision, stats) = sandbox.call(&plugin.code, &env, &review.request_id, &review, scrub, deadline).await;
     (decision.map_err(|f| format!("the plugin {f}")), stats.config)
 }
 

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tollgate_crypto::EcdsaTwin;
+
 use crate::observe::metrics::{CallRecord, Meters};
 use crate::observe::scrub::Scrubber;
 use crate::plugins::manifest::Role;
@@ -13,10 +15,35 @@ use crate::policy::guardrails::{self, Guardrails, Violation};
 
 /// One TokenReview as the chain needs it.
 pub struct ReviewInput {
+    /// The token as it arrived: what plugins get, byte for byte.
     pub token: String,
+    /// For an ES256/ES384 JWS, the token with its signature's other encoding `(r, n - s)`
+    /// ([`tollgate_crypto::ecdsa_twin`]): as valid a credential, computed once per review.
+    pub twin: Option<EcdsaTwin>,
     pub audiences: Vec<String>,
     pub client: Option<String>,
     pub request_id: String,
+}
+
+impl ReviewInput {
+    pub fn new(token: String, audiences: Vec<String>, client: Option<String>, request_id: String) -> Self {
+        let twin = tollgate_crypto::ecdsa_twin(&token);
+        Self { token, twin, audiences, client, request_id }
+    }
+
+    /// What the host identifies the token by (audit `token_id`, decision-cache key): the
+    /// canonical form of the token and its twin (the low-s one), so the two are one token.
+    pub fn identity(&self) -> &str {
+        match &self.twin {
+            Some(twin) if twin.canonical => &twin.token,
+            _ => &self.token,
+        }
+    }
+
+    /// A scrubber of the token and of its twin.
+    pub fn scrubber(&self) -> Scrubber<'_> {
+        Scrubber::new(&self.token).with_twin(self.twin.as_ref().map(|t| t.token.as_str()))
+    }
 }
 
 /// How a review ended.
@@ -160,7 +187,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     async fn chain(&mut self, generation: &Generation) -> Outcome {
-        let scrubber = Scrubber::new(&self.input.token);
+        let scrubber = self.input.scrubber();
         if self.input.token.is_empty() {
             return denied("the review carries no token");
         }
@@ -264,7 +291,7 @@ impl Run<'_> {
         let started = Instant::now();
         let (result, stats) = self
             .sandbox
-            .call(&plugin.code, &plugin.env, &self.input.request_id, review, &self.input.token, self.deadline)
+            .call(&plugin.code, &plugin.env, &self.input.request_id, review, self.input.scrubber(), self.deadline)
             .await;
         let elapsed = started.elapsed();
         match result {
@@ -343,6 +370,29 @@ mod tests {
             audiences: aud.iter().map(|a| a.to_string()).collect(),
             expires_at: exp,
         }
+    }
+
+    #[test]
+    fn a_token_and_its_ecdsa_twin_have_one_identity_and_both_are_scrubbed() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        // r || s under an ES256 header, s = n - 1 (high) and 1 (its twin): no key needed.
+        let n_minus_1 = hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632550").unwrap();
+        let one = [vec![0u8; 31], vec![1]].concat();
+        let input = format!("{}.{}", b64(br#"{"alg":"ES256"}"#), b64(br#"{"sub":"alice"}"#));
+        let jws = |s: &[u8]| format!("{input}.{}", b64(&[vec![7u8; 32], s.to_vec()].concat()));
+        let (high, low) = (jws(&n_minus_1), jws(&one));
+        let review = |t: &str| ReviewInput::new(t.to_owned(), vec![], None, "r".into());
+        let (h, l) = (review(&high), review(&low));
+        assert_eq!(h.twin.as_ref().map(|t| (t.token.as_str(), t.canonical)), Some((low.as_str(), true)));
+        assert_eq!(l.twin.as_ref().map(|t| (t.token.as_str(), t.canonical)), Some((high.as_str(), false)));
+        assert_eq!((l.identity(), h.identity()), (low.as_str(), low.as_str()));
+        for (input, other) in [(&h, &low), (&l, &high)] {
+            assert!(input.scrubber().contains_token(other), "either form's review scrubs the other");
+            assert_eq!(input.scrubber().clean(&format!("a {other} b"), 1000), "a [token] b");
+        }
+        let opaque = review("team-qa-0123abcd");
+        assert_eq!((opaque.identity(), opaque.twin.is_none()), ("team-qa-0123abcd", true));
     }
 
     #[test]

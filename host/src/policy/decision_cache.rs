@@ -5,9 +5,11 @@
 //! the process, new with every generation and every change of the operator's rules), verified
 //! mTLS caller, token and audiences: everything a plugin sees and everything its answer was
 //! checked against. The token is never stored, and a reload misses everything the old chain
-//! decided. Only clean decisions are kept (authenticated, or a clean denial); failures,
-//! unavailability, deadlines and overload never are. A grant is never kept past its
-//! `expires-at`. Identical reviews arriving together run the chain once (single flight).
+//! decided. The token counts by its canonical form: an ES256/ES384 token and its twin
+//! `(r, n - s)`, which verify alike, are one entry (`ReviewInput::identity`). Only clean
+//! decisions are kept (authenticated, or a clean denial); failures, unavailability, deadlines
+//! and overload never are. A grant is never kept past its `expires-at`. Identical reviews
+//! arriving together run the chain once (single flight).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -66,7 +68,9 @@ impl DecisionCache {
     }
 
     /// The cache key of one review: an HMAC, so neither the token nor a plain hash of it (which
-    /// could be matched offline) is ever held.
+    /// could be matched offline) is ever held. `token` is its canonical form
+    /// ([`ReviewInput::identity`](crate::policy::chain::ReviewInput::identity)): a token and its
+    /// ECDSA twin are one entry, and identical reviews in flight whichever form they carry.
     pub fn key(&self, tenant: &str, epoch: u64, caller: Option<&str>, token: &str, audiences: &[String]) -> Key {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("any key length"));
