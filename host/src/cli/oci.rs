@@ -104,10 +104,11 @@ pub fn push(args: PushArgs) -> Result<i32> {
 pub fn pull(args: PullArgs) -> Result<i32> {
     let access = args.registry.access();
     let keys = signature::PublicKey::load_all(&args.key)?;
+    let limits = oci::Limits::new(MAX_WASM_BYTES);
     let artifact = runtime()?.block_on(async {
-        let artifact = oci::pull(&args.reference, &access, MAX_WASM_BYTES).await?;
+        let artifact = oci::pull(&args.reference, &access, &limits).await?;
         if !keys.is_empty() {
-            signature::verify(&args.reference, &artifact.digest, &keys, &access).await?;
+            signature::verify(&args.reference, &artifact.digest, &keys, &access, &limits).await?;
         }
         anyhow::Ok(artifact)
     })?;
@@ -135,9 +136,10 @@ pub fn sign(args: SignArgs) -> Result<i32> {
 pub fn verify(args: VerifyArgs) -> Result<i32> {
     let access = args.registry.access();
     let keys = signature::PublicKey::load_all(&args.key)?;
+    let limits = oci::Limits::new(MAX_WASM_BYTES);
     let verified = runtime()?.block_on(async {
-        let digest = oci::resolve(&args.reference, &access).await?;
-        let key = signature::verify(&args.reference, &digest, &keys, &access).await;
+        let digest = oci::resolve(&args.reference, &access, &limits).await?;
+        let key = signature::verify(&args.reference, &digest, &keys, &access, &limits).await;
         anyhow::Ok((digest, key))
     })?;
     match verified {

@@ -2,10 +2,11 @@
 //! that `wkg` and `oci-wasm` write (config `application/vnd.wasm.config.v0+json`, one
 //! `application/wasm` layer) and, when the plugin has one, its manifest (`NAME.toml`) as a
 //! second layer of its own media type. A plain component pushed by other tools (any config, one
-//! `application/wasm` layer) is accepted too. The registry protocol is `oci-client`'s; cosign's
-//! signatures are `sigstore`'s (`oci/signature.rs`); an OCI image layout on disk, for
-//! air-gapped clusters, is `oci/layout.rs`.
+//! `application/wasm` layer) is accepted too. Pulls read every registry document under bounds of
+//! tollgate's own (`oci/fetch.rs`); pushes are `oci-client`'s; cosign's signatures are
+//! `oci/signature.rs`; an OCI image layout on disk, for air-gapped clusters, is `oci/layout.rs`.
 
+pub mod fetch;
 pub mod layout;
 pub mod signature;
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::manifest::{IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
@@ -27,10 +28,45 @@ pub const MANIFEST_LAYER_MEDIA_TYPE: &str = "application/vnd.tollgate.plugin.man
 const TITLE: &str = "org.opencontainers.image.title";
 
 /// A manifest is a page of TOML: a larger layer is not one.
-const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// An OCI manifest, the artifact's or its signature's (`max_manifest_bytes`): a plugin's is three
+/// descriptors (under 2 KiB), and a signature manifest grows by one layer per signature (up to
+/// ~8 KiB with a keyless bundle); 256 KiB is 30 such signatures, and a sliver of memory.
+pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 256 << 10;
+/// One simple-signing payload (`max_signature_bytes`): cosign's JSON naming a digest is ~250
+/// bytes, plus whatever `optional` annotations a signer adds; 64 KiB is hundreds of those.
+pub const DEFAULT_MAX_SIGNATURE_BYTES: u64 = 64 << 10;
+/// The most a tenants file may raise `max_manifest_bytes` to: distribution itself refuses
+/// manifests over 4 MiB; a bound is not a way around one.
+const CEILING_MANIFEST_BYTES: u64 = 16 << 20;
+/// The most a tenants file may raise `max_signature_bytes` to.
+const CEILING_SIGNATURE_BYTES: u64 = 1 << 20;
+/// The config blob, which only `tollgate save` reads (to keep the artifact byte for byte; the
+/// server uses nothing in it): `wkg`'s lists the component's imports and exports, a few KiB.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// A registry is slow or gone after this long: a poll fails, the last good generation stays.
-const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const REGISTRY_TIMEOUT: std::time::Duration = fetch::REGISTRY_TIMEOUT;
+
+/// What one artifact's documents may make tollgate hold, each read under its own bound and cut
+/// off past it (a registry is the operator's choice, not trusted with the server's memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The component layer (`--max-plugin-bytes`).
+    pub wasm: u64,
+    /// Each OCI manifest: the artifact's and its signature's (`max_manifest_bytes`).
+    pub manifest: u64,
+    /// Each signature payload (`max_signature_bytes`).
+    pub signature: u64,
+}
+
+impl Limits {
+    /// The defaults, with `max_wasm_bytes` for the component.
+    pub fn new(max_wasm_bytes: u64) -> Self {
+        Self { wasm: max_wasm_bytes, manifest: DEFAULT_MAX_MANIFEST_BYTES, signature: DEFAULT_MAX_SIGNATURE_BYTES }
+    }
+}
 
 /// A plugin a tenant takes from a registry (the tenants file's `[[tenant.NAME.oci]]`): the
 /// operator's, so trusted to say where; what it points to is verified before it is used.
@@ -53,6 +89,11 @@ pub struct SourceSpec {
     pub auth: Option<PathBuf>,
     /// The registry's CA (PEM), for a private registry.
     pub ca_file: Option<PathBuf>,
+    /// At most this many bytes of an OCI manifest, the artifact's or its signature's
+    /// ([`DEFAULT_MAX_MANIFEST_BYTES`]).
+    pub max_manifest_bytes: Option<u64>,
+    /// At most this many bytes of each signature payload ([`DEFAULT_MAX_SIGNATURE_BYTES`]).
+    pub max_signature_bytes: Option<u64>,
 }
 
 impl SourceSpec {
@@ -83,7 +124,27 @@ impl SourceSpec {
             );
         }
         signature::PublicKey::load_all(&self.keys).with_context(|| format!("oci plugin {:?}", self.name))?;
+        for (key, value, ceiling) in [
+            ("max_manifest_bytes", self.max_manifest_bytes, CEILING_MANIFEST_BYTES),
+            ("max_signature_bytes", self.max_signature_bytes, CEILING_SIGNATURE_BYTES),
+        ] {
+            anyhow::ensure!(
+                value.is_none_or(|v| (1024..=ceiling).contains(&v)),
+                "oci plugin {:?}: {key} must be from 1024 to {ceiling} bytes",
+                self.name
+            );
+        }
         Ok(())
+    }
+
+    /// The bounds of this source's documents (`max_wasm_bytes`: `--max-plugin-bytes`).
+    pub fn limits(&self, max_wasm_bytes: u64) -> Limits {
+        let defaults = Limits::new(max_wasm_bytes);
+        Limits {
+            wasm: max_wasm_bytes,
+            manifest: self.max_manifest_bytes.unwrap_or(defaults.manifest),
+            signature: self.max_signature_bytes.unwrap_or(defaults.signature),
+        }
     }
 
     pub fn access(&self) -> Access {
@@ -141,7 +202,7 @@ impl Access {
     }
 
     /// The CA file's certificates, PEM.
-    fn extra_roots(&self) -> Result<Vec<Vec<u8>>> {
+    pub(crate) fn extra_roots(&self) -> Result<Vec<Vec<u8>>> {
         let Some(path) = &self.ca_file else { return Ok(Vec::new()) };
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         anyhow::ensure!(
@@ -189,6 +250,52 @@ pub struct Artifact {
     pub digest: String,
     /// The component's file name in the artifact (`NAME.wasm`), when it says.
     pub title: Option<String>,
+    /// The OCI manifest exactly as served (its SHA-256 is `digest`): what the cache keeps to
+    /// check the blobs against again, offline.
+    pub oci_manifest: Vec<u8>,
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// Whether `digest` is `sha256:` and 64 lowercase hex digits (what tollgate computes and keeps).
+pub fn is_sha256_digest(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The plugin an OCI manifest describes, checked: its bytes are exactly `digest`'s (so it is the
+/// signed one), it is an image manifest, and its layers are one component and at most one
+/// plugin manifest. What a pull and the cache both start from: every blob's expected digest and
+/// size comes from here, never from anything stored beside it.
+pub fn plugin_manifest(digest: &str, raw: &[u8]) -> Result<OciImageManifest> {
+    anyhow::ensure!(is_sha256_digest(digest), "{digest:?} is not a sha256 digest");
+    anyhow::ensure!(sha256_digest(raw) == digest, "the manifest does not match its digest {digest}");
+    let manifest: OciImageManifest = serde_json::from_slice(raw).context("not an OCI image manifest")?;
+    if let Some(media_type) = &manifest.media_type
+        && media_type != OCI_IMAGE_MEDIA_TYPE
+        && media_type != IMAGE_MANIFEST_MEDIA_TYPE
+    {
+        bail!("a {media_type}, not an image manifest: name the plugin's own manifest (its digest), not an index");
+    }
+    plugin_layers(&manifest.layers)?;
+    Ok(manifest)
+}
+
+/// Checks a blob against its descriptor (in a verified manifest): its size and its digest.
+pub fn check_blob(desc: &OciDescriptor, data: &[u8]) -> Result<()> {
+    anyhow::ensure!(
+        i64::try_from(data.len()).is_ok_and(|n| n == desc.size),
+        "{} bytes, not the {} its descriptor says",
+        data.len(),
+        desc.size
+    );
+    anyhow::ensure!(sha256_digest(data) == desc.digest, "its content does not match its digest {}", desc.digest);
+    Ok(())
 }
 
 pub fn parse_reference(reference: &str) -> Result<Reference> {
@@ -263,33 +370,46 @@ pub fn component_world(wasm: &[u8]) -> Result<(Vec<String>, Vec<String>)> {
 }
 
 /// The digest `reference` (a tag, or already a digest) points to now: what a poll compares.
-pub async fn resolve(reference: &str, access: &Access) -> Result<String> {
+pub async fn resolve(reference: &str, access: &Access, limits: &Limits) -> Result<String> {
     let image = parse_reference(reference)?;
-    let client = access.client()?;
-    let auth = access.auth(image.resolve_registry())?;
-    client.fetch_manifest_digest(&image, &auth).await.with_context(|| format!("resolving {reference}"))
+    // A digest names itself: a registry is not asked (it could answer another one).
+    if let Some(digest) = image.digest() {
+        return Ok(digest.to_owned());
+    }
+    let client = fetch::Client::new(access, &image)?;
+    let cap = fetch::Cap { bytes: limits.manifest, name: "max_manifest_bytes" };
+    let tag = image.tag().unwrap_or("latest");
+    client.manifest_digest(tag, cap).await.with_context(|| format!("resolving {reference}"))
 }
 
-/// Pulls the plugin `reference` names: the component (at most `max_wasm_bytes`) and its
-/// manifest, each checked against its digest. Anything but one component layer and at most one
-/// manifest layer is refused.
-pub async fn pull(reference: &str, access: &Access, max_wasm_bytes: u64) -> Result<Artifact> {
+/// Pulls the plugin `reference` names: its OCI manifest (under `max_manifest_bytes`), the
+/// component (under its descriptor's size and `--max-plugin-bytes`) and its manifest layer (1
+/// MiB), each checked against its digest. Anything but one component layer and at most one
+/// manifest layer is refused. The config blob is not read: nothing in it is used.
+pub async fn pull(reference: &str, access: &Access, limits: &Limits) -> Result<Artifact> {
     let image = parse_reference(reference)?;
-    let client = access.client()?;
-    let auth = access.auth(image.resolve_registry())?;
-    let (manifest, digest, _config) =
-        client.pull_manifest_and_config(&image, &auth).await.with_context(|| format!("pulling {reference}"))?;
+    let client = fetch::Client::new(access, &image)?;
+    let cap = fetch::Cap { bytes: limits.manifest, name: "max_manifest_bytes" };
+    let name = image.digest().or(image.tag()).unwrap_or("latest");
+    let raw = client
+        .manifest(name, cap)
+        .await
+        .and_then(|m| m.context("no such manifest"))
+        .with_context(|| format!("pulling {reference}"))?;
+    let digest = image.digest().map_or_else(|| sha256_digest(&raw), str::to_owned);
+    let manifest = plugin_manifest(&digest, &raw).with_context(|| reference.to_string())?;
     let (wasm_layer, manifest_layer) = plugin_layers(&manifest.layers).with_context(|| reference.to_string())?;
-    let wasm = pull_layer(&client, &image, wasm_layer, max_wasm_bytes).await?;
+    let wasm = pull_layer(&client, wasm_layer, fetch::Cap { bytes: limits.wasm, name: "--max-plugin-bytes" }).await?;
     let manifest_text = match manifest_layer {
         Some(layer) => {
-            let bytes = pull_layer(&client, &image, layer, MAX_MANIFEST_BYTES).await?;
+            let cap = fetch::Cap { bytes: MAX_MANIFEST_BYTES, name: "a plugin manifest's 1 MiB" };
+            let bytes = pull_layer(&client, layer, cap).await?;
             Some(String::from_utf8(bytes).with_context(|| format!("{reference}: its manifest layer is not UTF-8"))?)
         }
         None => None,
     };
     let title = wasm_layer.annotations.as_ref().and_then(|a| a.get(TITLE)).cloned();
-    Ok(Artifact { wasm, manifest: manifest_text, digest, title })
+    Ok(Artifact { wasm, manifest: manifest_text, digest, title, oci_manifest: raw })
 }
 
 /// The component layer and the manifest layer, if any; any other layer refuses the artifact.
@@ -311,50 +431,12 @@ pub fn plugin_layers(layers: &[OciDescriptor]) -> Result<(&OciDescriptor, Option
     Ok((wasm, manifest))
 }
 
-/// One layer, refused before the download when it says it is larger than `max`, and cut off if
-/// the registry sends more than it said; `oci-client` checks the digest.
-async fn pull_layer(client: &Client, image: &Reference, layer: &OciDescriptor, max: u64) -> Result<Vec<u8>> {
+/// One blob of a verified manifest, refused before the download when its descriptor says it is
+/// larger than `cap`, cut off if the registry sends more than the descriptor said, and checked
+/// against its digest.
+async fn pull_layer(client: &fetch::Client, layer: &OciDescriptor, cap: fetch::Cap) -> Result<Vec<u8>> {
     let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
-    if size > max {
-        bail!("layer {} is {size} bytes, more than the {max} allowed", layer.digest);
-    }
-    let mut out = Bounded { data: Vec::with_capacity(size as usize), max: size };
-    client.pull_blob(image, layer, &mut out).await.with_context(|| format!("pulling layer {}", layer.digest))?;
-    Ok(out.data)
-}
-
-/// A writer that refuses more bytes than the layer's descriptor declared.
-struct Bounded {
-    data: Vec<u8>,
-    max: u64,
-}
-
-impl tokio::io::AsyncWrite for Bounded {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if (self.data.len() + buf.len()) as u64 > self.max {
-            return std::task::Poll::Ready(Err(std::io::Error::other("the registry sent more than the layer's size")));
-        }
-        self.data.extend_from_slice(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    client.blob(&layer.digest, size, cap).await.with_context(|| format!("pulling layer {}", layer.digest))
 }
 
 /// `reference` pinned to `digest`: `registry/repository@digest`.
@@ -409,6 +491,61 @@ mod tests {
             vec![layer(WASM_LAYER_MEDIA_TYPE), layer("application/vnd.oci.image.layer.v1.tar+gzip")],
         ] {
             assert!(plugin_layers(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_expected_hash_comes_from_the_signed_manifest() {
+        let wasm = b"\0asm component bytes".to_vec();
+        let desc = |media_type: &str, data: &[u8]| serde_json::json!({"mediaType": media_type, "digest": sha256_digest(data), "size": data.len()});
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_IMAGE_MEDIA_TYPE,
+            "config": desc(WASM_CONFIG_MEDIA_TYPE, b"{}"),
+            "layers": [desc(WASM_LAYER_MEDIA_TYPE, &wasm)],
+        });
+        let raw = serde_json::to_vec(&manifest).unwrap();
+        let digest = sha256_digest(&raw);
+        let parsed = plugin_manifest(&digest, &raw).unwrap();
+        check_blob(&parsed.layers[0], &wasm).unwrap();
+        let mut changed = wasm.clone();
+        changed[0] ^= 1;
+        assert!(check_blob(&parsed.layers[0], &changed).is_err(), "a changed blob");
+        assert!(check_blob(&parsed.layers[0], &wasm[1..]).is_err(), "a shorter blob");
+        // The manifest must be exactly the digest's.
+        let mut edited = raw.clone();
+        edited.push(b'\n');
+        assert!(plugin_manifest(&digest, &edited).is_err());
+        assert!(plugin_manifest(&digest.to_uppercase(), &raw).is_err());
+        // An index is not a plugin's manifest.
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "config": desc(WASM_CONFIG_MEDIA_TYPE, b"{}"),
+            "layers": [desc(WASM_LAYER_MEDIA_TYPE, &wasm)],
+        }))
+        .unwrap();
+        assert!(plugin_manifest(&sha256_digest(&index), &index).is_err());
+    }
+
+    #[test]
+    fn the_bounds_of_a_source_have_defaults_and_a_ceiling() {
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("k.pub");
+        std::fs::write(&key, "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAETJP9cqpUQsn2ggmJniWGjHdlsHzD\nJsB89BPhZYch0U0hKANx5TY+ncrm0s8bfJxxHoenAEFhwhuXeb4PqIrtoQ==\n-----END PUBLIC KEY-----\n").unwrap();
+        let spec = |extra: &str| -> SourceSpec {
+            toml::from_str(&format!("name = \"10-a\"\nref = \"r.example/a:1\"\nkeys = [{key:?}]\n{extra}")).unwrap()
+        };
+        let limits = spec("").limits(64 << 20);
+        assert_eq!(
+            limits,
+            Limits { wasm: 64 << 20, manifest: DEFAULT_MAX_MANIFEST_BYTES, signature: DEFAULT_MAX_SIGNATURE_BYTES }
+        );
+        let set = spec("max_manifest_bytes = 4096\nmax_signature_bytes = 2048");
+        set.validate().unwrap();
+        assert_eq!((set.limits(1).manifest, set.limits(1).signature), (4096, 2048));
+        for bad in ["max_manifest_bytes = 10", "max_manifest_bytes = 1073741824", "max_signature_bytes = 16777216"] {
+            assert!(spec(bad).validate().is_err(), "{bad}");
         }
     }
 

@@ -54,6 +54,11 @@ pub struct Reloader {
     again: HashSet<String>,
     /// The tenants' plugins from OCI registries.
     remote: Arc<Remote>,
+    /// Per tenant, the registry plugins (`Remote::content`) its live generation was built from:
+    /// a live generation is served only while they are still what verifies now.
+    live_from: HashMap<String, String>,
+    /// Per tenant, the number of its last live generation (it may have been withdrawn since).
+    numbers: HashMap<String, u64>,
     /// What the reload thread waits on: file events, finished builds, registry polls.
     tx: Sender<Message>,
     rx: Receiver<Message>,
@@ -72,6 +77,9 @@ struct Built {
     /// The operator's rules it was built under: a build that raced a change of the tenants
     /// file is built again rather than taken live.
     rules: Arc<Guardrails>,
+    /// The registry plugins it was built from (`Remote::content`, taken before they were read):
+    /// a build that raced a poll or a change of keys is built again rather than taken live.
+    remote: String,
     number: u64,
     took: Duration,
     result: Result<Generation>,
@@ -116,6 +124,8 @@ impl Reloader {
             building: HashSet::new(),
             again: HashSet::new(),
             remote,
+            live_from: HashMap::new(),
+            numbers: HashMap::new(),
             tx,
             rx,
         })
@@ -173,6 +183,8 @@ impl Reloader {
             // A build still running for it is dropped when it ends (`take` finds no `seen`).
             self.seen.remove(name);
             self.again.remove(name);
+            self.live_from.remove(name);
+            self.numbers.remove(name);
             self.metrics.generation.remove(&TenantLabel { tenant: name.clone() });
             self.metrics.plugins_loaded.remove(&TenantLabel { tenant: name.clone() });
         }
@@ -194,6 +206,8 @@ impl Reloader {
         let guardrails = self.tenants_file.guardrails(name);
         let previous = self.registry.get(name);
         let dir = if name.is_empty() { root.path().to_path_buf() } else { root.path().join(name) };
+        // Before the registry plugins are read: if they change meanwhile, the build is redone.
+        let remote = self.remote.content(name);
         let snapshot = if has_folder {
             scan::read_tenant(root, name, &guardrails.folder, self.loader.defaults().max_plugin_bytes)
         } else {
@@ -213,7 +227,7 @@ impl Reloader {
             return;
         }
         self.seen.insert(name.to_owned(), seen);
-        let number = live.as_ref().map_or(1, |g| g.number + 1);
+        let number = self.numbers.get(name).map_or(1, |n| n + 1);
         let rules = Arc::new(guardrails.clone());
         let (loader, tx, tenant) = (self.loader.clone(), self.tx.clone(), name.to_owned());
         let build = move || {
@@ -223,6 +237,7 @@ impl Reloader {
                 tenant,
                 dir,
                 rules,
+                remote,
                 number,
                 took: started.elapsed(),
                 result,
@@ -248,12 +263,19 @@ impl Reloader {
         self.building.remove(&name);
         if !self.seen.contains_key(&name) {
             // The folder went away while it built: nothing to take.
-        } else if *built.rules != self.tenants_file.guardrails(&name) {
-            // The operator changed the rules meanwhile: build again under the new ones.
+        } else if *built.rules != self.tenants_file.guardrails(&name) || built.remote != self.remote.content(&name) {
+            // The operator changed the rules meanwhile, or the registry plugins changed (another
+            // artifact, one withdrawn, other keys): build again from what is in force now.
             self.seen.remove(&name);
             self.again.insert(name.clone());
         } else {
-            self.registry.put(self.state(built));
+            let (remote, number, loaded) = (built.remote.clone(), built.number, built.result.is_ok());
+            let state = self.state(built);
+            if loaded {
+                self.live_from.insert(name.clone(), remote);
+                self.numbers.insert(name.clone(), number);
+            }
+            self.registry.put(state);
         }
         if self.again.remove(&name) {
             self.scan(Some(&BTreeSet::from([name])));
@@ -261,7 +283,7 @@ impl Reloader {
     }
 
     fn state(&self, built: Box<Built>) -> TenantState {
-        let Built { tenant: name, dir, rules, number, took, result } = *built;
+        let Built { tenant: name, dir, rules, remote: _, number, took, result } = *built;
         let previous = self.registry.get(&name);
         let slots = previous.as_ref().map_or_else(|| self.limits.slots(), |p| p.slots.clone());
         let live = previous.as_ref().and_then(|p| p.live.clone());
@@ -292,8 +314,10 @@ impl Reloader {
             Err(e) => {
                 let reason = format!("{e:#}");
                 // A generation loaded under rules the operator has since changed (secrets,
-                // egress, bounds) holds what they withdrew: it is not served any longer.
-                let live = live.filter(|g| g.built_under.same_load_rules(&rules));
+                // egress, bounds) holds what they withdrew, and one built from registry plugins
+                // that no longer verify as they did holds what the keys withdrew: neither is
+                // served any longer.
+                let live = live.filter(|g| g.built_under.same_load_rules(&rules) && self.built_from_current(&name));
                 match &live {
                     Some(g) => {
                         tracing::error!(tenant = %name, generation = g.number, "refused; the previous generation stays live: {reason}")
@@ -314,6 +338,32 @@ impl Reloader {
                     epoch: 0,
                 }
             }
+        }
+    }
+
+    /// Whether `tenant`'s live generation was built from the registry plugins that verify now
+    /// (the same artifacts, under the same keys and sources).
+    fn built_from_current(&self, tenant: &str) -> bool {
+        self.live_from.get(tenant).is_some_and(|from| *from == self.remote.content(tenant))
+    }
+
+    /// Withdraws every live generation built from registry plugins that changed since — another
+    /// artifact, one that no longer verifies, other keys or another source in the tenants file
+    /// (SECURITY.md §17): its tenant answers 503 until a generation built from what verifies now
+    /// loads (a change of keys is a load-rule change). The refusal, if the rebuild fails, says
+    /// why.
+    fn withdraw_stale(&mut self) {
+        for state in self.registry.snapshot().values() {
+            let Some(live) = &state.live else { continue };
+            if self.built_from_current(&state.name) {
+                continue;
+            }
+            tracing::warn!(
+                tenant = %state.name,
+                generation = live.number,
+                "its registry plugins changed (artifact, keys or source): generation withdrawn until one built from what verifies now loads"
+            );
+            self.registry.put(TenantState { live: None, ..TenantState::clone(state) });
         }
     }
 
@@ -352,6 +402,7 @@ impl Reloader {
                 self.tenants_text = Some(text);
                 self.registry.set_tenants_file_error(None);
                 self.registry.apply_rules(|tenant| self.tenants_file.guardrails(tenant));
+                self.withdraw_stale();
                 true
             }
             Err(e) => {
@@ -443,6 +494,7 @@ impl Reloader {
             self.registry.refuse(&tenant, reason);
         }
         if !polled.changed.is_empty() {
+            self.withdraw_stale();
             self.scan(Some(&polled.changed));
         }
     }

@@ -9,7 +9,11 @@ use anyhow::{Context as _, Result, bail};
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
 use sha2::{Digest as _, Sha256};
 
-use super::{Access, MANIFEST_LAYER_MEDIA_TYPE, MAX_MANIFEST_BYTES, parse_reference, plugin_layers, pull_layer};
+use super::fetch::{self, Cap};
+use super::{
+    Access, DEFAULT_MAX_MANIFEST_BYTES, MANIFEST_LAYER_MEDIA_TYPE, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
+    parse_reference, plugin_layers, plugin_manifest, pull_layer,
+};
 
 /// The reference an index entry was saved from (the OCI image-spec annotation).
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -50,22 +54,24 @@ pub async fn save(
     let mut saved = Vec::new();
     for reference in references {
         let image = parse_reference(reference)?;
-        let client = access.client()?;
-        let auth = access.auth(image.resolve_registry())?;
-        let (raw, digest) = client
-            .pull_manifest_raw(&image, &auth, &[OCI_IMAGE_MEDIA_TYPE])
+        let client = fetch::Client::new(access, &image)?;
+        let name = image.digest().or(image.tag()).unwrap_or("latest");
+        let raw = client
+            .manifest(name, Cap { bytes: DEFAULT_MAX_MANIFEST_BYTES, name: "max_manifest_bytes" })
             .await
+            .and_then(|m| m.context("no such manifest"))
             .with_context(|| format!("pulling {reference}"))?;
-        if raw.len() as u64 > MAX_MANIFEST_BYTES || sha256(&raw) != digest {
-            bail!("{reference}: the registry's manifest does not match its digest {digest}");
-        }
-        let manifest: OciImageManifest =
-            serde_json::from_slice(&raw).with_context(|| format!("{reference}: its manifest"))?;
-        plugin_layers(&manifest.layers).with_context(|| reference.clone())?;
+        let digest = image.digest().map_or_else(|| sha256(&raw), str::to_owned);
+        let manifest = plugin_manifest(&digest, &raw).with_context(|| reference.clone())?;
         for layer in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            let small = layer.media_type == MANIFEST_LAYER_MEDIA_TYPE || layer.digest == manifest.config.digest;
-            let max = if small { MAX_MANIFEST_BYTES } else { max_wasm_bytes };
-            let data = pull_layer(&client, &image, layer, max).await?;
+            let cap = if layer.digest == manifest.config.digest {
+                Cap { bytes: MAX_CONFIG_BYTES, name: "a config's 1 MiB" }
+            } else if layer.media_type == MANIFEST_LAYER_MEDIA_TYPE {
+                Cap { bytes: MAX_MANIFEST_BYTES, name: "a plugin manifest's 1 MiB" }
+            } else {
+                Cap { bytes: max_wasm_bytes, name: "the component bound" }
+            };
+            let data = pull_layer(&client, layer, cap).await?;
             write_blob(out, &data)?;
         }
         write_blob(out, &raw)?;

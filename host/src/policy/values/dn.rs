@@ -189,7 +189,7 @@ fn hex_value(text: &str, start: usize) -> Result<(Value, usize)> {
     }
     let der = hex::decode(digits)?;
     let value = match Any::from_der(&der) {
-        Ok((rest, any)) if rest.is_empty() => Value::of(&any),
+        Ok((&[], any)) => Value::of(&any),
         _ => None,
     };
     match value {
