@@ -205,12 +205,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             require_all_tenants: args.require_all_tenants,
         },
     });
-    // Stop::Shutdown once SIGTERM comes; each listener also stops when it is handed over.
+    // Stop::Shutdown once SIGTERM comes (from the main listener on: before, SIGTERM ends the
+    // process at once); each listener also stops when it is handed over.
     let (stop, stopped) = tokio::sync::watch::channel(None::<Stop>);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(Some(Stop::Shutdown));
-    });
     let handover = args.handover.as_deref().map(Handover::open).transpose()?;
     let mut me = Hello::this_process(args.listen, args.probe_listen);
     let mut predecessor = match &handover {
@@ -269,6 +266,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!("listening on http://{addr}");
         }
     }
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(Some(Stop::Shutdown));
+    });
     let main_task = tokio::spawn(listener::serve(
         listener,
         app(state.clone()),
