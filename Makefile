@@ -80,8 +80,9 @@ FUZZ_SECONDS ?= 300
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
-## Benchmarks (issues 6 and 3): in-process figures (criterion), end to end over loopback HTTP
-## (wrk; tollgate vs a bare axum ceiling vs the seed's Flask server), hot reload and restart.
+## Benchmarks (issues 6, 3 and 27): in-process figures (criterion, the fresh-instance ladder),
+## end to end over loopback HTTP (wrk; tollgate vs a bare axum ceiling vs the seed's Flask
+## server), reviews during a recompile, hot reload and restart.
 ## Prints one table and writes it into BENCHMARKS.md. Installs what it needs first: wrk (apt),
 ## Flask and componentize-py (pip, into target/bench/venv). 5-6 minutes once built.
 BENCH_OUT := $(CURDIR)/target/bench
@@ -108,6 +109,7 @@ bench: toolchain
 	$(BENCH_BIN)/tollgate-bench start --out $(BENCH_OUT) --command "make bench" --since $(BENCH_OUT)/make-started
 	CRITERION_HOME=$(BENCH_OUT)/criterion TOLLGATE_BENCH_OUT=$(BENCH_OUT) \
 		$(CARGO) bench -p tollgate --bench review
+	TOLLGATE_BENCH_OUT=$(BENCH_OUT) $(CARGO) bench -p tollgate --bench ladder
 	TOLLGATE_BENCH_OUT=$(BENCH_OUT) $(CARGO) bench -p tollgate --bench languages
 	TOLLGATE_BENCH_OUT=$(BENCH_OUT) $(CARGO) bench -p tollgate --bench oidc
 	$(BENCH_BIN)/tollgate-bench run --out $(BENCH_OUT) --tollgate $(BENCH_BIN)/tollgate \

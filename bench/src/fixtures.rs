@@ -128,8 +128,8 @@ pub fn check_answer(body: &str) -> Result<()> {
     Ok(())
 }
 
-/// SHA-256 hex, as the static-tokens table wants it.
-pub fn sha256_hex(s: &str) -> String {
+/// SHA-256 hex, as the static-tokens table wants it (and as tollgate names a component).
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
     use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+    hex::encode(sha2::Sha256::digest(bytes.as_ref()))
 }

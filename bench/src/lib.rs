@@ -15,6 +15,7 @@ pub mod e2e;
 pub mod fixtures;
 pub mod native;
 pub mod procs;
+pub mod recompile;
 pub mod reload;
 pub mod report;
 pub mod restart;

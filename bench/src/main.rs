@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use tollgate_bench::report::{self, Machine};
-use tollgate_bench::{e2e, fixtures, reload, restart};
+use tollgate_bench::{e2e, fixtures, recompile, reload, restart};
 
 #[derive(Parser)]
 #[command(name = "tollgate-bench", about = "tollgate's benchmarks (make bench)")]
@@ -89,6 +89,11 @@ struct RunArgs {
     /// Skip the end-to-end load.
     #[arg(long)]
     no_e2e: bool,
+    /// Recompiles of --large per server per round while reviews go on (0 = skip).
+    #[arg(long, default_value_t = 3)]
+    recompiles: usize,
+    #[arg(long, default_value_t = 2)]
+    recompile_rounds: usize,
 }
 
 fn main() -> Result<()> {
@@ -119,7 +124,7 @@ fn main() -> Result<()> {
 
 fn start(out: PathBuf, command: String, since: Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(&out)?;
-    for stale in ["inprocess.json", "e2e.json", "reload.json", "restart.json"] {
+    for stale in ["inprocess.json", "ladder.json", "e2e.json", "reload.json", "restart.json", "recompile.json"] {
         let _ = std::fs::remove_file(out.join(stale));
     }
     let started = since
@@ -187,6 +192,16 @@ fn run(mut a: RunArgs) -> Result<()> {
             all.push(swaps);
         }
         std::fs::write(a.out.join("reload.json"), serde_json::to_vec_pretty(&all)?)?;
+    }
+    if let Some(large) = a.large.as_ref().filter(|_| a.recompiles > 0) {
+        eprintln!(
+            "reviews during a recompile of {} ({} rounds x {} compiles)...",
+            large.display(),
+            a.recompile_rounds,
+            a.recompiles
+        );
+        let runs = recompile::rounds(&a.tollgate, a.compare.as_ref(), large, &a.out, a.recompile_rounds, a.recompiles)?;
+        std::fs::write(a.out.join("recompile.json"), serde_json::to_vec_pretty(&runs)?)?;
     }
     if a.restarts > 0 {
         let mut all = Vec::new();

@@ -22,14 +22,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use criterion::Criterion;
 use serde_json::json;
-use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
 use tollgate::plugins::sandbox::{Sandbox, SandboxConfig, Tuning};
 use tollgate::policy::chain::Generation;
 use tollgate::policy::chain::{self, Outcome, ReviewInput};
-use tollgate::tenants::scan::{Snapshot, TenantsFile, load_generation};
 use tollgate_bench::fixtures::{self, AUDIENCE, BENCH_GROUPS, BENCH_TOKEN, BENCH_USER};
 use tollgate_bench::native::NativeChain;
 use tollgate_bench::stats;
+
+#[path = "support/load.rs"]
+mod load;
 
 /// One sandbox configuration with the example tenant loaded twice: static-tokens alone, and
 /// static-tokens + group-mapper (the `make run` chain).
@@ -47,25 +48,11 @@ impl Setup {
     fn with_guests(tuning: Tuning, guests: &std::path::Path) -> Result<Self> {
         let sandbox = Arc::new(Sandbox::new(&SandboxConfig { tuning, ..SandboxConfig::default() })?);
         anyhow::ensure!(sandbox.pooling(), "the pooling allocator is unavailable: figures would not be tollgate's");
-        let loader = Loader::new(sandbox.clone(), PluginDefaults::default(), None);
-        let source = |name: &str, guest: &str, manifest: String| -> Result<PluginSource> {
-            let wasm_path = fixtures::guest_in(guests, guest)?;
-            let wasm = std::fs::read(&wasm_path)?.into();
-            Ok(PluginSource {
-                name: name.into(),
-                wasm_path,
-                folder: std::sync::Arc::new(tollgate::plugins::confine::Folder::open(std::path::Path::new("."))?),
-                wasm,
-                manifest: Some((PathBuf::from(format!("{name}.toml")), manifest)),
-            })
-        };
-        let st = source("10-static-tokens", "static_tokens", fixtures::static_tokens_manifest()?)?;
-        let gm = source("50-group-mapper", "group_mapper", fixtures::group_mapper_manifest()?)?;
-        let generation = |sources: Vec<PluginSource>| {
-            let snapshot = Snapshot { sources, content: String::new() };
-            load_generation(&loader, "", &snapshot, TenantsFile::default().guardrails(""), 1)
-        };
-        Ok(Self { alone: generation(vec![st.clone()])?, chain: generation(vec![st, gm])?, sandbox })
+        Ok(Self {
+            alone: load::example_chain(&sandbox, guests, false)?,
+            chain: load::example_chain(&sandbox, guests, true)?,
+            sandbox,
+        })
     }
 
     fn review(&self, generation: &Generation) -> Outcome {
@@ -82,7 +69,10 @@ impl Setup {
 
     fn instantiate(&self) {
         let plugin = &self.alone.plugins[0];
-        tollgate_bench::block_on(self.sandbox.instantiate_only(&plugin.code, &plugin.env)).expect("instantiates");
+        let until = Instant::now() + plugin.env.timeout;
+        drop(
+            tollgate_bench::block_on(self.sandbox.bare(&plugin.code, &plugin.env, until, false)).expect("instantiates"),
+        );
     }
 }
 

@@ -505,3 +505,44 @@ fn a_rollback_compiles_nothing() {
         server.logs.text().lines().filter(|l| l.contains("compiled digest=")).map(str::to_owned).collect();
     assert_eq!(compiled.len(), 2, "v1 and v2 once each: {compiled:#?}");
 }
+
+/// The threads of `pid` named like `prefix*`, with their niceness (`/proc/PID/task/TID/stat`).
+fn threads_named(pid: u32, prefix: &str) -> Vec<(String, i64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // `tid (comm) state ...`: comm may hold spaces, so fields count from its closing paren.
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else { continue };
+        if name.starts_with(prefix) {
+            // After comm: state is field 3, nice is field 19.
+            let nice = rest.split(' ').nth(16).and_then(|n| n.parse().ok()).unwrap();
+            found.push((name.to_owned(), nice));
+        }
+    }
+    found
+}
+
+#[test]
+fn compiles_leave_reviews_the_cpu_once_the_server_serves() {
+    let v1 = std::fs::read(built::PROBE).unwrap();
+    let mut v2 = v1.clone();
+    v2.extend_from_slice(&[0, 6, 5, b'v', b'-', b't', b'w', b'o']);
+    let dir = PluginDir::new();
+    dir.probe("10-a", &allow("alice"));
+    let server = Server::start(dir.path(), &[]);
+    // The first load compiled on every core at normal priority: no background thread yet.
+    assert_eq!(threads_named(server.pid(), "tollgate-compil"), vec![], "before any reload");
+    assert!(server.logs.text().contains("later compiles run in the background"), "{}", server.logs.text());
+
+    std::fs::write(dir.path().join("10-a.wasm"), &v2).unwrap();
+    std::fs::write(dir.path().join("10-a.toml"), allow("bob")).unwrap();
+    wait_user(&server, "/authenticate", Some("bob"));
+    let compiled = server.logs.text().lines().filter(|l| l.contains("compiled digest=")).count();
+    assert_eq!(compiled, 2, "v2 was compiled, not found: {}", server.logs.text());
+    // The reload compiled on the background threads: half the cores, at least one, niced.
+    let threads = threads_named(server.pid(), "tollgate-compil");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(threads.len(), (cores / 2).max(1), "{threads:?}");
+    assert!(threads.iter().all(|(_, nice)| *nice == 10), "{threads:?}");
+    assert_eq!(granted_username(&server.review("tok-12345678")).as_deref(), Some("bob"));
+}

@@ -249,6 +249,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let started = std::time::Instant::now();
     tokio::task::block_in_place(|| reloader.load_all());
     tracing::info!(took_ms = started.elapsed().as_millis() as u64, "first load done");
+    // Reviews are answered from now on: later compiles must leave them CPU.
+    loader.sandbox().compile_in_background();
     reloader.watch(Duration::from_secs(args.rescan_interval_secs))?;
 
     let (listener, taken) = open_listener(Role::Main, args.listen, &mut predecessor).await?;

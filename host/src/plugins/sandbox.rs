@@ -151,6 +151,68 @@ pub struct Sandbox {
     pooling: bool,
     lazy_wasi: bool,
     max_instances: usize,
+    compiler: Compiler,
+}
+
+/// Where compiles run. Before the server answers reviews (the first load, `check`, `review`),
+/// on every core at normal priority: the sooner it is ready, the better. Once it serves
+/// ([`Sandbox::compile_in_background`]), on [`background_threads`] threads of their own at
+/// [`BACKGROUND_NICE`]: a reload compiling a large component (a Python policy: about 8 s of CPU)
+/// must not make live reviews miss their deadlines on a two-core node, where wasmtime's parallel
+/// compile would otherwise take every core.
+struct Compiler {
+    background: std::sync::atomic::AtomicBool,
+    /// Made on the first background compile; `None` if its threads could not be started (then
+    /// compiles run as before, and a warning said so).
+    pool: std::sync::OnceLock<Option<rayon::ThreadPool>>,
+}
+
+/// The niceness of background compile threads. A review's thread sharing a core with one gets
+/// about ten times its CPU (scheduler weights 1024 against 110), yet a compile is never starved:
+/// `SCHED_IDLE` would let a node busy with other pods postpone a reload — a revoked key, a fixed
+/// policy — for as long as they keep the CPU.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Background compile threads: half the cores, at least one, so the other half is left to
+/// reviews whatever a reload compiles.
+fn background_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+impl Compiler {
+    fn new() -> Self {
+        Self { background: false.into(), pool: std::sync::OnceLock::new() }
+    }
+
+    /// Runs `compile` where compiles run now (see [`Compiler`]).
+    fn run<R: Send>(&self, compile: impl FnOnce() -> R + Send) -> R {
+        if !self.background.load(std::sync::atomic::Ordering::Acquire) {
+            return compile();
+        }
+        let pool = self.pool.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(background_threads())
+                .thread_name(|i| format!("tollgate-compile-{i}"))
+                .start_handler(|_| lower_priority(BACKGROUND_NICE))
+                .build()
+                .map_err(|e| tracing::warn!(error = %e, "cannot start the compile threads: compiling on every core"))
+                .ok()
+        });
+        match pool {
+            // wasmtime's parallel compile (rayon) runs in the pool it is called from.
+            Some(pool) => pool.install(compile),
+            None => compile(),
+        }
+    }
+}
+
+/// Lowers this thread's priority (Linux: niceness is per thread). Failing leaves it as it is.
+fn lower_priority(nice: i32) {
+    // SAFETY: plain system calls on this thread's own id.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) } != 0;
+    if failed {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a compile thread's priority");
+    }
 }
 
 /// A compiled component that fits the world, ready to instantiate.
@@ -442,7 +504,14 @@ impl Sandbox {
             pooling,
             lazy_wasi: cfg.tuning.lazy_wasi,
             max_instances: cfg.pool_instances as usize,
+            compiler: Compiler::new(),
         })
+    }
+
+    /// From now on compiles run in the background (see [`Compiler`]): the server answers reviews.
+    pub fn compile_in_background(&self) {
+        self.compiler.background.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(threads = background_threads(), nice = BACKGROUND_NICE, "later compiles run in the background");
     }
 
     pub fn pooling(&self) -> bool {
@@ -460,7 +529,9 @@ impl Sandbox {
     pub fn compile(&self, bytes: &[u8]) -> Result<(Code, Vec<u8>)> {
         let digest = digest(bytes);
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes)
+        let component = self
+            .compiler
+            .run(|| Component::new(&self.engine, bytes))
             .map_err(anyhow::Error::from)
             .context("not a WebAssembly component this host can compile")?;
         let compile_time = started.elapsed();
@@ -674,14 +745,56 @@ impl Sandbox {
         store
     }
 
-    /// Makes a fresh store and instance of `code` and drops them without calling the guest: the
-    /// fixed cost of the fresh-instance-per-review strategy. For benchmarks.
+    /// The engine, for the ladder benchmark's rungs below tollgate's Store
+    /// (`host/benches/ladder.rs`).
     #[doc(hidden)]
-    pub async fn instantiate_only(&self, code: &Code, env: &Arc<PluginEnv>) -> Result<(), Failure> {
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A fresh store and instance of `code` as [`Self::call`] makes them (tollgate's Store,
+    /// limits and epoch callback), without `call`'s checks, for benchmarks that take a call
+    /// apart layer by layer (`host/benches/ladder.rs`, `host/benches/review.rs`). `timers`: under
+    /// the `timeout_at` wrapper `call` puts around each step. `until`: the store's deadline.
+    #[doc(hidden)]
+    pub async fn bare(&self, code: &Code, env: &Arc<PluginEnv>, until: Instant, timers: bool) -> Result<Bare, Failure> {
         let scrubber = Scrubber::new("");
         let pre = Self::pre(code, env)?;
-        let mut store = self.store(env, "bench", scrubber, Instant::now() + env.timeout, env.timeout);
-        pre.instantiate_async(&mut store).await.map(drop).map_err(|e| classify(e, &store, &scrubber, true, None))
+        let budget = until.saturating_duration_since(Instant::now());
+        let mut store = self.store(env, "bench", scrubber, until, budget);
+        let instance = if timers {
+            tokio::time::timeout_at(tokio::time::Instant::from_std(until), pre.instantiate_async(&mut store))
+                .await
+                .map_err(|_| Failure::Deadline)?
+        } else {
+            pre.instantiate_async(&mut store).await
+        };
+        let instance = instance.map_err(|e| classify(e, &store, &scrubber, true, None))?;
+        Ok(Bare { store, instance })
+    }
+}
+
+/// A store and instance made by [`Sandbox::bare`]: dropped, it is the fixed cost of a fresh
+/// instance; called again and again, the guest's own warm work.
+#[doc(hidden)]
+pub struct Bare {
+    store: Store<HostState>,
+    instance: bindings::Policy,
+}
+
+impl Bare {
+    /// Calls the guest once (under `timeout_at` if `timers`), with no check of its answer.
+    pub async fn call(&mut self, review: &Review, timers: bool) -> Result<Decision, Failure> {
+        let until = self.store.data().deadline;
+        let called = self.instance.tollgate_policy_authenticator().call_authenticate(&mut self.store, review);
+        let called = if timers {
+            tokio::time::timeout_at(tokio::time::Instant::from_std(until), called)
+                .await
+                .map_err(|_| Failure::Deadline)?
+        } else {
+            called.await
+        };
+        called.map_err(|e| classify(e, &self.store, &Scrubber::new(""), false, None))
     }
 }
 
@@ -780,23 +893,29 @@ fn engine_config(cfg: &SandboxConfig, pooling: bool) -> Config {
     // details would cost more than they help.
     config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
     if pooling {
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(cfg.pool_instances);
-        pool.max_memory_size(cfg.max_memory_bytes as usize);
-        // Keep the first pages of a slot resident and reset them in place (one PAGEMAP_SCAN
-        // ioctl + memset of the dirty pages) instead of madvise + page faults on the next
-        // instance: measured 26 µs -> 7 µs per fresh instance of a Rust guest (TOOLCHAINS.md).
-        // `Auto` because the ioctl needs Linux 6.7.
-        let t = &cfg.tuning;
-        pool.pagemap_scan(if t.pagemap_scan { Enabled::Auto } else { Enabled::No });
-        pool.linear_memory_keep_resident(t.keep_resident);
-        pool.table_keep_resident(4096);
-        // One fiber stack per guest call in flight (calls run as futures).
-        pool.total_stacks(cfg.pool_instances);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        config.memory_init_cow(t.memory_init_cow);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(cfg)));
+        config.memory_init_cow(cfg.tuning.memory_init_cow);
     }
     config
+}
+
+/// The pooling allocator as tollgate sets it (also the ladder benchmark's floor, rung a).
+#[doc(hidden)]
+pub fn pool_config(cfg: &SandboxConfig) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(cfg.pool_instances);
+    pool.max_memory_size(cfg.max_memory_bytes as usize);
+    // Keep the first pages of a slot resident and reset them in place (one PAGEMAP_SCAN
+    // ioctl + memset of the dirty pages) instead of madvise + page faults on the next
+    // instance: measured 26 µs -> 7 µs per fresh instance of a Rust guest (TOOLCHAINS.md).
+    // `Auto` because the ioctl needs Linux 6.7.
+    let t = &cfg.tuning;
+    pool.pagemap_scan(if t.pagemap_scan { Enabled::Auto } else { Enabled::No });
+    pool.linear_memory_keep_resident(t.keep_resident);
+    pool.table_keep_resident(4096);
+    // One fiber stack per guest call in flight (calls run as futures).
+    pool.total_stacks(cfg.pool_instances);
+    pool
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated thread, for as long as the

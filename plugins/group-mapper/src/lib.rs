@@ -23,8 +23,9 @@ impl Policy for GroupMapper {
             // Only a mapper has a current grant; as an authenticator it has no opinion.
             return Decision::Abstain;
         };
-        let rules: Vec<Rule> = config("rules")
-            .unwrap_or_default()
+        // Rules borrow from the table: one allocation for the list, none per rule.
+        let table = config("rules").unwrap_or_default();
+        let rules: Vec<Rule> = table
             .lines()
             .enumerate()
             .filter_map(|(n, line)| Rule::parse(line).unwrap_or_else(|e| panic!("rules line {}: {e}", n + 1)))
@@ -34,20 +35,22 @@ impl Policy for GroupMapper {
             Some("drop") => true,
             Some(other) => panic!("unmapped must be keep or drop, not {other:?}"),
         };
-        let prefix = config("prefix").unwrap_or_default();
+        // Only kept unmapped groups take the prefix: with `unmapped = drop` it is never read.
+        let prefix = if drop_unmapped { String::new() } else { config("prefix").unwrap_or_default() };
 
         let mut grant = current.grant;
-        let mut groups: Vec<String> = Vec::new();
+        let mut groups: Vec<String> = Vec::with_capacity(grant.user.groups.len() + 1);
         let mut push = |g: String| {
             if !groups.contains(&g) {
                 groups.push(g);
             }
         };
-        for group in &grant.user.groups {
-            match rules.iter().find_map(|r| r.apply(group)) {
+        for group in std::mem::take(&mut grant.user.groups) {
+            match rules.iter().find_map(|r| r.apply(&group)) {
                 Some(Some(mapped)) => push(mapped),
                 Some(None) => {}
                 None if drop_unmapped => {}
+                None if prefix.is_empty() => push(group),
                 None => push(format!("{prefix}{group}")),
             }
         }
@@ -67,22 +70,22 @@ impl Policy for GroupMapper {
 
 tollgate_sdk::export_policy!(GroupMapper);
 
-struct Rule {
-    from: String,
+struct Rule<'a> {
+    from: &'a str,
     wildcard: bool,
     /// `None` drops the group.
-    to: Option<String>,
+    to: Option<&'a str>,
 }
 
-impl Rule {
-    fn parse(line: &str) -> Result<Option<Rule>, String> {
+impl<'a> Rule<'a> {
+    fn parse(line: &'a str) -> Result<Option<Rule<'a>>, String> {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             return Ok(None);
         }
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [from, to] = fields[..] else {
-            return Err(format!("expected `FROM TO`, found {} fields", fields.len()));
+        let mut fields = line.split_whitespace();
+        let (Some(from), Some(to), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(format!("expected `FROM TO`, found {} fields", line.split_whitespace().count()));
         };
         let (from, wildcard) = match from.strip_suffix('*') {
             Some(prefix) => (prefix, true),
@@ -91,19 +94,19 @@ impl Rule {
         if from.contains('*') {
             return Err("`*` may only end FROM".into());
         }
-        Ok(Some(Rule { from: from.into(), wildcard, to: (to != "-").then(|| to.to_string()) }))
+        Ok(Some(Rule { from, wildcard, to: (to != "-").then_some(to) }))
     }
 
     /// `None` if the rule does not match; `Some(None)` to drop; `Some(Some(g))` to map.
     fn apply(&self, group: &str) -> Option<Option<String>> {
         let rest = if self.wildcard {
-            group.strip_prefix(self.from.as_str())?
+            group.strip_prefix(self.from)?
         } else if group == self.from {
             ""
         } else {
             return None;
         };
-        Some(self.to.as_ref().map(|to| to.replacen('*', rest, 1)))
+        Some(self.to.map(|to| to.replacen('*', rest, 1)))
     }
 }
 
@@ -142,6 +145,19 @@ mod tests {
         };
         assert_eq!(g.user.groups, vec!["b"]);
         assert_eq!(g.user.username, "acme:alice");
+    }
+
+    #[test]
+    fn malformed_rules_trap_with_their_line() {
+        for (rules, message) in [
+            ("a b\nx y z", "rules line 2: expected `FROM TO`, found 3 fields"),
+            ("lonely", "rules line 1: expected `FROM TO`, found 1 fields"),
+            ("a*b c", "rules line 1: `*` may only end FROM"),
+        ] {
+            set_config([("rules", rules)]);
+            let err = std::panic::catch_unwind(|| map(&["a"])).unwrap_err();
+            assert_eq!(err.downcast_ref::<String>().map(String::as_str), Some(message), "{rules:?}");
+        }
     }
 
     #[test]

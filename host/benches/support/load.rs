@@ -1,0 +1,60 @@
+//! How the in-process benches load plugins: through tollgate's own loader (vectors run, guardrails
+//! applied), exactly as `serve` loads a tenant's folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
+use tollgate::plugins::sandbox::Sandbox;
+use tollgate::policy::chain::Generation;
+use tollgate::tenants::scan::{Snapshot, TenantsFile, load_generation};
+use tollgate_bench::fixtures;
+
+/// One plugin of a bench tenant: its file name (`10-static-tokens`), the built guest it runs
+/// (`static_tokens`, from `guests`) and its manifest text.
+pub struct Source<'a> {
+    pub name: &'a str,
+    pub guest: &'a str,
+    pub manifest: String,
+}
+
+/// The default tenant's generation holding `plugins`, in that order.
+pub fn generation(sandbox: &Arc<Sandbox>, guests: &Path, plugins: Vec<Source<'_>>) -> Result<Generation> {
+    let loader = Loader::new(sandbox.clone(), PluginDefaults::default(), None);
+    let folder = Arc::new(tollgate::plugins::confine::Folder::open(Path::new("."))?);
+    let sources = plugins
+        .into_iter()
+        .map(|p| {
+            let wasm_path = fixtures::guest_in(guests, p.guest)?;
+            let wasm = std::fs::read(&wasm_path)?.into();
+            Ok(PluginSource {
+                name: p.name.into(),
+                wasm_path,
+                folder: folder.clone(),
+                wasm,
+                manifest: Some((PathBuf::from(format!("{}.toml", p.name)), p.manifest)),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let snapshot = Snapshot { sources, content: String::new() };
+    load_generation(&loader, "", &snapshot, TenantsFile::default().guardrails(""), 1)
+}
+
+/// The example pair as the benches review with it: static-tokens (with the bench user) and,
+/// if `mapper`, group-mapper.
+pub fn example_chain(sandbox: &Arc<Sandbox>, guests: &Path, mapper: bool) -> Result<Generation> {
+    let mut plugins = vec![Source {
+        name: "10-static-tokens",
+        guest: "static_tokens",
+        manifest: fixtures::static_tokens_manifest()?,
+    }];
+    if mapper {
+        plugins.push(Source {
+            name: "50-group-mapper",
+            guest: "group_mapper",
+            manifest: fixtures::group_mapper_manifest()?,
+        });
+    }
+    generation(sandbox, guests, plugins)
+}
