@@ -84,7 +84,7 @@ fuzz:
 ## end to end over loopback HTTP (wrk; tollgate vs a bare axum ceiling vs the seed's Flask
 ## server), reviews during a recompile, hot reload and restart.
 ## Prints one table and writes it into BENCHMARKS.md. Installs what it needs first: wrk (apt),
-## Flask and componentize-py (pip, into target/bench/venv). 5-6 minutes once built.
+## Flask and componentize-py (pip, into target/bench/venv). 10-11 minutes once built.
 BENCH_OUT := $(CURDIR)/target/bench
 BENCH_BIN := $(BENCH_OUT)/bin
 BENCH_PY := $(BENCH_OUT)/venv/bin/python3

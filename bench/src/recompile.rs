@@ -6,7 +6,8 @@
 //! no reviews and gets a new version of the large component (a custom section appended: a new
 //! digest, compiled for real) again and again. Reviews come at a steady pace well below
 //! saturation (`PACE`), as kube-apiserver sends them, each timed from its send; a review counts
-//! as "during a compile" when it was sent between the write and the server's `compiled` line.
+//! as "during a compile" when it was sent between the write and the server's `compiled` line,
+//! and as quiet when it was sent before the first compile or in the pauses between them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,9 +26,11 @@ use crate::{fixtures, stats};
 /// of what the chain sustains on this machine, so latency is the server's, not a queue's.
 const CLIENTS: usize = 2;
 const PACE: Duration = Duration::from_millis(2);
-/// Quiet reviews measured before the compiles, and the pause between two compiles.
-const QUIET: Duration = Duration::from_secs(6);
-const GAP: Duration = Duration::from_secs(2);
+/// Quiet reviews measured before the compiles, and the pause after each compile (quiet too,
+/// once the new generation has settled: quiet samples are spread over the whole run).
+const QUIET: Duration = Duration::from_secs(4);
+const GAP: Duration = Duration::from_secs(3);
+const SETTLE: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Recompiles {
@@ -108,7 +111,7 @@ pub fn run(
 
     let quiet_from = Instant::now();
     std::thread::sleep(QUIET);
-    let quiet = (quiet_from, Instant::now());
+    let mut quiet = vec![(quiet_from, Instant::now())];
     let mut windows = Vec::new();
     let mut compile_ms = Vec::new();
     let result = (|| -> Result<()> {
@@ -123,7 +126,10 @@ pub fn run(
             server.wait_line(&digest, Duration::from_secs(300))?;
             windows.push((written, Instant::now()));
             compile_ms.push(written.elapsed().as_secs_f64() * 1e3);
-            std::thread::sleep(GAP);
+            std::thread::sleep(SETTLE);
+            let from = Instant::now();
+            std::thread::sleep(GAP - SETTLE);
+            quiet.push((from, Instant::now()));
         }
         Ok(())
     })();
@@ -136,7 +142,8 @@ pub fn run(
 
     let samples = samples.lock().unwrap();
     let within = |(from, to): &(Instant, Instant), at: &Instant| at >= from && at <= to;
-    let mut q: Vec<f64> = samples.iter().filter(|(at, _)| within(&quiet, at)).map(|(_, us)| *us).collect();
+    let mut q: Vec<f64> =
+        samples.iter().filter(|(at, _)| quiet.iter().any(|w| within(w, at))).map(|(_, us)| *us).collect();
     let mut c: Vec<f64> =
         samples.iter().filter(|(at, _)| windows.iter().any(|w| within(w, at))).map(|(_, us)| *us).collect();
     let (quiet_p50_us, quiet_p99_us, _) = stats::summarize(&mut q);
