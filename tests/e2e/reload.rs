@@ -481,12 +481,17 @@ fn a_folder_removed_during_its_build_stays_removed() {
 
 /// A rollback compiles nothing (issue 13): the previous version's code is kept in memory after
 /// its generation went, without `--cache-dir`.
-#[test]
-fn a_rollback_compiles_nothing() {
+/// The probe, and the probe with a custom section appended: another digest, the same behaviour.
+fn probe_twice() -> (Vec<u8>, Vec<u8>) {
     let v1 = std::fs::read(built::PROBE).unwrap();
-    // The same component with a custom section appended: another digest, the same behaviour.
     let mut v2 = v1.clone();
     v2.extend_from_slice(&[0, 6, 5, b'v', b'-', b't', b'w', b'o']);
+    (v1, v2)
+}
+
+#[test]
+fn a_rollback_compiles_nothing() {
+    let (v1, v2) = probe_twice();
     let dir = PluginDir::new();
     dir.probe("10-a", &allow("alice"));
     let server = Server::start(dir.path(), &[]);
@@ -524,9 +529,7 @@ fn threads_named(pid: u32, prefix: &str) -> Vec<(String, i64)> {
 
 #[test]
 fn compiles_leave_reviews_the_cpu_once_the_server_serves() {
-    let v1 = std::fs::read(built::PROBE).unwrap();
-    let mut v2 = v1.clone();
-    v2.extend_from_slice(&[0, 6, 5, b'v', b'-', b't', b'w', b'o']);
+    let (_, v2) = probe_twice();
     let dir = PluginDir::new();
     dir.probe("10-a", &allow("alice"));
     let server = Server::start(dir.path(), &[]);
