@@ -292,14 +292,15 @@ fn oversized_plugins_are_refused() {
 fn readyz_waits_for_the_first_load_and_can_require_every_tenant() {
     use std::io::BufRead;
     let dir = PluginDir::new();
-    // Vectors that take ~2 s make the first load observable.
-    let slow_vectors = "[[test]]\ntoken = \"x\"\nexpect = \"allow\"\n".repeat(4);
+    // Vectors that take ~2 s make the first load observable; each spins a quarter of its
+    // 1 s budget, so a busy machine does not make one miss its deadline (and refuse the tenant).
+    let slow_vectors = "[[test]]\ntoken = \"x\"\nexpect = \"allow\"\n".repeat(8);
     dir.probe(
         "10-slow",
         &probe_manifest(
             &format!("[limits]\ntimeout_ms = 1000\n{slow_vectors}"),
             "spin",
-            "ms = \"500\"\nusername = \"u\"",
+            "ms = \"250\"\nusername = \"u\"",
         ),
     );
     let mut child = std::process::Command::new(tollgate_bin())
