@@ -54,8 +54,6 @@ struct Raw {
     epochs: bool,
 }
 
-type Authenticate = TypedFunc<(Review,), (Decision,)>;
-
 impl Raw {
     fn new(engine: Engine, wasm: &[u8], epochs: bool) -> Result<Self> {
         let component = Component::new(&engine, wasm).map_err(anyhow::Error::from)?;
@@ -80,15 +78,17 @@ impl Raw {
     fn sync(&self, review: &Review) -> Result<Decision> {
         let mut store = self.store();
         let instance = self.pre.instantiate(&mut store).map_err(anyhow::Error::from)?;
-        let f: Authenticate = instance.get_typed_func(&mut store, self.authenticate).map_err(anyhow::Error::from)?;
-        Ok(f.call(&mut store, (review.clone(),)).map_err(anyhow::Error::from)?.0)
+        let f: TypedFunc<(&Review,), (Decision,)> =
+            instance.get_typed_func(&mut store, self.authenticate).map_err(anyhow::Error::from)?;
+        Ok(f.call(&mut store, (review,)).map_err(anyhow::Error::from)?.0)
     }
 
     async fn call_async(&self, review: &Review) -> Result<Decision> {
         let mut store = self.store();
         let instance = self.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
-        let f: Authenticate = instance.get_typed_func(&mut store, self.authenticate).map_err(anyhow::Error::from)?;
-        Ok(f.call_async(&mut store, (review.clone(),)).await.map_err(anyhow::Error::from)?.0)
+        let f: TypedFunc<(&Review,), (Decision,)> =
+            instance.get_typed_func(&mut store, self.authenticate).map_err(anyhow::Error::from)?;
+        Ok(f.call_async(&mut store, (review,)).await.map_err(anyhow::Error::from)?.0)
     }
 }
 
