@@ -155,47 +155,9 @@ fn every_algorithm_verifies_its_own_and_refuses_tampering_and_other_keys() {
     }
 }
 
-/// The order `n` of the curve whose signatures have `len`-byte halves (P-256, P-384; SEC 2).
-fn curve_order(len: usize) -> Vec<u8> {
-    let hex = if len == 32 {
-        "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551"
-    } else {
-        "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973"
-    };
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
-}
-
-/// `a - b` of equal-width big-endian numbers, `a >= b` (the test's own arithmetic, not the crate's).
-fn minus(a: &[u8], b: &[u8]) -> Vec<u8> {
-    let mut out = a.to_vec();
-    let mut borrow = 0i16;
-    for i in (0..a.len()).rev() {
-        let d = i16::from(a[i]) - i16::from(b[i]) - borrow;
-        borrow = i16::from(d < 0);
-        out[i] = (d + 256 * borrow) as u8;
-    }
-    out
-}
-
-/// `r || s` as `r || n - s`: the other signature ECDSA accepts for the same input and key.
-fn twin_signature(signature: &[u8]) -> Vec<u8> {
-    let half = signature.len() / 2;
-    [&signature[..half], &minus(&curve_order(half), &signature[half..])].concat()
-}
-
-/// Whether `s` is above `n / 2`, i.e. `2s > n` (n is odd).
-fn high_s(signature: &[u8]) -> bool {
-    let half = signature.len() / 2;
-    let mut doubled = vec![0u8; half + 1];
-    let mut carry = 0u16;
-    for i in (0..half).rev() {
-        let v = u16::from(signature[half + i]) * 2 + carry;
-        doubled[i + 1] = v as u8;
-        carry = v >> 8;
-    }
-    doubled[0] = carry as u8;
-    doubled > [vec![0u8], curve_order(half)].concat()
-}
+#[path = "support/ecdsa.rs"]
+mod ecdsa;
+use ecdsa::{high_s, minus};
 
 /// The identity the host takes from a token: its canonical form, or the token itself.
 fn identity(token: &str) -> String {
@@ -216,8 +178,8 @@ fn an_ecdsa_token_and_its_high_s_twin_both_verify_and_have_one_canonical_form() 
             let (input, encoded) = signed.rsplit_once('.').unwrap();
             let raw = URL_SAFE_NO_PAD.decode(encoded).unwrap();
             seen_high |= high_s(&raw);
-            let low = if high_s(&raw) { twin_signature(&raw) } else { raw.clone() };
-            let high = twin_signature(&low);
+            let low = if high_s(&raw) { ecdsa::twin(&raw) } else { raw.clone() };
+            let high = ecdsa::twin(&low);
             assert!(!high_s(&low) && high_s(&high), "{alg:?}");
             let (low, high) = (format!("{input}.{}", b64(&low)), format!("{input}.{}", b64(&high)));
             for form in [&low, &high] {
@@ -242,7 +204,7 @@ fn an_ecdsa_token_and_its_high_s_twin_both_verify_and_have_one_canonical_form() 
 fn only_an_ecdsa_jws_in_range_has_a_twin_and_only_a_high_s_another_canonical_form() {
     let payload = b64(CLAIMS);
     for (alg, len) in [(Alg::Es256, 32), (Alg::Es384, 48)] {
-        let n = curve_order(len);
+        let n = ecdsa::order(len);
         let one = [vec![0u8; len - 1], vec![1]].concat();
         let half = minus(&n, &one); // n - 1, halved below
         let half: Vec<u8> = {
@@ -601,7 +563,7 @@ proptest! {
         let (r, s) = (&r[..len], &s[..len]);
         let input = format!("{}.{}", b64(json!({"alg": alg.name()}).to_string()), b64(&claims));
         let token = format!("{input}.{}", b64([r, s].concat()));
-        let n = curve_order(len);
+        let n = ecdsa::order(len);
         let in_range = |x: &[u8]| x.iter().any(|&b| b != 0) && x < n.as_slice();
         let canonical = canonical_jws(&token);
         if !(in_range(r) && in_range(s)) {
@@ -609,7 +571,7 @@ proptest! {
             return Ok(());
         }
         let signature = [r, s].concat();
-        let twin = format!("{input}.{}", b64(twin_signature(&signature)));
+        let twin = format!("{input}.{}", b64(ecdsa::twin(&signature)));
         prop_assert_eq!(canonical.is_some(), high_s(&signature));
         prop_assert_eq!(identity(&token), identity(&twin));
         let one = identity(&token);

@@ -174,46 +174,8 @@ impl EcSigner {
     }
 }
 
-/// ECDSA's malleability, computed here independently of the host: `(r, s)` and `(r, n - s)`
-/// verify alike for the same input and key (n: the curve's order, SEC 2).
-mod ecdsa {
-    fn order(half: usize) -> Vec<u8> {
-        let hex = if half == 32 {
-            "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551"
-        } else {
-            "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973"
-        };
-        hex::decode(hex).unwrap()
-    }
-
-    /// `r || s` as `r || n - s`.
-    pub fn twin(signature: &[u8]) -> Vec<u8> {
-        let half = signature.len() / 2;
-        let n = order(half);
-        let mut out = signature.to_vec();
-        let mut borrow = 0i16;
-        for i in (0..half).rev() {
-            let d = i16::from(n[i]) - i16::from(signature[half + i]) - borrow;
-            borrow = i16::from(d < 0);
-            out[half + i] = (d + 256 * borrow) as u8;
-        }
-        out
-    }
-
-    /// `s > n / 2`, i.e. `2s > n` (n is odd).
-    pub fn high_s(signature: &[u8]) -> bool {
-        let half = signature.len() / 2;
-        let mut doubled = vec![0u8; half + 1];
-        let mut carry = 0u16;
-        for i in (0..half).rev() {
-            let v = u16::from(signature[half + i]) * 2 + carry;
-            doubled[i + 1] = v as u8;
-            carry = v >> 8;
-        }
-        doubled[0] = carry as u8;
-        doubled > [vec![0u8], order(half)].concat()
-    }
-}
+#[path = "../../crypto/tests/support/ecdsa.rs"]
+mod ecdsa;
 
 fn cache_metric(server: &Server, result: &str) -> u64 {
     let metrics = server.get("/metrics").body;
