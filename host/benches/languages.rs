@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use tollgate::plugins::compile_cache::DiskCache;
-use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
+use tollgate::plugins::loader::{Loader, PluginDefaults};
 use tollgate::plugins::sandbox::{Sandbox, SandboxConfig};
 use tollgate::policy::chain::Generation;
 use tollgate::policy::chain::{self, Outcome, ReviewInput};
-use tollgate::tenants::scan::{Snapshot, TenantsFile, load_generation};
 use tollgate_bench::fixtures::{self, AUDIENCE, BENCH_TOKEN, BENCH_USER};
 use tollgate_bench::stats;
+
+#[path = "support/load.rs"]
+mod load;
 
 const REUSE: &str = "\n[instances]\nreuse = true\n";
 
@@ -101,22 +103,12 @@ fn measure(sandbox: &Arc<Sandbox>, cache: &Path, lang: &Lang) -> Result<Measured
     let loader = Loader::new(sandbox.clone(), PluginDefaults::default(), Some(disk()?));
     let [st, gm] = manifests(lang)?;
     let generation = |suffix: &str| -> Result<Generation> {
-        let source = |name: &str, i: usize, manifest: &str| -> Result<PluginSource> {
-            Ok(PluginSource {
-                name: name.into(),
-                wasm_path: lang.wasm[i].clone(),
-                folder: std::sync::Arc::new(tollgate::plugins::confine::Folder::open(std::path::Path::new("."))?),
-                wasm: std::fs::read(&lang.wasm[i])?.into(),
-                manifest: Some((PathBuf::from(format!("{name}.toml")), format!("{manifest}{suffix}"))),
-            })
-        };
-        let sources = vec![source("10-static-tokens", 0, &st)?, source("50-group-mapper", 1, &gm)?];
-        load_generation(
+        load::with_loader(
             &loader,
-            "",
-            &Snapshot { sources, content: String::new() },
-            TenantsFile::default().guardrails(""),
-            1,
+            vec![
+                ("10-static-tokens", lang.wasm[0].clone(), format!("{st}{suffix}")),
+                ("50-group-mapper", lang.wasm[1].clone(), format!("{gm}{suffix}")),
+            ],
         )
     };
     Ok(Measured {

@@ -17,12 +17,14 @@ use anyhow::{Context as _, Result, ensure};
 use jwt_verify::{Rules, check_claims, claims, string_list};
 use serde_json::{Value, json};
 use tollgate::observe::scrub::Scrubber;
-use tollgate::plugins::loader::{Loader, PluginDefaults, PluginSource};
+use tollgate::plugins::loader::{Loader, PluginDefaults};
 use tollgate::plugins::sandbox::crypto::KeyCache;
 use tollgate::plugins::sandbox::{Decision, PluginEnv, Review, Sandbox, SandboxConfig};
 use tollgate::policy::chain::Generation;
-use tollgate::tenants::scan::{Snapshot, TenantsFile, load_generation};
 use tollgate_bench::{fixtures, stats};
+
+#[path = "support/load.rs"]
+mod load;
 
 /// The shipped manifest's vectors: real RS256 and ES256 tokens, their JWKS, and the fixed clock
 /// under which they are valid.
@@ -57,20 +59,7 @@ fn generation(loader: &Loader, wasm: &Path, f: &Fixture, reuse: bool) -> Result<
         if reuse { "[instances]\nreuse = true\n" } else { "" },
         issuer = f.issuer,
     );
-    let source = PluginSource {
-        name: "10-oidc".into(),
-        wasm_path: wasm.to_path_buf(),
-        folder: std::sync::Arc::new(tollgate::plugins::confine::Folder::open(std::path::Path::new("."))?),
-        wasm: std::fs::read(wasm)?.into(),
-        manifest: Some((PathBuf::from("10-oidc.toml"), manifest)),
-    };
-    let mut generation = load_generation(
-        loader,
-        "",
-        &Snapshot { sources: vec![source], content: String::new() },
-        TenantsFile::default().guardrails(""),
-        1,
-    )?;
+    let mut generation = load::with_loader(loader, vec![("10-oidc", wasm.to_path_buf(), manifest)])?;
     let plugin = Arc::get_mut(&mut generation.plugins[0]).context("a fresh generation")?;
     plugin.env.kv.set("jwks", f.jwks.as_bytes().to_vec(), 3600).map_err(anyhow::Error::msg)?;
     plugin.env = Arc::new(PluginEnv { clock: Some(f.now), ..PluginEnv::clone(&plugin.env) });

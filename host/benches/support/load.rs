@@ -1,6 +1,9 @@
 //! How the in-process benches load plugins: through tollgate's own loader (vectors run, guardrails
 //! applied), exactly as `serve` loads a tenant's folder.
 
+// Each bench includes this file (`#[path]`) and uses a part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,26 +22,34 @@ pub struct Source<'a> {
     pub manifest: String,
 }
 
-/// The default tenant's generation holding `plugins`, in that order.
-pub fn generation(sandbox: &Arc<Sandbox>, guests: &Path, plugins: Vec<Source<'_>>) -> Result<Generation> {
-    let loader = Loader::new(sandbox.clone(), PluginDefaults::default(), None);
+/// The default tenant's generation holding `plugins`, in that order, built by `loader`.
+pub fn with_loader(loader: &Loader, plugins: Vec<(&str, PathBuf, String)>) -> Result<Generation> {
     let folder = Arc::new(tollgate::plugins::confine::Folder::open(Path::new("."))?);
     let sources = plugins
         .into_iter()
-        .map(|p| {
-            let wasm_path = fixtures::guest_in(guests, p.guest)?;
+        .map(|(name, wasm_path, manifest)| {
             let wasm = std::fs::read(&wasm_path)?.into();
             Ok(PluginSource {
-                name: p.name.into(),
+                name: name.into(),
                 wasm_path,
                 folder: folder.clone(),
                 wasm,
-                manifest: Some((PathBuf::from(format!("{}.toml", p.name)), p.manifest)),
+                manifest: Some((PathBuf::from(format!("{name}.toml")), manifest)),
             })
         })
         .collect::<Result<Vec<_>>>()?;
     let snapshot = Snapshot { sources, content: String::new() };
-    load_generation(&loader, "", &snapshot, TenantsFile::default().guardrails(""), 1)
+    load_generation(loader, "", &snapshot, TenantsFile::default().guardrails(""), 1)
+}
+
+/// The same, with built guests (from `guests`) and a loader of its own.
+pub fn generation(sandbox: &Arc<Sandbox>, guests: &Path, plugins: Vec<Source<'_>>) -> Result<Generation> {
+    let loader = Loader::new(sandbox.clone(), PluginDefaults::default(), None);
+    let plugins = plugins
+        .into_iter()
+        .map(|p| Ok((p.name, fixtures::guest_in(guests, p.guest)?, p.manifest)))
+        .collect::<Result<Vec<_>>>()?;
+    with_loader(&loader, plugins)
 }
 
 /// The example pair as the benches review with it: static-tokens (with the bench user) and,
